@@ -1,0 +1,135 @@
+//! Endpoints: a veth pair per endpoint, the node end enslaved to the
+//! network's bridge, the other end created in the sandbox (or left in the
+//! node namespace for dockerd to move).
+
+use crate::addr;
+use crate::exports::netshim::plugin::driver::{EndpointInfo, EndpointRequest, JoinInfo, Network};
+use crate::netshim::plugin::link::{self, Sandbox, VethSpec};
+use crate::netshim::plugin::types::{Error, MacAddress};
+use crate::network::{self, BridgeConfig};
+use crate::{names, ports};
+
+/// The MAC the container end gets: the requested one, else Docker's
+/// 02:42:<IPv4 octets>, else one derived from the endpoint id.
+pub fn endpoint_mac(ep: &EndpointRequest) -> Result<MacAddress, Error> {
+    if let Some(m) = ep.mac {
+        return Ok(m);
+    }
+    match &ep.ipv4 {
+        Some(p) => Ok(names::mac_from_ipv4(addr::v4_prefix(p, "endpoint address")?.addr)),
+        None => Ok(names::mac_from_id(&ep.id)),
+    }
+}
+
+/// Name of the container end right after `create-endpoint`.
+pub fn container_end_name(ep: &EndpointRequest, in_sandbox: bool) -> String {
+    if in_sandbox {
+        names::sandbox_ifname(&ep.id, &ep.ifname)
+    } else {
+        names::peer_veth(&ep.id)
+    }
+}
+
+pub fn create(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result<EndpointInfo, Error> {
+    let cfg = BridgeConfig::from_options(&net.id, &net.options, false)?;
+    if ep.ipv6.is_some() {
+        return Err(Error::Unsupported("the bridge driver does not support IPv6 endpoints yet".into()));
+    }
+    let mac = endpoint_mac(ep)?;
+    let host = names::host_veth(&ep.id);
+    let peer = container_end_name(ep, sb.is_some());
+    if !names::valid_ifname(&peer) {
+        return Err(Error::Invalid(format!("interface name {peer:?} is not a valid Linux interface name")));
+    }
+    crate::debug(&format!(
+        "create-endpoint {} endpoint {}: {host} <-> {peer} ({}) on {}",
+        net.name,
+        ep.id,
+        if sb.is_some() { "in sandbox" } else { "node namespace" },
+        cfg.bridge
+    ));
+    // Open the bridge first: no point creating a veth for a network that is gone.
+    let bridge = link::open_owned(&cfg.bridge)?;
+    let (node_end, _container_end) = link::create_veth(&VethSpec {
+        name: host,
+        peer_name: peer,
+        mtu: cfg.mtu,
+        mac: None,
+        peer_mac: Some(mac),
+        peer_sandbox: sb,
+    })?;
+    node_end.set_master(&bridge)?;
+    node_end.set_up(true)?;
+    Ok(EndpointInfo { ipv4: None, ipv6: None, mac: if ep.mac.is_none() { Some(mac) } else { None } })
+}
+
+pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result<JoinInfo, Error> {
+    let (_, gateway) = network::subnet_of(net)?;
+    let src_name = container_end_name(ep, sb.is_some());
+    crate::debug(&format!("join {} endpoint {}: {src_name}", net.name, ep.id));
+    Ok(JoinInfo {
+        src_name,
+        in_sandbox: sb.is_some(),
+        dst_prefix: "eth".into(),
+        gateway: if net.internal { None } else { Some(gateway.address) },
+        gateway_ipv6: None,
+        static_routes: Vec::new(),
+        disable_gateway_service: net.internal,
+    })
+}
+
+/// Best effort: the port rules, then the veth pair. A pair that is already
+/// gone (its sandbox was deleted and took it along) is fine.
+pub fn delete(net: &Network, endpoint_id: &str) -> Result<(), Error> {
+    let host = names::host_veth(endpoint_id);
+    crate::debug(&format!("delete-endpoint {} endpoint {endpoint_id}: {host}", net.name));
+    let mut errors = Vec::new();
+    if let Err(e) = ports::revoke(endpoint_id) {
+        errors.push(format!("removing port mappings: {}", crate::show_error(&e)));
+    }
+    match link::open_owned(&host) {
+        Ok(l) => match link::delete(l) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => errors.push(format!("deleting {host}: {}", crate::show_error(&e))),
+        },
+        Err(Error::NotFound(_)) => {}
+        Err(e) => errors.push(format!("opening {host}: {}", crate::show_error(&e))),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!("delete-endpoint {endpoint_id}: {}", errors.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ipv4: Option<&str>, mac: Option<MacAddress>, ifname: &str) -> EndpointRequest {
+        EndpointRequest {
+            id: "ep-1".into(),
+            ipv4: ipv4.map(|s| addr::wit_prefix(s.parse().unwrap())),
+            ipv6: None,
+            mac,
+            ifname: ifname.into(),
+            options: vec![],
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn mac_choice() {
+        assert_eq!(endpoint_mac(&ep(Some("10.77.0.2/24"), None, "eth0")).unwrap(), (2, 0x42, 10, 77, 0, 2));
+        let m = (0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff);
+        assert_eq!(endpoint_mac(&ep(Some("10.77.0.2/24"), Some(m), "eth0")).unwrap(), m);
+        assert_eq!(endpoint_mac(&ep(None, None, "eth0")).unwrap(), names::mac_from_id("ep-1"));
+    }
+
+    #[test]
+    fn container_end() {
+        assert_eq!(container_end_name(&ep(None, None, "eth0"), true), "eth0");
+        assert_eq!(container_end_name(&ep(None, None, "eth0"), false), names::peer_veth("ep-1"));
+        assert_eq!(container_end_name(&ep(None, None, ""), true), names::peer_veth("ep-1"));
+    }
+}

@@ -1,0 +1,369 @@
+//! Networks: one Linux bridge each, with the gateway address on it, NAT
+//! (masquerade) out of the pool unless internal, and isolation from the
+//! driver's other bridges.
+
+use crate::addr::{self, Net4};
+use crate::exports::netshim::plugin::driver::Network;
+use crate::netshim::plugin::link::{self, BridgeSpec};
+use crate::netshim::plugin::netfilter::{self, Action, Match, Op, Rule};
+use crate::netshim::plugin::sysctl;
+use crate::netshim::plugin::types::{Error, IpPrefix};
+use crate::{names, nft};
+
+pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+pub const OPT_BRIDGE_NAME_SHORT: &str = "bridge.name";
+pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
+pub const OPT_MTU_SHORT: &str = "mtu";
+/// Docker sends options under this prefix (e.g. `com.docker.network.enable_ipv6`);
+/// they are accepted and ignored.
+pub const DOCKER_PREFIX: &str = "com.docker.";
+
+/// What the options of a network say about its bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    pub bridge: String,
+    pub mtu: Option<u32>,
+}
+
+impl BridgeConfig {
+    /// Read the options of network `net_id`. With `strict`, options the
+    /// driver does not know are an error (used when the network is created;
+    /// later calls only need the bridge name and MTU back).
+    pub fn from_options(
+        net_id: &str,
+        options: &[(String, String)],
+        strict: bool,
+    ) -> Result<BridgeConfig, Error> {
+        let mut bridge = None;
+        let mut mtu = None;
+        for (k, v) in options {
+            match k.as_str() {
+                OPT_BRIDGE_NAME | OPT_BRIDGE_NAME_SHORT => bridge = Some((k, v)),
+                OPT_MTU | OPT_MTU_SHORT => mtu = Some(parse_mtu(k, v)?),
+                _ if k.starts_with(DOCKER_PREFIX) => {}
+                _ if strict => {
+                    return Err(Error::Invalid(format!(
+                        "unknown option {k:?} for a bridge network; valid options: \
+                         {OPT_BRIDGE_NAME} (or {OPT_BRIDGE_NAME_SHORT}), \
+                         {OPT_MTU} (or {OPT_MTU_SHORT}), and Docker's own com.docker.* options"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let bridge = match bridge {
+            Some((k, v)) => {
+                if !names::valid_ifname(v) {
+                    return Err(Error::Invalid(format!(
+                        "option {k}: {v:?} is not a valid interface name \
+                         (1 to {} characters, no '/', ':' or spaces)",
+                        names::IFNAMSIZ_MAX
+                    )));
+                }
+                v.clone()
+            }
+            None => default_bridge_name(net_id)?,
+        };
+        Ok(BridgeConfig { bridge, mtu })
+    }
+}
+
+/// "br-" and the first 12 characters of the network id, like Docker.
+pub fn default_bridge_name(net_id: &str) -> Result<String, Error> {
+    let short: String = net_id.chars().take(12).collect();
+    let name = format!("br-{short}");
+    if short.is_empty() || !names::valid_ifname(&name) {
+        return Err(Error::Invalid(format!(
+            "cannot derive a bridge name from network id {net_id:?}; pass option {OPT_BRIDGE_NAME}"
+        )));
+    }
+    Ok(name)
+}
+
+pub fn parse_mtu(key: &str, value: &str) -> Result<u32, Error> {
+    match value.trim().parse::<u32>() {
+        Ok(m) if (68..=65535).contains(&m) => Ok(m),
+        _ => Err(Error::Invalid(format!(
+            "option {key}: {value:?} is not a valid MTU (a number from 68 to 65535)"
+        ))),
+    }
+}
+
+/// The pool and gateway of a bridge network: exactly one IPv4 pool with a
+/// gateway, no IPv6.
+pub fn subnet_of(net: &Network) -> Result<(Net4, IpPrefix), Error> {
+    if !net.ipv6.is_empty() {
+        return Err(Error::Unsupported(
+            "the bridge driver does not support IPv6 yet: create the network without --ipv6 / IPv6 subnets".into(),
+        ));
+    }
+    let [pd] = net.ipv4.as_slice() else {
+        return Err(Error::Invalid("bridge networks need one IPv4 subnet with a gateway".into()));
+    };
+    let Some(gw) = &pd.gateway else {
+        return Err(Error::Invalid("bridge networks need one IPv4 subnet with a gateway".into()));
+    };
+    let pool = addr::v4_prefix(&pd.pool, "pool")?.network();
+    let gw4 = addr::v4_prefix(gw, "gateway")?;
+    if !pool.contains_addr(gw4.addr) {
+        return Err(Error::Invalid(format!("gateway {gw4} is outside the pool {pool}")));
+    }
+    Ok((pool, IpPrefix { address: gw.address, prefix_len: pool.len }))
+}
+
+pub fn masq_id(bridge: &str) -> String {
+    format!("masq-{bridge}")
+}
+pub fn iso_id(bridge: &str) -> String {
+    format!("iso-{bridge}")
+}
+pub fn int_out_id(bridge: &str) -> String {
+    format!("int-out-{bridge}")
+}
+pub fn int_in_id(bridge: &str) -> String {
+    format!("int-in-{bridge}")
+}
+
+fn rule(id: String, matches: Vec<Match>, action: Action) -> Rule {
+    Rule { id, matches, counter: false, action }
+}
+
+/// The one netfilter batch that sets a network up.
+pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
+    let b = || bridge.to_string();
+    let mut ops = vec![
+        nft::add_postrouting(),
+        nft::add_forward(),
+        nft::add_bridges_set(),
+        Op::AddElement((nft::BRIDGES_SET.into(), b())),
+    ];
+    if !internal {
+        ops.push(Op::AddRule((
+            nft::POSTROUTING.into(),
+            rule(
+                masq_id(bridge),
+                vec![Match::Saddr(addr::wit_prefix(pool)), Match::OifnameNot(b())],
+                Action::Masquerade,
+            ),
+        )));
+    }
+    ops.push(Op::AddRule((
+        nft::FORWARD.into(),
+        rule(
+            iso_id(bridge),
+            vec![Match::Iifname(b()), Match::OifnameIn(nft::BRIDGES_SET.into()), Match::OifnameNot(b())],
+            Action::Drop,
+        ),
+    )));
+    if internal {
+        ops.push(Op::AddRule((
+            nft::FORWARD.into(),
+            rule(int_out_id(bridge), vec![Match::Iifname(b()), Match::OifnameNot(b())], Action::Drop),
+        )));
+        ops.push(Op::AddRule((
+            nft::FORWARD.into(),
+            rule(int_in_id(bridge), vec![Match::Oifname(b()), Match::IifnameNot(b())], Action::Drop),
+        )));
+    }
+    ops
+}
+
+/// Delete-rule ops for the rules of `bridge` that exist, given the rule ids
+/// present in the postrouting and forward chains.
+pub fn teardown_rule_ops(bridge: &str, postrouting: &[String], forward: &[String]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let masq = masq_id(bridge);
+    if postrouting.contains(&masq) {
+        ops.push(Op::DeleteRule((nft::POSTROUTING.into(), masq)));
+    }
+    for id in [iso_id(bridge), int_out_id(bridge), int_in_id(bridge)] {
+        if forward.contains(&id) {
+            ops.push(Op::DeleteRule((nft::FORWARD.into(), id)));
+        }
+    }
+    ops
+}
+
+pub fn create(net: &Network) -> Result<(), Error> {
+    let cfg = BridgeConfig::from_options(&net.id, &net.options, true)?;
+    let (pool, gateway) = subnet_of(net)?;
+    crate::debug(&format!(
+        "create-network {} ({}): bridge {} pool {pool} gateway {} mtu {:?} internal {}",
+        net.name,
+        net.id,
+        cfg.bridge,
+        addr::show_prefix(&gateway),
+        cfg.mtu,
+        net.internal
+    ));
+    let br = link::create_bridge(&BridgeSpec { name: cfg.bridge.clone(), mtu: cfg.mtu, mac: None })?;
+    br.add_address(gateway)?;
+    br.set_up(true)?;
+    if !net.internal {
+        sysctl::enable_ipv4_forwarding()?;
+    }
+    nft::apply_setup(setup_batch(&cfg.bridge, pool, net.internal))
+}
+
+/// Best effort: remove the rules and the set element, then the bridge; keep
+/// going past errors and report all of them.
+pub fn delete(net: &Network) -> Result<(), Error> {
+    let cfg = BridgeConfig::from_options(&net.id, &net.options, false)?;
+    let bridge = cfg.bridge;
+    crate::debug(&format!("delete-network {} ({}): bridge {bridge}", net.name, net.id));
+    let mut errors: Vec<String> = Vec::new();
+
+    let rules = nft::rule_ids(nft::POSTROUTING)
+        .and_then(|p| nft::rule_ids(nft::FORWARD).map(|f| teardown_rule_ops(&bridge, &p, &f)));
+    match rules {
+        Ok(mut ops) => {
+            let element = Op::DeleteElement((nft::BRIDGES_SET.into(), bridge.clone()));
+            ops.push(element.clone());
+            if let Err(e) = netfilter::apply(&ops) {
+                // Most likely the set element is already gone: retry the
+                // rules alone, then the element alone.
+                ops.pop();
+                if !ops.is_empty() {
+                    if let Err(e) = netfilter::apply(&ops) {
+                        errors.push(format!("deleting the rules of {bridge}: {}", crate::show_error(&e)));
+                    }
+                }
+                match netfilter::apply(&[element]) {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e2) => errors.push(format!(
+                        "removing {bridge} from set {}: {} (first attempt: {})",
+                        nft::BRIDGES_SET,
+                        crate::show_error(&e2),
+                        crate::show_error(&e)
+                    )),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("listing the rules of {bridge}: {}", crate::show_error(&e))),
+    }
+
+    match link::open_owned(&bridge) {
+        Ok(l) => {
+            if let Err(e) = link::delete(l) {
+                if !matches!(e, Error::NotFound(_)) {
+                    errors.push(format!("deleting bridge {bridge}: {}", crate::show_error(&e)));
+                }
+            }
+        }
+        Err(Error::NotFound(_)) => {}
+        Err(e) => errors.push(format!("opening bridge {bridge}: {}", crate::show_error(&e))),
+    }
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!("delete-network {}: {}", net.name, errors.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exports::netshim::plugin::driver::PoolData;
+
+    fn opts(kv: &[(&str, &str)]) -> Vec<(String, String)> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn default_and_explicit_bridge_names() {
+        let c = BridgeConfig::from_options(ID, &[], true).unwrap();
+        assert_eq!(c, BridgeConfig { bridge: "br-0123456789ab".into(), mtu: None });
+        let c = BridgeConfig::from_options(ID, &opts(&[(OPT_BRIDGE_NAME, "docker1")]), true).unwrap();
+        assert_eq!(c.bridge, "docker1");
+        let c = BridgeConfig::from_options(ID, &opts(&[("bridge.name", "b0"), ("mtu", "1400")]), true)
+            .unwrap();
+        assert_eq!(c, BridgeConfig { bridge: "b0".into(), mtu: Some(1400) });
+        assert!(BridgeConfig::from_options(ID, &opts(&[("bridge.name", "way-too-long-name0")]), true)
+            .is_err());
+        assert!(BridgeConfig::from_options("", &[], true).is_err());
+    }
+
+    #[test]
+    fn mtu_validation_names_the_option() {
+        for bad in ["67", "65536", "x", ""] {
+            let e = BridgeConfig::from_options(ID, &opts(&[(OPT_MTU, bad)]), true).unwrap_err();
+            assert!(matches!(&e, Error::Invalid(m) if m.contains(OPT_MTU)), "{e:?}");
+        }
+        let c = BridgeConfig::from_options(ID, &opts(&[(OPT_MTU, "68")]), true).unwrap();
+        assert_eq!(c.mtu, Some(68));
+    }
+
+    #[test]
+    fn unknown_options() {
+        let e = BridgeConfig::from_options(ID, &opts(&[("colour", "blue")]), true).unwrap_err();
+        assert!(matches!(&e, Error::Invalid(m) if m.contains("colour") && m.contains(OPT_BRIDGE_NAME)));
+        // Docker's own options are ignored; non-strict parsing ignores the rest.
+        BridgeConfig::from_options(ID, &opts(&[("com.docker.network.enable_ipv6", "false")]), true)
+            .unwrap();
+        BridgeConfig::from_options(ID, &opts(&[("colour", "blue")]), false).unwrap();
+    }
+
+    fn p(s: &str) -> IpPrefix {
+        addr::wit_prefix(s.parse().unwrap())
+    }
+
+    fn net(ipv4: Vec<PoolData>, ipv6: Vec<PoolData>) -> Network {
+        Network { id: ID.into(), name: "n".into(), options: vec![], internal: false, ipv4, ipv6 }
+    }
+
+    #[test]
+    fn subnet_validation() {
+        let pd = |pool: &str, gw: Option<&str>| PoolData {
+            pool: p(pool),
+            gateway: gw.map(p),
+            aux_addresses: vec![],
+        };
+        let (pool, gw) = subnet_of(&net(vec![pd("10.77.0.0/24", Some("10.77.0.1/24"))], vec![])).unwrap();
+        assert_eq!(pool.to_string(), "10.77.0.0/24");
+        assert_eq!(addr::show_prefix(&gw), "10.77.0.1/24");
+        assert!(matches!(subnet_of(&net(vec![], vec![])), Err(Error::Invalid(_))));
+        assert!(matches!(subnet_of(&net(vec![pd("10.77.0.0/24", None)], vec![])), Err(Error::Invalid(_))));
+        assert!(matches!(
+            subnet_of(&net(vec![pd("10.77.0.0/24", Some("10.77.0.1/24"))], vec![pd("10.78.0.0/24", None)])),
+            Err(Error::Unsupported(_))
+        ));
+        assert!(matches!(
+            subnet_of(&net(vec![pd("10.77.0.0/24", Some("10.78.0.1/24"))], vec![])),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    fn rule_ids_of(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::AddRule((_, r)) => Some(r.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches() {
+        let pool: Net4 = "10.77.0.0/24".parse().unwrap();
+        let ops = setup_batch("br0", pool, false);
+        assert_eq!(rule_ids_of(&ops), ["masq-br0", "iso-br0"]);
+        assert!(ops.iter().any(|o| matches!(o, Op::AddElement((s, e)) if s == "bridges" && e == "br0")));
+        let ops = setup_batch("br0", pool, true);
+        assert_eq!(rule_ids_of(&ops), ["iso-br0", "int-out-br0", "int-in-br0"]);
+
+        let post = vec!["masq-br1".to_string(), "masq-br0".to_string()];
+        let fwd = vec!["iso-br0".to_string(), "iso-br1".to_string()];
+        let del = teardown_rule_ops("br0", &post, &fwd);
+        let ids: Vec<_> = del
+            .iter()
+            .map(|o| match o {
+                Op::DeleteRule((c, id)) => format!("{c}:{id}"),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(ids, ["postrouting:masq-br0", "forward:iso-br0"]);
+    }
+}

@@ -1,0 +1,212 @@
+//! The kernel as the host API sees it: resolved objects (namespace + ifindex),
+//! no names-as-capabilities, no policy. Two backends implement [`Kernel`]:
+//! [`netlink`] drives the real kernel, [`fake`] records calls in memory so the
+//! CNM core and guests can be tested without root.
+
+pub mod fake;
+pub mod netlink;
+pub mod nft;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::bindings::netshim::plugin::netfilter::Op as NftOp;
+
+/// A network namespace known to the backend. `NODE` is the namespace the
+/// backend was opened for (the node's own, or the one given to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NsId(pub u32);
+
+impl NsId {
+    pub const NODE: NsId = NsId(0);
+}
+
+/// A link resolved to the kernel's identity for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkRef {
+    pub ns: NsId,
+    pub index: u32,
+}
+
+pub type Mac = [u8; 6];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub ns: NsId,
+    pub index: u32,
+    pub name: String,
+    /// IFLA_INFO_KIND ("bridge", "veth", "vxlan", "tun", "ipip"); empty for
+    /// physical devices and loopback.
+    pub kind: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    /// IFF_UP is set.
+    pub up: bool,
+    /// IFLA_IFALIAS: where netshim marks what a network owns.
+    pub alias: Option<String>,
+    /// ifindex of the bridge this link is enslaved to.
+    pub master: Option<u32>,
+}
+
+impl LinkInfo {
+    pub fn link_ref(&self) -> LinkRef {
+        LinkRef { ns: self.ns, index: self.index }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    /// The peer is created directly in `peer_ns` (one RTM_NEWLINK, no move).
+    Veth { peer_name: String, peer_ns: NsId, peer_mac: Option<Mac>, peer_alias: Option<String> },
+    Vxlan { vni: u32, local: Option<IpAddr>, port: Option<u16>, underlay: Option<u32>, learning: bool },
+    Tun { tap: bool },
+    Ipip { local: Option<IpAddr>, underlay: Option<u32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLink {
+    pub ns: NsId,
+    pub name: String,
+    pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
+    /// Written as IFLA_IFALIAS at creation.
+    pub alias: Option<String>,
+    /// Created administratively up.
+    pub up: bool,
+    pub kind: LinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    Up(bool),
+    Mtu(u32),
+    Mac(Mac),
+    /// Enslave to the bridge with this ifindex (same namespace), or release.
+    Master(Option<u32>),
+    Name(String),
+    Alias(Option<String>),
+    /// Bridge port hairpin mode (IFLA_BRPORT_MODE).
+    Hairpin(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    Unicast,
+    Blackhole,
+    Unreachable,
+    Prohibit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteScope {
+    Universe,
+    Link,
+    Host,
+}
+
+/// Routes netshim installs carry this rtm_protocol, so they can be told
+/// apart from the kernel's and the operator's (`ip route show proto 86`).
+pub const ROUTE_PROTO_NETSHIM: u8 = 86;
+pub const MAIN_TABLE: u32 = 254;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub destination: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub kind: RouteKind,
+    pub scope: RouteScope,
+    pub onlink: bool,
+    pub table: u32,
+    pub metric: Option<u32>,
+    pub source: Option<IpAddr>,
+    pub protocol: u8,
+}
+
+impl Route {
+    pub fn new(destination: IpNet) -> Route {
+        Route {
+            destination,
+            gateway: None,
+            oif: None,
+            kind: RouteKind::Unicast,
+            scope: RouteScope::Universe,
+            onlink: false,
+            table: MAIN_TABLE,
+            metric: None,
+            source: None,
+            protocol: ROUTE_PROTO_NETSHIM,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}: permission denied (netshim needs CAP_NET_ADMIN)")]
+    Permission(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type KResult<T> = Result<T, KernelError>;
+
+/// Everything the host API needs from the kernel. Every method is one
+/// logical kernel change (or read) and is synchronous: the attach path is
+/// a short sequence of netlink round trips, nothing to overlap.
+pub trait Kernel: Send + Sync {
+    /// Open a namespace by path (/run/netns/x, /proc/PID/ns/net). The
+    /// backend keeps the fd and a netlink socket opened inside it.
+    fn open_ns(&self, path: &Path) -> KResult<NsId>;
+    /// Forget a namespace opened with `open_ns` (closes fd and sockets).
+    fn close_ns(&self, ns: NsId);
+
+    /// Create a link; returns the new link, and for a veth also its peer
+    /// (in that order).
+    fn create_link(&self, spec: &NewLink) -> KResult<Vec<LinkInfo>>;
+    fn delete_link(&self, link: LinkRef) -> KResult<()>;
+    fn link_by_name(&self, ns: NsId, name: &str) -> KResult<Option<LinkInfo>>;
+    fn link_by_index(&self, link: LinkRef) -> KResult<Option<LinkInfo>>;
+    fn links(&self, ns: NsId) -> KResult<Vec<LinkInfo>>;
+    fn set_link(&self, link: LinkRef, change: &LinkChange) -> KResult<()>;
+
+    fn add_address(&self, link: LinkRef, address: IpNet) -> KResult<()>;
+    fn del_address(&self, link: LinkRef, address: IpNet) -> KResult<()>;
+    fn addresses(&self, link: LinkRef) -> KResult<Vec<IpNet>>;
+
+    fn add_route(&self, ns: NsId, route: &Route, replace: bool) -> KResult<()>;
+    fn del_route(&self, ns: NsId, route: &Route) -> KResult<()>;
+    /// Routes of one table (all protocols).
+    fn routes(&self, ns: NsId, table: u32) -> KResult<Vec<Route>>;
+
+    fn add_neighbour(&self, link: LinkRef, address: IpAddr, mac: Mac) -> KResult<()>;
+    fn del_neighbour(&self, link: LinkRef, address: IpAddr) -> KResult<()>;
+    fn add_fdb(&self, link: LinkRef, mac: Mac, destination: Option<IpAddr>) -> KResult<()>;
+    fn del_fdb(&self, link: LinkRef, mac: Mac, destination: Option<IpAddr>) -> KResult<()>;
+
+    /// Read a sysctl under /proc/sys as seen from `ns` (path like
+    /// "net/ipv4/conf/br0/forwarding").
+    fn sysctl_get(&self, ns: NsId, path: &str) -> KResult<String>;
+    fn sysctl_set(&self, ns: NsId, path: &str, value: &str) -> KResult<()>;
+
+    /// Apply a batch to the `inet` table `table` in `ns`, atomically. The
+    /// table is created when missing. Rule ids are kept in the rules'
+    /// userdata so `delete-rule` and `nft_rules` can find them.
+    fn nft_apply(&self, ns: NsId, table: &str, ops: &[NftOp]) -> KResult<()>;
+    /// Rule ids of a chain, in order. NotFound when table or chain is absent.
+    fn nft_rules(&self, ns: NsId, table: &str, chain: &str) -> KResult<Vec<String>>;
+    /// Names of the chains in a table (empty when the table is absent).
+    fn nft_chains(&self, ns: NsId, table: &str) -> KResult<Vec<String>>;
+    /// Names of the `inet` tables in `ns`.
+    fn nft_tables(&self, ns: NsId) -> KResult<Vec<String>>;
+}

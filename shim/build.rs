@@ -1,0 +1,54 @@
+//! Builds the built-in guests (guests/, a workspace of its own) for
+//! wasm32-wasip2 and leaves them in OUT_DIR, where `src/guests.rs` embeds
+//! them: the `netshim` binary carries its drivers, nobody copies .wasm files.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUESTS: &[&str] = &["bridge"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed={}", root.join("guests").display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-env-changed=NETSHIM_GUESTS_PREBUILT");
+
+    // Packagers may build the guests separately and point here.
+    if let Ok(dir) = env::var("NETSHIM_GUESTS_PREBUILT") {
+        for g in GUESTS {
+            std::fs::copy(Path::new(&dir).join(format!("{g}.wasm")), out.join(format!("{g}.wasm"))).expect("copy prebuilt guest");
+        }
+        return;
+    }
+
+    let target_dir = root.join("target").join("guests");
+    build_guest_workspace(&root.join("guests").join("Cargo.toml"), &target_dir);
+    for g in GUESTS {
+        let built = target_dir.join("wasm32-wasip2").join("release").join(format!("netshim_guest_{g}.wasm"));
+        std::fs::copy(&built, out.join(format!("{g}.wasm"))).unwrap_or_else(|e| panic!("guest {g} not built at {}: {e}", built.display()));
+    }
+}
+
+/// `cargo build` of a guest workspace, shared with tests/build.rs.
+pub fn build_guest_workspace(manifest: &Path, target_dir: &Path) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's flags are for the host target, not for wasm.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo for the guests");
+    if !status.success() {
+        panic!(
+            "building the wasm guests in {} failed; is the target installed? run: rustup target add wasm32-wasip2",
+            manifest.display()
+        );
+    }
+}

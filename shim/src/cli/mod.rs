@@ -1,0 +1,255 @@
+//! The `netshim` command line: people get tables, scripts `--output json`.
+//! stdout carries only results; logs and errors go to stderr.
+
+mod bench;
+mod output;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use netshim_host_api::kernel::netlink::Netlink;
+use netshim_host_api::kernel::Kernel;
+
+use crate::cnm::{Attach, CnmError, Core, CreateNetwork, DetachTarget};
+use crate::runtime::{Limits, Runtime, RuntimeError};
+use output::Output;
+
+#[derive(Debug, Parser)]
+#[command(name = "netshim", version, about = "Container networks whose drivers are sandboxed WebAssembly components")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Where netshim keeps its state (networks, endpoints, IPAM, compiled guests).
+    #[arg(long, global = true, env = "NETSHIM_STATE_DIR", default_value = "/var/lib/netshim")]
+    pub state_dir: PathBuf,
+    /// Act on this network namespace as the node (default: netshim's own).
+    #[arg(long, global = true, env = "NETSHIM_NODE_NETNS")]
+    pub node_netns: Option<PathBuf>,
+    /// Extra directories with driver guests (<name>.wasm).
+    #[arg(long = "guest-dir", global = true, env = "NETSHIM_GUEST_DIR")]
+    pub guest_dirs: Vec<PathBuf>,
+    /// Wall-clock budget of one guest call, in milliseconds.
+    #[arg(long, global = true, env = "NETSHIM_GUEST_DEADLINE_MS", default_value_t = 2000)]
+    pub guest_deadline_ms: u64,
+    /// Memory cap of one guest call, in MiB.
+    #[arg(long, global = true, env = "NETSHIM_GUEST_MEMORY_MB", default_value_t = 64)]
+    pub guest_memory_mb: usize,
+    /// Output format.
+    #[arg(long, short = 'O', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, inspect and remove networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Attach a network namespace to a network.
+    Attach(AttachArgs),
+    /// Detach a network namespace (or an endpoint) from a network.
+    Detach(DetachArgs),
+    /// List driver guests, or check a guest file.
+    #[command(subcommand)]
+    Guest(GuestCmd),
+    /// Measure attach/detach latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create {
+        name: String,
+        #[arg(long, short = 'd', default_value = "bridge")]
+        driver: String,
+        /// IPv4 subnet in CIDR form; a free private one is picked when absent.
+        #[arg(long)]
+        subnet: Option<IpNet>,
+        /// Gateway address (default: the subnet's first address).
+        #[arg(long)]
+        gateway: Option<IpAddr>,
+        /// No route out of the network: no NAT, no forwarding.
+        #[arg(long)]
+        internal: bool,
+        /// Driver option key=value (e.g. -o mtu=1400, -o com.docker.network.bridge.name=br0).
+        #[arg(long = "opt", short = 'o', value_parser = parse_kv)]
+        options: Vec<(String, String)>,
+    },
+    /// List networks.
+    Ls,
+    /// Show a network and its endpoints.
+    Inspect { name: String },
+    /// Remove networks.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[arg(long)]
+    pub network: String,
+    /// Path of the network namespace (/run/netns/NAME, /proc/PID/ns/net).
+    #[arg(long)]
+    pub netns: PathBuf,
+    /// Ask for this address instead of the next free one.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// Interface name inside the namespace.
+    #[arg(long, default_value = "eth0")]
+    pub ifname: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    #[arg(long, requires = "netns", conflicts_with = "endpoint")]
+    pub network: Option<String>,
+    #[arg(long, requires = "network")]
+    pub netns: Option<PathBuf>,
+    /// Detach by endpoint id instead.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuestCmd {
+    /// List the installed driver guests.
+    Ls,
+    /// Load a guest file and report its interface, or why it is refused.
+    Check { file: PathBuf },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Cnm(#[from] CnmError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Global {
+    pub fn limits(&self) -> Limits {
+        Limits { deadline: Duration::from_millis(self.guest_deadline_ms), memory_bytes: self.guest_memory_mb << 20 }
+    }
+
+    pub fn runtime(&self) -> Result<Runtime, CliError> {
+        Ok(Runtime::new(self.limits(), Some(self.state_dir.join("cache")))?)
+    }
+
+    pub fn kernel(&self) -> Result<Arc<dyn Kernel>, CliError> {
+        let k = Netlink::new(self.node_netns.as_deref()).map_err(|e| CliError::Other(format!("opening netlink: {e}")))?;
+        Ok(Arc::new(k))
+    }
+
+    pub fn core(&self) -> Result<Core, CliError> {
+        let mut dirs = self.guest_dirs.clone();
+        dirs.extend(crate::guests::default_dirs());
+        Ok(Core::new(self.runtime()?, self.kernel()?, &self.state_dir, dirs)?)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let out = Output::new(cli.global.output);
+    match cli.command {
+        Command::Network(cmd) => network(&cli.global, &out, cmd),
+        Command::Attach(a) => {
+            let core = cli.global.core()?;
+            let ep = core.attach(Attach { network: a.network, netns: a.netns, ip: a.ip, ifname: a.ifname })?;
+            out.endpoint(&ep);
+            Ok(())
+        }
+        Command::Detach(d) => {
+            let core = cli.global.core()?;
+            let target = match (d.endpoint, d.network, d.netns) {
+                (Some(id), _, _) => DetachTarget::Endpoint(id),
+                (None, Some(network), Some(netns)) => DetachTarget::Sandbox { network, netns },
+                _ => return Err(CliError::Usage("give --network and --netns, or --endpoint".into())),
+            };
+            let ep = core.detach(target)?;
+            out.detached(&ep);
+            Ok(())
+        }
+        Command::Guest(GuestCmd::Ls) => {
+            let mut dirs = cli.global.guest_dirs.clone();
+            dirs.extend(crate::guests::default_dirs());
+            out.guests(&crate::guests::discover(&dirs));
+            Ok(())
+        }
+        Command::Guest(GuestCmd::Check { file }) => {
+            let rt = Runtime::new(cli.global.limits(), None)?;
+            let guest = rt.load_file(&file)?;
+            out.guest_check(&file, &guest);
+            Ok(())
+        }
+        Command::Bench(cmd) => bench::run(&cli.global, cmd),
+    }
+}
+
+fn network(g: &Global, out: &Output, cmd: NetworkCmd) -> Result<(), CliError> {
+    let core = g.core()?;
+    match cmd {
+        NetworkCmd::Create { name, driver, subnet, gateway, internal, options } => {
+            let net = core.network_create(CreateNetwork { name, driver, subnet, gateway, internal, options })?;
+            out.network_created(&net);
+        }
+        NetworkCmd::Ls => out.networks(&core.networks()?),
+        NetworkCmd::Inspect { name } => {
+            let (net, eps) = core.inspect(&name)?;
+            out.inspect(&net, &eps);
+        }
+        NetworkCmd::Rm { names } => {
+            let mut failed = Vec::new();
+            for n in names {
+                match core.network_rm(&n) {
+                    Ok(net) => out.removed(&net.name),
+                    Err(e) => failed.push(format!("{n}: {e}")),
+                }
+            }
+            if !failed.is_empty() {
+                return Err(CliError::Other(failed.join("\n")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to tell the user to do, by error.
+pub fn hint(e: &CliError) -> Option<&'static str> {
+    let text = e.to_string();
+    if text.contains("permission denied") || text.contains("Operation not permitted") {
+        Some("netshim changes the kernel's network configuration: run it as root (CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+    } else if text.contains("state directory") {
+        Some("set --state-dir or NETSHIM_STATE_DIR to a writable directory")
+    } else {
+        None
+    }
+}

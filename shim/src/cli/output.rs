@@ -1,0 +1,147 @@
+//! Rendering results: aligned tables for people, JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::Format;
+use crate::cnm::{Endpoint, Network};
+use crate::guests::Source;
+use crate::runtime::{Guest, WIT_PACKAGE};
+
+pub struct Output {
+    format: Format,
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn network_json(n: &Network) -> serde_json::Value {
+    json!({
+        "id": n.id, "name": n.name, "driver": n.driver, "internal": n.internal,
+        "options": n.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+        "ipv4": n.ipv4.iter().map(|p| json!({"subnet": p.subnet.to_string(), "gateway": p.gateway.map(|g| g.addr().to_string()), "pool_id": p.id})).collect::<Vec<_>>(),
+        "created": n.created,
+    })
+}
+
+fn endpoint_json(e: &Endpoint) -> serde_json::Value {
+    json!({
+        "id": e.id, "network_id": e.network_id, "netns": e.netns, "ifname": e.ifname,
+        "ipv4": e.ipv4.map(|a| a.to_string()), "mac": e.mac, "gateway": e.gateway.map(|g| g.to_string()),
+    })
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+impl Output {
+    pub fn new(format: Format) -> Output {
+        Output { format }
+    }
+
+    fn emit(&self, value: serde_json::Value, text: String) {
+        match self.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+            Format::Table => println!("{text}"),
+        }
+    }
+
+    pub fn network_created(&self, n: &Network) {
+        self.emit(network_json(n), n.id.clone());
+    }
+
+    pub fn networks(&self, nets: &[(Network, usize)]) {
+        let rows: Vec<Vec<String>> = nets
+            .iter()
+            .map(|(n, count)| {
+                vec![
+                    short(&n.id),
+                    n.name.clone(),
+                    n.driver.clone(),
+                    n.ipv4.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>().join(","),
+                    if n.internal { "yes".into() } else { "no".into() },
+                    count.to_string(),
+                ]
+            })
+            .collect();
+        let value = json!(nets.iter().map(|(n, c)| { let mut v = network_json(n); v["endpoints"] = json!(c); v }).collect::<Vec<_>>());
+        self.emit(value, table(&["NETWORK ID", "NAME", "DRIVER", "SUBNET", "INTERNAL", "ENDPOINTS"], &rows));
+    }
+
+    pub fn inspect(&self, n: &Network, eps: &[Endpoint]) {
+        let mut value = network_json(n);
+        value["endpoints"] = json!(eps.iter().map(endpoint_json).collect::<Vec<_>>());
+        let mut text = format!("Name:     {}\nID:       {}\nDriver:   {}\nInternal: {}\n", n.name, n.id, n.driver, n.internal);
+        for p in &n.ipv4 {
+            text.push_str(&format!("Subnet:   {}\nGateway:  {}\n", p.subnet, p.gateway.map(|g| g.addr().to_string()).unwrap_or_default()));
+        }
+        for (k, v) in &n.options {
+            text.push_str(&format!("Option:   {k}={v}\n"));
+        }
+        text.push_str("Endpoints:\n");
+        let rows: Vec<Vec<String>> = eps
+            .iter()
+            .map(|e| vec![short(&e.id), e.netns.clone(), e.ifname.clone(), e.ipv4.map(|a| a.to_string()).unwrap_or_default(), e.mac.clone().unwrap_or_default()])
+            .collect();
+        text.push_str(&table(&["ENDPOINT ID", "NETNS", "IFNAME", "IPV4", "MAC"], &rows));
+        self.emit(value, text);
+    }
+
+    pub fn removed(&self, name: &str) {
+        self.emit(json!({"removed": name}), name.to_string());
+    }
+
+    pub fn endpoint(&self, e: &Endpoint) {
+        let text = format!(
+            "{}  {} {} {}",
+            short(&e.id),
+            e.ifname,
+            e.ipv4.map(|a| a.to_string()).unwrap_or_default(),
+            e.gateway.map(|g| format!("via {g}")).unwrap_or_default()
+        );
+        self.emit(endpoint_json(e), text.trim_end().to_string());
+    }
+
+    pub fn detached(&self, e: &Endpoint) {
+        self.emit(json!({"detached": e.id}), short(&e.id));
+    }
+
+    pub fn guests(&self, all: &BTreeMap<String, Source>) {
+        let rows: Vec<Vec<String>> = all.iter().map(|(n, s)| vec![n.clone(), s.describe()]).collect();
+        let value = json!(all.iter().map(|(n, s)| json!({"name": n, "source": s.describe()})).collect::<Vec<_>>());
+        self.emit(value, table(&["DRIVER", "SOURCE"], &rows));
+    }
+
+    pub fn guest_check(&self, file: &Path, g: &Guest) {
+        let exports = ["netshim:plugin/driver", "netshim:plugin/ipam", "netshim:plugin/reconcile"];
+        let value = json!({"file": file.display().to_string(), "ok": true, "wit": WIT_PACKAGE, "exports": exports, "sha256": g.digest});
+        let text = format!("{}: ok\nWIT:      {WIT_PACKAGE}\nexports:  {}\nsha256:   {}", file.display(), exports.join(", "), g.digest);
+        self.emit(value, text);
+    }
+}

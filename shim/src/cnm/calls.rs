@@ -1,0 +1,128 @@
+//! One CNM operation as a sequence of guest calls sharing one store
+//! session. Each call that succeeds leaves its journal here; if a later
+//! step fails, [`Calls::abort`] undoes them all, newest first.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ipnet::IpNet;
+use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
+use netshim_host_api::bindings::netshim::plugin::types::Error as WitError;
+use netshim_host_api::bindings::Plugin;
+use netshim_host_api::host::{from_prefix, HostState, SandboxHandle};
+use netshim_host_api::journal::Journal;
+use netshim_host_api::kernel::NsId;
+use netshim_host_api::store::Store;
+use wasmtime::component::Resource;
+
+use super::{CnmError, CnmResult, Core, Network, Pool, Timing};
+use crate::runtime::{CallData, Guest};
+
+pub struct Calls<'a> {
+    core: &'a Core,
+    pub guest: Guest,
+    store: Option<Box<dyn Store + Send>>,
+    journals: Vec<Journal>,
+    started: Instant,
+    timing: Timing,
+}
+
+/// How a driver's error reads: its kind, then its own words.
+pub fn describe(e: &WitError) -> String {
+    match e {
+        WitError::Exists(m) => format!("already exists: {m}"),
+        WitError::NotFound(m) => format!("not found: {m}"),
+        WitError::Denied(m) => format!("denied: {m}"),
+        WitError::Invalid(m) => format!("invalid: {m}"),
+        WitError::Unsupported(m) => format!("unsupported: {m}"),
+        WitError::Conflict(m) => format!("conflict: {m}"),
+        WitError::Failed(m) => format!("failed: {m}"),
+    }
+}
+
+pub fn is_not_found(e: &CnmError) -> bool {
+    matches!(e, CnmError::Driver { message, .. } if message.starts_with("not found"))
+}
+
+/// The pool record a network keeps, from IPAM's answer.
+pub fn pool_of(id: String, subnet: IpNet, gateway: Option<IpNet>) -> Pool {
+    Pool { id, subnet, gateway }
+}
+
+pub fn wit_network(n: &Network) -> wit::Network {
+    wit::Network {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        options: n.options.clone(),
+        internal: n.internal,
+        ipv4: n
+            .ipv4
+            .iter()
+            .map(|p| wit::PoolData { pool: from_prefix(p.subnet), gateway: p.gateway.map(from_prefix), aux_addresses: Vec::new() })
+            .collect(),
+        ipv6: Vec::new(),
+    }
+}
+
+impl<'a> Calls<'a> {
+    pub fn new(core: &'a Core, driver: &str, store: Box<dyn Store + Send>) -> CnmResult<Calls<'a>> {
+        let guest = core.guest(driver)?;
+        Ok(Calls { core, guest, store: Some(store), journals: Vec::new(), started: Instant::now(), timing: Timing::default() })
+    }
+
+    pub fn store(&mut self) -> &mut dyn Store {
+        self.store.as_deref_mut().expect("store session is present between calls")
+    }
+
+    /// Run one export. A driver error or a trap rolls back what this call
+    /// did before it is returned.
+    pub fn call<R>(
+        &mut self,
+        grant: netshim_host_api::host::Grant,
+        name: &str,
+        sandboxes: &[(NsId, &Path)],
+        f: impl FnOnce(&Plugin, &mut wasmtime::Store<CallData>, &[Resource<SandboxHandle>]) -> wasmtime::Result<Result<R, WitError>>,
+    ) -> CnmResult<R> {
+        let store = self.store.take().expect("store session is present between calls");
+        let host = HostState::new(self.core.kernel.clone(), store, grant, name);
+        let out = self.core.runtime.call(&self.guest, host, name, sandboxes, f);
+        self.timing.wasm += out.wasm_time;
+        self.timing.instantiate += out.instantiate_time;
+        self.store = Some(out.store);
+        let failure = match out.result {
+            Ok(Ok(r)) => {
+                self.journals.push(out.journal);
+                return Ok(r);
+            }
+            Ok(Err(e)) => CnmError::Driver { driver: self.guest.name.clone(), message: format!("{name}: {}", describe(&e)) },
+            Err(trap) => CnmError::Runtime(trap),
+        };
+        let errors = out.journal.rollback(self.core.kernel.as_ref(), self.store());
+        for e in &errors {
+            tracing::error!(call = name, error = %e, "rollback after a failed guest call is incomplete");
+        }
+        Err(failure)
+    }
+
+    /// Undo every call that succeeded, newest first; the session is
+    /// dropped uncommitted, so the store is untouched too.
+    pub fn abort(mut self) -> Vec<String> {
+        let journals = std::mem::take(&mut self.journals);
+        let mut store = self.store.take().expect("store session is present between calls");
+        let errors = self.core.unwind(journals, store.as_mut());
+        self.finish_timing();
+        errors
+    }
+
+    pub fn commit(mut self) -> CnmResult<()> {
+        let mut store = self.store.take().expect("store session is present between calls");
+        store.commit()?;
+        self.finish_timing();
+        Ok(())
+    }
+
+    fn finish_timing(&mut self) {
+        self.timing.total = self.started.elapsed();
+        self.core.record_timing(self.timing);
+    }
+}

@@ -1,0 +1,291 @@
+//! The CNM core: networks, endpoints and sandboxes. It validates a request,
+//! takes the state lock, runs the driver's guest calls in order, and either
+//! commits the result or rolls every call back, so a failed request leaves
+//! neither kernel objects nor state behind.
+
+mod calls;
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use netshim_host_api::host::{self, Grant};
+use netshim_host_api::journal::Journal;
+use netshim_host_api::kernel::{Kernel, KernelError, LinkRef, NsId, MAIN_TABLE};
+use netshim_host_api::store::{Condition, LocalStore, Store, StoreError};
+
+use crate::guests::{self, Source};
+use crate::runtime::{Guest, Runtime, RuntimeError};
+use crate::sandbox;
+pub use model::{Endpoint, Network, Pool};
+use model::SPACE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CnmError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("driver {driver}: {message}")]
+    Driver { driver: String, message: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Kernel(#[from] KernelError),
+    #[error("{0}")]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("{}", .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+pub type CnmResult<T> = Result<T, CnmError>;
+
+pub struct CreateNetwork {
+    pub name: String,
+    pub driver: String,
+    pub subnet: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    pub internal: bool,
+    pub options: Vec<(String, String)>,
+}
+
+pub struct Attach {
+    pub network: String,
+    pub netns: PathBuf,
+    pub ip: Option<IpAddr>,
+    pub ifname: String,
+}
+
+/// Which endpoint to detach.
+pub enum DetachTarget {
+    Sandbox { network: String, netns: PathBuf },
+    Endpoint(String),
+}
+
+/// Time spent, for `netshim bench`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    pub total: Duration,
+    pub wasm: Duration,
+    pub instantiate: Duration,
+}
+
+pub struct Core {
+    runtime: Runtime,
+    kernel: Arc<dyn Kernel>,
+    store: LocalStore,
+    guest_dirs: Vec<PathBuf>,
+    loaded: Mutex<BTreeMap<String, Guest>>,
+    underlay: OnceLock<Option<LinkRef>>,
+    timing: Mutex<Timing>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// 64 hex characters from the kernel's CSPRNG, like Docker's ids.
+pub fn random_id() -> String {
+    let mut buf = [0u8; 32];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    if filled.is_err() {
+        // getrandom(2) cannot fail here short of a broken kernel; fall back
+        // to time and pid so ids stay unique.
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        buf[..16].copy_from_slice(&t.to_le_bytes());
+        buf[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_name(name: &str) -> CnmResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(CnmError::Invalid(format!(
+            "invalid network name {name:?}: use 1 to 64 letters, digits, '_', '.', '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(s: &mut dyn Store, key: &str) -> CnmResult<Option<T>> {
+    match s.get(SPACE, key)? {
+        None => Ok(None),
+        Some(e) => serde_json::from_slice(&e.value)
+            .map(Some)
+            .map_err(|err| CnmError::Store(StoreError::Corrupt { path: PathBuf::from(key), message: err.to_string() })),
+    }
+}
+
+fn put_json<T: serde::Serialize>(s: &mut dyn Store, key: &str, value: &T) -> CnmResult<()> {
+    let bytes = serde_json::to_vec(value).map_err(|e| CnmError::Invalid(e.to_string()))?;
+    s.put(SPACE, key, &bytes, Condition::None, None)?;
+    Ok(())
+}
+
+impl Core {
+    pub fn new(runtime: Runtime, kernel: Arc<dyn Kernel>, state_dir: &Path, guest_dirs: Vec<PathBuf>) -> CnmResult<Core> {
+        Ok(Core {
+            runtime,
+            kernel,
+            store: LocalStore::open(state_dir)?,
+            guest_dirs,
+            loaded: Mutex::new(BTreeMap::new()),
+            underlay: OnceLock::new(),
+            timing: Mutex::new(Timing::default()),
+        })
+    }
+
+    pub fn kernel(&self) -> &Arc<dyn Kernel> {
+        &self.kernel
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Time of the last operation, and the share of it spent in wasm.
+    pub fn last_timing(&self) -> Timing {
+        *self.timing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn drivers(&self) -> BTreeMap<String, Source> {
+        guests::discover(&self.guest_dirs)
+    }
+
+    /// The guest for a driver, compiled or loaded from cache once per process.
+    pub fn guest(&self, driver: &str) -> CnmResult<Guest> {
+        if let Some(g) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(driver) {
+            return Ok(g.clone());
+        }
+        let all = self.drivers();
+        let guest = match all.get(driver) {
+            Some(Source::Builtin(bytes)) => self.runtime.load(driver, bytes)?,
+            Some(Source::File(path)) => {
+                let wasm = std::fs::read(path).map_err(|e| CnmError::NotFound(format!("driver {driver}: cannot read {}: {e}", path.display())))?;
+                self.runtime.load(driver, &wasm)?
+            }
+            None => {
+                let known: Vec<&str> = all.keys().map(String::as_str).collect();
+                return Err(CnmError::NotFound(format!("unknown driver {driver:?}; installed drivers: {}", known.join(", "))));
+            }
+        };
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(driver.into(), guest.clone());
+        Ok(guest)
+    }
+
+    /// The node's underlay: the link of the default route, resolved once.
+    fn underlay(&self) -> Option<LinkRef> {
+        *self.underlay.get_or_init(|| {
+            let routes = self.kernel.routes(NsId::NODE, MAIN_TABLE).ok()?;
+            let default = routes.iter().find(|r| r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4())?;
+            default.oif.map(|index| LinkRef { ns: NsId::NODE, index })
+        })
+    }
+
+    fn grant(&self, net: &Network, with_underlay: bool) -> Grant {
+        Grant {
+            driver: net.driver.clone(),
+            network_id: Some(net.id.clone()),
+            route_prefixes: net.ipv4.iter().map(|p| p.subnet).collect(),
+            underlay: if with_underlay { self.underlay() } else { None },
+        }
+    }
+
+    fn ipam_grant(driver: &str) -> Grant {
+        Grant { driver: driver.into(), ..Grant::default() }
+    }
+
+    fn find_network(&self, s: &mut dyn Store, name_or_id: &str) -> CnmResult<Network> {
+        if let Some(id) = s.get(SPACE, &model::name_key(name_or_id))? {
+            let id = String::from_utf8_lossy(&id.value).into_owned();
+            if let Some(n) = get_json::<Network>(s, &model::network_key(&id))? {
+                return Ok(n);
+            }
+        }
+        if let Some(n) = get_json::<Network>(s, &model::network_key(name_or_id))? {
+            return Ok(n);
+        }
+        // A unique id prefix, as Docker accepts.
+        if name_or_id.len() >= 6 {
+            let matches = s.list(SPACE, &model::network_key(name_or_id))?;
+            if matches.len() == 1 {
+                return get_json::<Network>(s, &matches[0].key)?.ok_or_else(|| CnmError::NotFound(name_or_id.into()));
+            }
+        }
+        Err(CnmError::NotFound(format!("network {name_or_id:?} not found; `netshim network ls` lists networks")))
+    }
+
+    pub fn networks(&self) -> CnmResult<Vec<(Network, usize)>> {
+        let mut s = self.store.session()?;
+        let mut out = Vec::new();
+        for e in s.list(SPACE, "networks/")? {
+            if let Ok(n) = serde_json::from_slice::<Network>(&e.value) {
+                let count = s.list(SPACE, &format!("sandboxes/{}/", n.id))?.len();
+                out.push((n, count));
+            }
+        }
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        Ok(out)
+    }
+
+    pub fn inspect(&self, name_or_id: &str) -> CnmResult<(Network, Vec<Endpoint>)> {
+        let mut s = self.store.session()?;
+        let net = self.find_network(&mut s, name_or_id)?;
+        let eps = self.endpoints_of(&mut s, &net.id)?;
+        Ok((net, eps))
+    }
+
+    fn endpoints_of(&self, s: &mut dyn Store, network_id: &str) -> CnmResult<Vec<Endpoint>> {
+        let mut eps = Vec::new();
+        for e in s.list(SPACE, &format!("sandboxes/{network_id}/"))? {
+            let id = String::from_utf8_lossy(&e.value).into_owned();
+            if let Some(ep) = get_json::<Endpoint>(s, &model::endpoint_key(&id))? {
+                eps.push(ep);
+            }
+        }
+        Ok(eps)
+    }
+
+    /// Roll back the journals of the calls that succeeded before a failure.
+    fn unwind(&self, journals: Vec<Journal>, s: &mut dyn Store) -> Vec<String> {
+        let mut errors = Vec::new();
+        for j in journals.into_iter().rev() {
+            errors.extend(j.rollback(self.kernel.as_ref(), s));
+        }
+        errors
+    }
+
+    fn record_timing(&self, t: Timing) {
+        *self.timing.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+}
+
+pub use calls::pool_of;
+
+/// Deletes what is left of a driver when its last network goes: its nft table.
+fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
+    let table = host::nft_table(driver);
+    match kernel.nft_tables(NsId::NODE) {
+        Ok(tables) if tables.contains(&table) => kernel
+            .nft_apply(NsId::NODE, &table, &[netshim_host_api::bindings::netshim::plugin::netfilter::Op::DeleteTable])
+            .err()
+            .map(|e| format!("removing nftables table inet {table}: {e}")),
+        Ok(_) => None,
+        Err(e) => Some(format!("listing nftables tables: {e}")),
+    }
+}
+
+mod ops;

@@ -1,0 +1,8 @@
+//! netshim: the CNM core, the guest runtime and the front-ends.
+
+pub mod cli;
+pub mod cnm;
+pub mod guests;
+pub mod netns;
+pub mod runtime;
+pub mod sandbox;

@@ -1,0 +1,28 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use netshim::cli::{self, Cli, Format};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NETSHIM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let json = cli.global.output == Format::Json;
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            }
+            eprintln!("netshim: error: {e}");
+            if let Some(h) = cli::hint(&e) {
+                eprintln!("netshim: hint: {h}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

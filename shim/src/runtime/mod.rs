@@ -1,0 +1,230 @@
+//! The guest runtime: wasmtime with the component model, components compiled
+//! once and cached precompiled, `InstancePre` + pooling allocator, and for
+//! every call a fresh `Store` with an epoch deadline and a memory cap.
+//! A guest sees the netshim host API and a deny-all WASI (no files,
+//! sockets, environment or arguments), nothing else.
+
+mod cache;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netshim_host_api::bindings::{Plugin, PluginPre};
+use netshim_host_api::host::{HostState, SandboxHandle};
+use netshim_host_api::journal::Journal;
+use netshim_host_api::store::Store as KvStore;
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Interval of the epoch ticker: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The WIT package every built-in guest targets; reported by `guest check`.
+pub const WIT_PACKAGE: &str = "netshim:plugin@0.1.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("wasm engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("guest {guest}: not a valid component: {message}")]
+    Invalid { guest: String, message: String },
+    #[error("guest {guest} is refused: {message}")]
+    Refused { guest: String, message: String },
+    #[error("guest {guest} {call}: {message}")]
+    Trap { guest: String, call: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget of one guest call.
+    pub deadline: Duration,
+    /// Linear memory one guest call may grow to.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { deadline: Duration::from_secs(2), memory_bytes: 64 << 20 }
+    }
+}
+
+/// What a store carries for one call.
+pub struct CallData {
+    pub host: HostState,
+    wasi: WasiCtx,
+    wasi_table: ResourceTable,
+}
+
+impl WasiView for CallData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.wasi_table }
+    }
+}
+
+/// A loaded, linked guest, ready to instantiate in microseconds.
+#[derive(Clone)]
+pub struct Guest {
+    pub name: String,
+    pub digest: String,
+    pre: PluginPre<CallData>,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallData>,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of one guest call.
+pub struct CallOutcome<R> {
+    /// The guest's answer, or why there is none (trap, deadline, memory).
+    pub result: Result<R, RuntimeError>,
+    /// The store session, handed back for the caller's next step.
+    pub store: Box<dyn KvStore + Send>,
+    /// What the call changed; the caller rolls it back on failure.
+    pub journal: Journal,
+    /// Time spent in wasm: instantiation plus the call (host calls included).
+    pub wasm_time: Duration,
+    pub instantiate_time: Duration,
+}
+
+impl Runtime {
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(64)
+            .total_core_instances(256)
+            .total_memories(64)
+            .total_tables(256)
+            .total_stacks(64)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_reservation(limits.memory_bytes as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        Plugin::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host).map_err(RuntimeError::Engine)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        thread::Builder::new()
+            .name("netshim-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(wasmtime::Error::new(e)))?;
+        Ok(Runtime { engine, linker, limits, cache_dir, stop })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Compile (or load from the cache) and link a guest. Refuses, naming
+    /// the import, a guest that needs anything the host does not provide.
+    pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Guest, RuntimeError> {
+        let (component, digest) = cache::component(&self.engine, self.cache_dir.as_deref(), name, wasm)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Refused { guest: name.into(), message: format!("{e:#}") })?;
+        let pre = PluginPre::new(pre).map_err(|e| RuntimeError::Refused {
+            guest: name.into(),
+            message: format!("it does not export the netshim driver world ({WIT_PACKAGE}): {e:#}"),
+        })?;
+        Ok(Guest { name: name.into(), digest, pre })
+    }
+
+    /// Load a guest from a file.
+    pub fn load_file(&self, path: &Path) -> Result<Guest, RuntimeError> {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "guest".into());
+        let wasm = std::fs::read(path).map_err(|e| RuntimeError::Invalid { guest: path.display().to_string(), message: e.to_string() })?;
+        self.load(&name, &wasm)
+    }
+
+    /// One guest call in a fresh store. `sandboxes` are lent to the call and
+    /// handed to `f` as resources.
+    pub fn call<R>(
+        &self,
+        guest: &Guest,
+        mut host: HostState,
+        call: &str,
+        sandboxes: &[(netshim_host_api::kernel::NsId, &Path)],
+        f: impl FnOnce(&Plugin, &mut Store<CallData>, &[Resource<SandboxHandle>]) -> wasmtime::Result<R>,
+    ) -> CallOutcome<R> {
+        let started = Instant::now();
+        let mut handles = Vec::with_capacity(sandboxes.len());
+        for (ns, path) in sandboxes {
+            match host.grant_sandbox(*ns, path) {
+                Ok(h) => handles.push(h),
+                Err(e) => return self.failed(host, guest, call, e, started),
+            }
+        }
+        let data = CallData { host, wasi: deny_all_wasi(), wasi_table: ResourceTable::new() };
+        let mut store = Store::new(&self.engine, data);
+        let ticks = (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        let instance = guest.pre.instantiate(&mut store);
+        let instantiate_time = started.elapsed();
+        let result = instance.and_then(|plugin| f(&plugin, &mut store, &handles));
+        let wasm_time = started.elapsed();
+        let CallData { host, .. } = store.into_data();
+        let (kv, journal) = host.finish();
+        let result = result.map_err(|e| self.explain(guest, call, e, wasm_time));
+        CallOutcome { result, store: kv, journal, wasm_time, instantiate_time }
+    }
+
+    fn failed<R>(&self, host: HostState, guest: &Guest, call: &str, e: wasmtime::Error, started: Instant) -> CallOutcome<R> {
+        let (kv, journal) = host.finish();
+        CallOutcome {
+            result: Err(RuntimeError::Trap { guest: guest.name.clone(), call: call.into(), message: format!("{e:#}") }),
+            store: kv,
+            journal,
+            wasm_time: started.elapsed(),
+            instantiate_time: Duration::ZERO,
+        }
+    }
+
+    /// Turn a trap into a message that says what the guest did.
+    fn explain(&self, guest: &Guest, call: &str, e: wasmtime::Error, elapsed: Duration) -> RuntimeError {
+        let message = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "stopped at its deadline of {} ms (after {} ms)",
+                self.limits.deadline.as_millis(),
+                elapsed.as_millis()
+            ),
+            Some(wasmtime::Trap::UnreachableCodeReached) => format!(
+                "aborted (a panic, or memory exhausted at the {} MiB cap): {e:#}",
+                self.limits.memory_bytes >> 20
+            ),
+            Some(trap) => format!("trapped: {trap}: {e:#}"),
+            None => format!("failed: {e:#}"),
+        };
+        RuntimeError::Trap { guest: guest.name.clone(), call: call.into(), message }
+    }
+}
+
+/// WASI as the Rust std of a wasm32-wasip2 guest expects it, with nothing
+/// behind it: no preopened directories, no environment, no arguments, no
+/// network, stdio going nowhere. Guests log through the `log` import.
+fn deny_all_wasi() -> WasiCtx {
+    WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build()
+}
