@@ -19,7 +19,11 @@ fn main() {
     // Packagers may build the guests separately and point here.
     if let Ok(dir) = env::var("NETSHIM_GUESTS_PREBUILT") {
         for g in GUESTS {
-            std::fs::copy(Path::new(&dir).join(format!("{g}.wasm")), out.join(format!("{g}.wasm"))).expect("copy prebuilt guest");
+            std::fs::copy(
+                Path::new(&dir).join(format!("{g}.wasm")),
+                out.join(format!("{g}.wasm")),
+            )
+            .expect("copy prebuilt guest");
         }
         return;
     }
@@ -27,8 +31,12 @@ fn main() {
     let target_dir = root.join("target").join("guests");
     build_guest_workspace(&root.join("guests").join("Cargo.toml"), &target_dir);
     for g in GUESTS {
-        let built = target_dir.join("wasm32-wasip2").join("release").join(format!("netshim_guest_{g}.wasm"));
-        std::fs::copy(&built, out.join(format!("{g}.wasm"))).unwrap_or_else(|e| panic!("guest {g} not built at {}: {e}", built.display()));
+        let built = target_dir
+            .join("wasm32-wasip2")
+            .join("release")
+            .join(format!("netshim_guest_{g}.wasm"));
+        std::fs::copy(&built, out.join(format!("{g}.wasm")))
+            .unwrap_or_else(|e| panic!("guest {g} not built at {}: {e}", built.display()));
     }
 }
 
@@ -36,12 +44,25 @@ fn main() {
 pub fn build_guest_workspace(manifest: &Path, target_dir: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(target_dir);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(manifest)
+    .arg("--target-dir")
+    .arg(target_dir);
     // The outer build's flags are for the host target, not for wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo for the guests");

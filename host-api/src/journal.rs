@@ -11,18 +11,55 @@ use crate::store::{Condition, Entry, Store};
 
 #[derive(Debug, Clone)]
 pub enum Undo {
-    DeleteLink { link: LinkRef, name: String },
-    DelAddress { link: LinkRef, address: IpNet },
-    AddAddress { link: LinkRef, address: IpNet },
-    DelRoute { ns: NsId, route: Route },
-    AddRoute { ns: NsId, route: Route },
-    SetLink { link: LinkRef, change: LinkChange },
-    Sysctl { ns: NsId, path: String, value: String },
-    DelNeighbour { link: LinkRef, address: IpAddr },
-    DelFdb { link: LinkRef, mac: Mac, destination: Option<IpAddr> },
-    Nft { ns: NsId, table: String, ops: Vec<NftOp> },
+    DeleteLink {
+        link: LinkRef,
+        name: String,
+    },
+    DelAddress {
+        link: LinkRef,
+        address: IpNet,
+    },
+    AddAddress {
+        link: LinkRef,
+        address: IpNet,
+    },
+    DelRoute {
+        ns: NsId,
+        route: Route,
+    },
+    AddRoute {
+        ns: NsId,
+        route: Route,
+    },
+    SetLink {
+        link: LinkRef,
+        change: LinkChange,
+    },
+    Sysctl {
+        ns: NsId,
+        path: String,
+        value: String,
+    },
+    DelNeighbour {
+        link: LinkRef,
+        address: IpAddr,
+    },
+    DelFdb {
+        link: LinkRef,
+        mac: Mac,
+        destination: Option<IpAddr>,
+    },
+    Nft {
+        ns: NsId,
+        table: String,
+        ops: Vec<NftOp>,
+    },
     /// Restore a store key to what it was (None: it did not exist).
-    Kv { space: String, key: String, old: Option<Entry> },
+    Kv {
+        space: String,
+        key: String,
+        old: Option<Entry>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +90,11 @@ impl Journal {
     /// them all; a missing object counts as undone (something else already
     /// removed it, e.g. the sandbox went away with its end of a veth).
     pub fn rollback(self, kernel: &dyn Kernel, store: &mut dyn Store) -> Vec<String> {
-        let mut errors: Vec<String> = self.irreversible.iter().map(|w| format!("cannot undo: {w}")).collect();
+        let mut errors: Vec<String> = self
+            .irreversible
+            .iter()
+            .map(|w| format!("cannot undo: {w}"))
+            .collect();
         for undo in self.entries.into_iter().rev() {
             let what = format!("{undo:?}");
             let result = match undo {
@@ -65,11 +106,17 @@ impl Journal {
                 Undo::SetLink { link, change } => kernel.set_link(link, &change),
                 Undo::Sysctl { ns, path, value } => kernel.sysctl_set(ns, &path, &value),
                 Undo::DelNeighbour { link, address } => kernel.del_neighbour(link, address),
-                Undo::DelFdb { link, mac, destination } => kernel.del_fdb(link, mac, destination),
+                Undo::DelFdb {
+                    link,
+                    mac,
+                    destination,
+                } => kernel.del_fdb(link, mac, destination),
                 Undo::Nft { ns, table, ops } => kernel.nft_apply(ns, &table, &ops),
                 Undo::Kv { space, key, old } => {
                     let r = match old {
-                        Some(e) => store.put(&space, &key, &e.value, Condition::None, None).map(|_| ()),
+                        Some(e) => store
+                            .put(&space, &key, &e.value, Condition::None, None)
+                            .map(|_| ()),
                         None => store.delete(&space, &key, Condition::None).map(|_| ()),
                     };
                     r.map_err(|e| KernelError::Other(e.to_string()))

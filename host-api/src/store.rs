@@ -20,7 +20,10 @@ pub enum StoreError {
     #[error("key {0:?}: condition failed (it changed since it was read)")]
     Conflict(String),
     #[error("state directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt: {message}; move it aside to start from an empty state")]
     Corrupt { path: PathBuf, message: String },
 }
@@ -47,9 +50,21 @@ pub enum Condition {
 pub trait Store {
     fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError>;
     /// Returns the new revision.
-    fn put(&mut self, space: &str, key: &str, value: &[u8], cond: Condition, ttl_seconds: Option<u32>) -> Result<u64, StoreError>;
+    fn put(
+        &mut self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        cond: Condition,
+        ttl_seconds: Option<u32>,
+    ) -> Result<u64, StoreError>;
     /// Returns the entry that was deleted, if any.
-    fn delete(&mut self, space: &str, key: &str, cond: Condition) -> Result<Option<Entry>, StoreError>;
+    fn delete(
+        &mut self,
+        space: &str,
+        key: &str,
+        cond: Condition,
+    ) -> Result<Option<Entry>, StoreError>;
     fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError>;
     /// Make every write of this session durable.
     fn commit(&mut self) -> Result<(), StoreError>;
@@ -81,8 +96,13 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
-        Ok(LocalStore { dir: dir.to_path_buf() })
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(LocalStore {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -93,8 +113,16 @@ impl LocalStore {
     /// load the current state.
     pub fn session(&self) -> Result<LocalSession, StoreError> {
         let lock_path = self.dir.join(LOCK_FILE);
-        let io = |source| StoreError::Io { path: lock_path.clone(), source };
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io)?;
+        let io = |source| StoreError::Io {
+            path: lock_path.clone(),
+            source,
+        };
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
         // flock, not fcntl locks: it is per open file, so two sessions in one
         // process (the daemon's threads) exclude each other too.
         loop {
@@ -109,7 +137,12 @@ impl LocalStore {
         }
         let path = self.dir.join(STATE_FILE);
         let doc = load(&path)?;
-        Ok(LocalSession { dir: self.dir.clone(), _lock: lock, doc, dirty: false })
+        Ok(LocalSession {
+            dir: self.dir.clone(),
+            _lock: lock,
+            doc,
+            dirty: false,
+        })
     }
 }
 
@@ -117,16 +150,31 @@ fn load(path: &Path) -> Result<Document, StoreError> {
     let mut text = String::new();
     match File::open(path) {
         Ok(mut f) => {
-            f.read_to_string(&mut text).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+            f.read_to_string(&mut text)
+                .map_err(|source| StoreError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Document::default()),
-        Err(source) => return Err(StoreError::Io { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     }
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub struct LocalSession {
@@ -161,8 +209,14 @@ impl LocalSession {
 }
 
 fn entry(key: &str, rec: &Record) -> Entry {
-    let value = base64::engine::general_purpose::STANDARD.decode(&rec.value).unwrap_or_default();
-    Entry { key: key.to_string(), value, revision: rec.revision }
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(&rec.value)
+        .unwrap_or_default();
+    Entry {
+        key: key.to_string(),
+        value,
+        revision: rec.revision,
+    }
 }
 
 impl Store for LocalSession {
@@ -170,7 +224,14 @@ impl Store for LocalSession {
         Ok(self.live(space, key).map(|r| entry(key, r)))
     }
 
-    fn put(&mut self, space: &str, key: &str, value: &[u8], cond: Condition, ttl_seconds: Option<u32>) -> Result<u64, StoreError> {
+    fn put(
+        &mut self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        cond: Condition,
+        ttl_seconds: Option<u32>,
+    ) -> Result<u64, StoreError> {
         self.check(space, key, cond)?;
         self.doc.revision += 1;
         let revision = self.doc.revision;
@@ -179,12 +240,21 @@ impl Store for LocalSession {
             revision,
             expires: ttl_seconds.map(|t| now() + u64::from(t)),
         };
-        self.doc.spaces.entry(space.to_string()).or_default().insert(key.to_string(), rec);
+        self.doc
+            .spaces
+            .entry(space.to_string())
+            .or_default()
+            .insert(key.to_string(), rec);
         self.dirty = true;
         Ok(revision)
     }
 
-    fn delete(&mut self, space: &str, key: &str, cond: Condition) -> Result<Option<Entry>, StoreError> {
+    fn delete(
+        &mut self,
+        space: &str,
+        key: &str,
+        cond: Condition,
+    ) -> Result<Option<Entry>, StoreError> {
         self.check(space, key, cond)?;
         let old = self.live(space, key).map(|r| entry(key, r));
         if let Some(map) = self.doc.spaces.get_mut(space) {
@@ -197,7 +267,9 @@ impl Store for LocalSession {
     }
 
     fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let Some(map) = self.doc.spaces.get(space) else { return Ok(Vec::new()) };
+        let Some(map) = self.doc.spaces.get(space) else {
+            return Ok(Vec::new());
+        };
         let t = now();
         Ok(map
             .range(prefix.to_string()..)
@@ -218,14 +290,25 @@ impl Store for LocalSession {
         self.doc.spaces.retain(|_, m| !m.is_empty());
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |source| StoreError::Io { path: tmp.clone(), source };
-        let text = serde_json::to_vec(&self.doc).map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let io = |source| StoreError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let text = serde_json::to_vec(&self.doc).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(&text).map_err(io)?;
         f.sync_data().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)?;
         // The rename is durable only once the directory entry is.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|source| StoreError::Io { path: self.dir.clone(), source })?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
         self.dirty = false;
         Ok(())
     }
@@ -245,10 +328,27 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.doc.spaces.get(space).and_then(|m| m.get(key)).map(|r| entry(key, r)))
+        Ok(self
+            .doc
+            .spaces
+            .get(space)
+            .and_then(|m| m.get(key))
+            .map(|r| entry(key, r)))
     }
-    fn put(&mut self, space: &str, key: &str, value: &[u8], cond: Condition, ttl: Option<u32>) -> Result<u64, StoreError> {
-        let current = self.doc.spaces.get(space).and_then(|m| m.get(key)).map(|r| r.revision);
+    fn put(
+        &mut self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        cond: Condition,
+        ttl: Option<u32>,
+    ) -> Result<u64, StoreError> {
+        let current = self
+            .doc
+            .spaces
+            .get(space)
+            .and_then(|m| m.get(key))
+            .map(|r| r.revision);
         let ok = match cond {
             Condition::None => true,
             Condition::Absent => current.is_none(),
@@ -263,11 +363,25 @@ impl Store for MemoryStore {
             revision: self.doc.revision,
             expires: ttl.map(|t| now() + u64::from(t)),
         };
-        self.doc.spaces.entry(space.into()).or_default().insert(key.into(), rec);
+        self.doc
+            .spaces
+            .entry(space.into())
+            .or_default()
+            .insert(key.into(), rec);
         Ok(self.doc.revision)
     }
-    fn delete(&mut self, space: &str, key: &str, cond: Condition) -> Result<Option<Entry>, StoreError> {
-        let current = self.doc.spaces.get(space).and_then(|m| m.get(key)).map(|r| r.revision);
+    fn delete(
+        &mut self,
+        space: &str,
+        key: &str,
+        cond: Condition,
+    ) -> Result<Option<Entry>, StoreError> {
+        let current = self
+            .doc
+            .spaces
+            .get(space)
+            .and_then(|m| m.get(key))
+            .map(|r| r.revision);
         let ok = match cond {
             Condition::None => true,
             Condition::Absent => current.is_none(),
@@ -284,7 +398,12 @@ impl Store for MemoryStore {
             .doc
             .spaces
             .get(space)
-            .map(|m| m.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, r)| entry(k, r)).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, r)| entry(k, r))
+                    .collect()
+            })
             .unwrap_or_default())
     }
     fn commit(&mut self) -> Result<(), StoreError> {
@@ -308,20 +427,36 @@ mod tests {
         let store = LocalStore::open(&dir).unwrap();
         let mut s = store.session().unwrap();
         let r1 = s.put("d", "a", b"1", Condition::Absent, None).unwrap();
-        assert!(matches!(s.put("d", "a", b"2", Condition::Absent, None), Err(StoreError::Conflict(_))));
-        let r2 = s.put("d", "a", b"2", Condition::Revision(r1), None).unwrap();
+        assert!(matches!(
+            s.put("d", "a", b"2", Condition::Absent, None),
+            Err(StoreError::Conflict(_))
+        ));
+        let r2 = s
+            .put("d", "a", b"2", Condition::Revision(r1), None)
+            .unwrap();
         assert!(r2 > r1);
-        assert!(matches!(s.put("d", "a", b"3", Condition::Revision(r1), None), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.put("d", "a", b"3", Condition::Revision(r1), None),
+            Err(StoreError::Conflict(_))
+        ));
         s.put("d", "ab", b"x", Condition::None, None).unwrap();
         s.put("d", "b", b"y", Condition::None, None).unwrap();
-        let keys: Vec<_> = s.list("d", "a").unwrap().into_iter().map(|e| e.key).collect();
+        let keys: Vec<_> = s
+            .list("d", "a")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
         assert_eq!(keys, ["a", "ab"]);
         s.commit().unwrap();
         drop(s);
         let mut s = store.session().unwrap();
         assert_eq!(s.get("d", "a").unwrap().unwrap().value, b"2");
         assert!(s.delete("d", "a", Condition::Revision(r1)).is_err());
-        assert!(s.delete("d", "a", Condition::Revision(r2)).unwrap().is_some());
+        assert!(s
+            .delete("d", "a", Condition::Revision(r2))
+            .unwrap()
+            .is_some());
         assert!(s.get("d", "a").unwrap().is_none());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -346,7 +481,8 @@ mod tests {
         let mut s = store.session().unwrap();
         s.put("d", "lease", b"v", Condition::None, Some(0)).unwrap();
         assert!(s.get("d", "lease").unwrap().is_none());
-        s.put("d", "lease", b"v", Condition::Absent, Some(3600)).unwrap();
+        s.put("d", "lease", b"v", Condition::Absent, Some(3600))
+            .unwrap();
         assert!(s.get("d", "lease").unwrap().is_some());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -362,8 +498,18 @@ mod tests {
                     for _ in 0..10 {
                         let mut s = store.session().unwrap();
                         let cur = s.get("d", "n").unwrap();
-                        let n: u32 = cur.as_ref().map(|e| String::from_utf8_lossy(&e.value).parse().unwrap()).unwrap_or(0);
-                        s.put("d", "n", (n + 1).to_string().as_bytes(), Condition::None, None).unwrap();
+                        let n: u32 = cur
+                            .as_ref()
+                            .map(|e| String::from_utf8_lossy(&e.value).parse().unwrap())
+                            .unwrap_or(0);
+                        s.put(
+                            "d",
+                            "n",
+                            (n + 1).to_string().as_bytes(),
+                            Condition::None,
+                            None,
+                        )
+                        .unwrap();
                         s.commit().unwrap();
                     }
                 })

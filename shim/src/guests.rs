@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Built-in guests, compiled for wasm32-wasip2 by build.rs.
-pub const BUILTIN: &[(&str, &[u8])] = &[("bridge", include_bytes!(concat!(env!("OUT_DIR"), "/bridge.wasm")))];
+pub const BUILTIN: &[(&str, &[u8])] = &[(
+    "bridge",
+    include_bytes!(concat!(env!("OUT_DIR"), "/bridge.wasm")),
+)];
 
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -25,9 +28,14 @@ impl Source {
 
 /// Every driver name and where it comes from.
 pub fn discover(dirs: &[PathBuf]) -> BTreeMap<String, Source> {
-    let mut all: BTreeMap<String, Source> = BUILTIN.iter().map(|(n, b)| (n.to_string(), Source::Builtin(b))).collect();
+    let mut all: BTreeMap<String, Source> = BUILTIN
+        .iter()
+        .map(|(n, b)| (n.to_string(), Source::Builtin(b)))
+        .collect();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "wasm") {

@@ -21,11 +21,19 @@ pub struct NetnsError {
 }
 
 fn err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(std::io::Error) -> NetnsError + 'a {
-    move |source| NetnsError { name: name.into(), what, source }
+    move |source| NetnsError {
+        name: name.into(),
+        what,
+        source,
+    }
 }
 
 fn nix_err<'a>(name: &'a str, what: &'static str) -> impl FnOnce(nix::Error) -> NetnsError + 'a {
-    move |e| NetnsError { name: name.into(), what, source: std::io::Error::from(e) }
+    move |e| NetnsError {
+        name: name.into(),
+        what,
+        source: std::io::Error::from(e),
+    }
 }
 
 pub fn path(name: &str) -> PathBuf {
@@ -36,17 +44,34 @@ pub fn path(name: &str) -> PathBuf {
 pub fn create(name: &str) -> Result<PathBuf, NetnsError> {
     fs::create_dir_all(NETNS_DIR).map_err(err(name, "creating /run/netns"))?;
     let target = path(name);
-    File::options().write(true).create_new(true).open(&target).map_err(err(name, "creating the mount point"))?;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+        .map_err(err(name, "creating the mount point"))?;
     let t = target.clone();
     let n = name.to_string();
     // unshare() changes the calling thread: do it on a thread that dies.
     let result = thread::spawn(move || -> Result<(), NetnsError> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(nix_err(&n, "unshare"))?;
-        mount(Some("/proc/thread-self/ns/net"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(nix_err(&n, "bind mount"))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(nix_err(&n, "bind mount"))?;
         Ok(())
     })
     .join()
-    .unwrap_or_else(|_| Err(NetnsError { name: name.into(), what: "thread", source: std::io::Error::other("panicked") }));
+    .unwrap_or_else(|_| {
+        Err(NetnsError {
+            name: name.into(),
+            what: "thread",
+            source: std::io::Error::other("panicked"),
+        })
+    });
     if let Err(e) = result {
         let _ = fs::remove_file(&target);
         return Err(e);
@@ -62,13 +87,26 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 }
 
 /// Run `f` on a thread inside the namespace at `path`.
-pub fn run_in<R: Send + 'static>(path: &Path, f: impl FnOnce() -> R + Send + 'static) -> Result<R, NetnsError> {
+pub fn run_in<R: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, NetnsError> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(err(&name, "open"))?;
     thread::spawn(move || {
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError { name: name.clone(), what: "setns", source: e.into() })?;
+        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError {
+            name: name.clone(),
+            what: "setns",
+            source: e.into(),
+        })?;
         Ok(f())
     })
     .join()
-    .unwrap_or_else(|_| Err(NetnsError { name: path.display().to_string(), what: "thread", source: std::io::Error::other("panicked") }))
+    .unwrap_or_else(|_| {
+        Err(NetnsError {
+            name: path.display().to_string(),
+            what: "thread",
+            source: std::io::Error::other("panicked"),
+        })
+    })
 }

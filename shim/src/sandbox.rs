@@ -27,18 +27,37 @@ fn k(what: impl Into<String>) -> impl FnOnce(KernelError) -> SandboxError {
 /// After a crash mid-attach the container may hold a half-made interface of
 /// this network: remove it so the attach can start clean. Anything else by
 /// that name is the user's and is left alone.
-pub fn clear_stale(kernel: &dyn Kernel, ns: NsId, ifname: &str, mark: &str) -> Result<(), SandboxError> {
-    match kernel.link_by_name(ns, ifname).map_err(k(format!("looking up {ifname}")))? {
+pub fn clear_stale(
+    kernel: &dyn Kernel,
+    ns: NsId,
+    ifname: &str,
+    mark: &str,
+) -> Result<(), SandboxError> {
+    match kernel
+        .link_by_name(ns, ifname)
+        .map_err(k(format!("looking up {ifname}")))?
+    {
         None => Ok(()),
         Some(l) if l.alias.as_deref() == Some(mark) => {
-            tracing::info!(ifname, "removing a half-made interface left by an interrupted attach");
-            kernel.delete_link(l.link_ref()).map_err(k(format!("removing stale {ifname}")))
+            tracing::info!(
+                ifname,
+                "removing a half-made interface left by an interrupted attach"
+            );
+            kernel
+                .delete_link(l.link_ref())
+                .map_err(k(format!("removing stale {ifname}")))
         }
         Some(_) => Err(SandboxError::Taken(ifname.into())),
     }
 }
 
-pub fn configure(kernel: &dyn Kernel, ns: NsId, join: &JoinInfo, ifname: &str, address: Option<IpNet>) -> Result<(), SandboxError> {
+pub fn configure(
+    kernel: &dyn Kernel,
+    ns: NsId,
+    join: &JoinInfo,
+    ifname: &str,
+    address: Option<IpNet>,
+) -> Result<(), SandboxError> {
     if !join.in_sandbox {
         return Err(SandboxError::NotInSandbox);
     }
@@ -48,34 +67,53 @@ pub fn configure(kernel: &dyn Kernel, ns: NsId, join: &JoinInfo, ifname: &str, a
         .ok_or_else(|| SandboxError::Missing(join.src_name.clone()))?;
     let link_ref = link.link_ref();
     if link.name != ifname {
-        kernel.set_link(link_ref, &LinkChange::Name(ifname.into())).map_err(k(format!("renaming {} to {ifname}", link.name)))?;
+        kernel
+            .set_link(link_ref, &LinkChange::Name(ifname.into()))
+            .map_err(k(format!("renaming {} to {ifname}", link.name)))?;
     }
     if let Some(a) = address {
-        kernel.add_address(link_ref, a).map_err(k(format!("adding {a} to {ifname}")))?;
+        kernel
+            .add_address(link_ref, a)
+            .map_err(k(format!("adding {a} to {ifname}")))?;
     }
     if let Some(lo) = kernel.link_by_name(ns, "lo").map_err(k("looking up lo"))? {
         if !lo.up {
-            kernel.set_link(lo.link_ref(), &LinkChange::Up(true)).map_err(k("bringing lo up"))?;
+            kernel
+                .set_link(lo.link_ref(), &LinkChange::Up(true))
+                .map_err(k("bringing lo up"))?;
         }
     }
-    kernel.set_link(link_ref, &LinkChange::Up(true)).map_err(k(format!("bringing {ifname} up")))?;
+    kernel
+        .set_link(link_ref, &LinkChange::Up(true))
+        .map_err(k(format!("bringing {ifname} up")))?;
     // Static routes first: a gateway outside the subnet (Calico's
     // 169.254.1.1) is reachable only through one of them.
     for r in &join.static_routes {
-        let dst = to_prefix(&r.destination).map_err(|_| SandboxError::Kernel { what: "static route".into(), source: KernelError::Invalid("bad prefix".into()) })?;
+        let dst = to_prefix(&r.destination).map_err(|_| SandboxError::Kernel {
+            what: "static route".into(),
+            source: KernelError::Invalid("bad prefix".into()),
+        })?;
         let mut route = Route::new(dst);
         route.oif = Some(link_ref.index);
         match r.route_type {
             RouteType::Connected => route.scope = RouteScope::Link,
             RouteType::NextHop => route.gateway = r.next_hop.as_ref().map(to_ip),
         }
-        kernel.add_route(ns, &route, false).map_err(k(format!("adding route {dst}")))?;
+        kernel
+            .add_route(ns, &route, false)
+            .map_err(k(format!("adding route {dst}")))?;
     }
     if let Some(gw) = join.gateway.as_ref().map(to_ip) {
-        let mut route = Route::new(if gw.is_ipv4() { "0.0.0.0/0".parse().unwrap() } else { "::/0".parse().unwrap() });
+        let mut route = Route::new(if gw.is_ipv4() {
+            "0.0.0.0/0".parse().unwrap()
+        } else {
+            "::/0".parse().unwrap()
+        });
         route.gateway = Some(gw);
         route.oif = Some(link_ref.index);
-        kernel.add_route(ns, &route, false).map_err(k(format!("adding default route via {gw}")))?;
+        kernel
+            .add_route(ns, &route, false)
+            .map_err(k(format!("adding default route via {gw}")))?;
     }
     Ok(())
 }

@@ -1,1 +1,307 @@
+//! Helpers for netshim's integration tests: throwaway namespaces (a node,
+//! containers, an "outside" host on 203.0.113.0/24), the netshim binary, and
+//! listings of what is left in a namespace. Nothing here touches the
+//! machine's own namespace; every namespace is removed on drop, also when a
+//! test fails.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use netshim::netns;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// True when the tests may change networking (root, with netns support).
+pub fn can_run() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: integration tests need root (network namespaces)");
+    }
+    root
+}
+
+/// A named network namespace, removed on drop.
+pub struct Ns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Ns {
+    pub fn new(tag: &str) -> Ns {
+        let name = format!(
+            "nst{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let path =
+            netns::create(&name).unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        let ns = Ns { name, path };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME args…`; panics with ip's message on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", addr])
+            .status
+            .success()
+    }
+
+    /// Link names, sorted.
+    pub fn links(&self) -> Vec<String> {
+        let out = self.ip(&["-o", "link", "show"]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// IPv4 addresses as "dev addr/len", sorted.
+    pub fn addresses(&self) -> Vec<String> {
+        let out = self.ip(&["-o", "-4", "addr", "show"]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some(format!("{} {}", f.get(1)?, f.get(3)?))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn routes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ip(&["-4", "route", "show", "table", "all"])
+            .lines()
+            .filter(|l| !l.starts_with("local ") && !l.starts_with("broadcast "))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn nft_ruleset(&self) -> String {
+        let out = self.exec(&["nft", "list", "ruleset"]);
+        assert!(
+            out.status.success(),
+            "nft list ruleset: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn sysctl(&self, path: &str) -> String {
+        let out = self.exec(&["cat", &format!("/proc/sys/{path}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Accept one TCP connection on `addr` inside this namespace and return
+    /// the peer's address as the listener saw it.
+    pub fn accept_one(&self, addr: &str) -> std::thread::JoinHandle<SocketAddr> {
+        let sock: SocketAddr = addr.parse().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = self.path.clone();
+        let h = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind(sock).unwrap();
+            tx.send(()).unwrap();
+            let (_s, peer) = l.accept().unwrap();
+            peer
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("listener up");
+        h
+    }
+
+    /// Connect from inside this namespace.
+    pub fn connect(&self, addr: &str) -> std::io::Result<()> {
+        let sock: SocketAddr = addr.parse().unwrap();
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map(|_| ())
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if let Err(e) = netns::delete(&self.name) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// A node with an uplink to an outside host: node `uplink` 203.0.113.2/24
+/// <-> outside `eth0` 203.0.113.1/24, default route of the node via the
+/// outside host. The outside host knows no route to container subnets, so
+/// a container reaches it only through masquerade.
+pub struct Node {
+    pub node: Ns,
+    pub outside: Ns,
+    pub state: TempDir,
+}
+
+pub const NODE_ADDR: &str = "203.0.113.2";
+pub const OUTSIDE_ADDR: &str = "203.0.113.1";
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        let node = Ns::new(&format!("{tag}-node"));
+        let outside = Ns::new(&format!("{tag}-out"));
+        node.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside.name,
+        ]);
+        node.ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", "uplink"]);
+        node.ip(&["link", "set", "uplink", "up"]);
+        outside.ip(&["addr", "add", &format!("{OUTSIDE_ADDR}/24"), "dev", "eth0"]);
+        outside.ip(&["link", "set", "eth0", "up"]);
+        node.ip(&["route", "add", "default", "via", OUTSIDE_ADDR]);
+        Node {
+            node,
+            outside,
+            state: TempDir::new(tag),
+        }
+    }
+
+    /// The netshim binary acting on this node.
+    pub fn netshim(&self, args: &[&str]) -> Output {
+        let out = Command::new(netshim_bin())
+            .env("NETSHIM_STATE_DIR", &self.state.0)
+            .env("NETSHIM_NODE_NETNS", &self.node.path)
+            .env("NETSHIM_CACHE_DIR", cache_dir())
+            .args(args)
+            .output()
+            .expect("run netshim");
+        out
+    }
+
+    /// Like `netshim` but panics, with netshim's stderr, on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.netshim(args);
+        assert!(
+            out.status.success(),
+            "netshim {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--output", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("netshim printed JSON")
+    }
+
+    /// The state file, as netshim wrote it.
+    pub fn state_json(&self) -> serde_json::Value {
+        let p = self.state.0.join("state.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).unwrap(),
+            Err(_) => serde_json::json!({}),
+        }
+    }
+
+    /// Links, addresses and routes of a fresh node, for "nothing left" checks.
+    pub fn baseline(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        (self.node.links(), self.node.addresses(), self.node.routes())
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "netshim-test-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// target/<profile>/netshim, next to the test binary's deps directory.
+pub fn netshim_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("netshim");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p netshim` (the test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Compiled guests shared by all tests of a run, so Cranelift runs once.
+pub fn cache_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("netshim-test-cache")
+}
+
+pub fn hostile_wasm() -> PathBuf {
+    PathBuf::from(env!("HOSTILE_WASM"))
+}
+
+pub fn unknown_import_wat() -> PathBuf {
+    PathBuf::from(env!("UNKNOWN_IMPORT_WAT"))
+}

@@ -31,7 +31,10 @@ impl Net4 {
 
     /// The network this address belongs to (host bits cleared).
     pub fn network(&self) -> Net4 {
-        Net4 { addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()), len: self.len }
+        Net4 {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            len: self.len,
+        }
     }
 
     /// First address of the prefix, as a number.
@@ -72,9 +75,15 @@ impl fmt::Display for Net4 {
 impl FromStr for Net4 {
     type Err = String;
     fn from_str(s: &str) -> Result<Net4, String> {
-        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not an IPv4 prefix"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
-        let len: u8 = l.parse().map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not an IPv4 prefix"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
+        let len: u8 = l
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 prefix"))?;
         Net4::new(addr, len).ok_or_else(|| format!("{s:?}: prefix length above 32"))
     }
 }
@@ -102,7 +111,8 @@ pub fn v4_of(a: &IpAddress) -> Option<Ipv4Addr> {
 
 /// An IPv4 WIT address, or `invalid` naming `what`.
 pub fn v4_addr(a: &IpAddress, what: &str) -> Result<Ipv4Addr, Error> {
-    v4_of(a).ok_or_else(|| Error::Invalid(format!("{what} {} is not an IPv4 address", show_addr(a))))
+    v4_of(a)
+        .ok_or_else(|| Error::Invalid(format!("{what} {} is not an IPv4 address", show_addr(a))))
 }
 
 /// An IPv4 WIT prefix, or `invalid` naming `what`.
@@ -110,9 +120,8 @@ pub fn v4_prefix(p: &IpPrefix, what: &str) -> Result<Net4, Error> {
     let addr = v4_of(&p.address).ok_or_else(|| {
         Error::Invalid(format!("{what} {} is not an IPv4 prefix", show_prefix(p)))
     })?;
-    Net4::new(addr, p.prefix_len).ok_or_else(|| {
-        Error::Invalid(format!("{what} {}: prefix length above 32", show_prefix(p)))
-    })
+    Net4::new(addr, p.prefix_len)
+        .ok_or_else(|| Error::Invalid(format!("{what} {}: prefix length above 32", show_prefix(p))))
 }
 
 pub fn wit_addr(a: Ipv4Addr) -> IpAddress {
@@ -121,7 +130,10 @@ pub fn wit_addr(a: Ipv4Addr) -> IpAddress {
 }
 
 pub fn wit_prefix(n: Net4) -> IpPrefix {
-    IpPrefix { address: wit_addr(n.addr), prefix_len: n.len }
+    IpPrefix {
+        address: wit_addr(n.addr),
+        prefix_len: n.len,
+    }
 }
 
 #[cfg(test)]
@@ -165,7 +177,12 @@ mod tests {
     fn wit_round_trip() {
         let p = n("10.1.2.3/24");
         assert_eq!(v4_prefix(&wit_prefix(p), "x").unwrap(), p);
-        let v6 = IpPrefix { address: IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1)), prefix_len: 64 };
-        assert!(matches!(v4_prefix(&v6, "pool"), Err(Error::Invalid(m)) if m.contains("fd00::1/64")));
+        let v6 = IpPrefix {
+            address: IpAddress::Ipv6((0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+            prefix_len: 64,
+        };
+        assert!(
+            matches!(v4_prefix(&v6, "pool"), Err(Error::Invalid(m)) if m.contains("fd00::1/64"))
+        );
     }
 }

@@ -16,7 +16,9 @@ pub fn endpoint_mac(ep: &EndpointRequest) -> Result<MacAddress, Error> {
         return Ok(m);
     }
     match &ep.ipv4 {
-        Some(p) => Ok(names::mac_from_ipv4(addr::v4_prefix(p, "endpoint address")?.addr)),
+        Some(p) => Ok(names::mac_from_ipv4(
+            addr::v4_prefix(p, "endpoint address")?.addr,
+        )),
         None => Ok(names::mac_from_id(&ep.id)),
     }
 }
@@ -30,22 +32,34 @@ pub fn container_end_name(ep: &EndpointRequest, in_sandbox: bool) -> String {
     }
 }
 
-pub fn create(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result<EndpointInfo, Error> {
+pub fn create(
+    net: &Network,
+    ep: &EndpointRequest,
+    sb: Option<&Sandbox>,
+) -> Result<EndpointInfo, Error> {
     let cfg = BridgeConfig::from_options(&net.id, &net.options, false)?;
     if ep.ipv6.is_some() {
-        return Err(Error::Unsupported("the bridge driver does not support IPv6 endpoints yet".into()));
+        return Err(Error::Unsupported(
+            "the bridge driver does not support IPv6 endpoints yet".into(),
+        ));
     }
     let mac = endpoint_mac(ep)?;
     let host = names::host_veth(&ep.id);
     let peer = container_end_name(ep, sb.is_some());
     if !names::valid_ifname(&peer) {
-        return Err(Error::Invalid(format!("interface name {peer:?} is not a valid Linux interface name")));
+        return Err(Error::Invalid(format!(
+            "interface name {peer:?} is not a valid Linux interface name"
+        )));
     }
     crate::debug(&format!(
         "create-endpoint {} endpoint {}: {host} <-> {peer} ({}) on {}",
         net.name,
         ep.id,
-        if sb.is_some() { "in sandbox" } else { "node namespace" },
+        if sb.is_some() {
+            "in sandbox"
+        } else {
+            "node namespace"
+        },
         cfg.bridge
     ));
     // Open the bridge first: no point creating a veth for a network that is gone.
@@ -60,7 +74,11 @@ pub fn create(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Resu
     })?;
     node_end.set_master(&bridge)?;
     node_end.set_up(true)?;
-    Ok(EndpointInfo { ipv4: None, ipv6: None, mac: if ep.mac.is_none() { Some(mac) } else { None } })
+    Ok(EndpointInfo {
+        ipv4: None,
+        ipv6: None,
+        mac: if ep.mac.is_none() { Some(mac) } else { None },
+    })
 }
 
 pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result<JoinInfo, Error> {
@@ -71,7 +89,11 @@ pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result
         src_name,
         in_sandbox: sb.is_some(),
         dst_prefix: "eth".into(),
-        gateway: if net.internal { None } else { Some(gateway.address) },
+        gateway: if net.internal {
+            None
+        } else {
+            Some(gateway.address)
+        },
         gateway_ipv6: None,
         static_routes: Vec::new(),
         disable_gateway_service: net.internal,
@@ -82,7 +104,10 @@ pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result
 /// gone (its sandbox was deleted and took it along) is fine.
 pub fn delete(net: &Network, endpoint_id: &str) -> Result<(), Error> {
     let host = names::host_veth(endpoint_id);
-    crate::debug(&format!("delete-endpoint {} endpoint {endpoint_id}: {host}", net.name));
+    crate::debug(&format!(
+        "delete-endpoint {} endpoint {endpoint_id}: {host}",
+        net.name
+    ));
     let mut errors = Vec::new();
     if let Err(e) = ports::revoke(endpoint_id) {
         errors.push(format!("removing port mappings: {}", crate::show_error(&e)));
@@ -98,7 +123,10 @@ pub fn delete(net: &Network, endpoint_id: &str) -> Result<(), Error> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(Error::Failed(format!("delete-endpoint {endpoint_id}: {}", errors.join("; "))))
+        Err(Error::Failed(format!(
+            "delete-endpoint {endpoint_id}: {}",
+            errors.join("; ")
+        )))
     }
 }
 
@@ -120,16 +148,31 @@ mod tests {
 
     #[test]
     fn mac_choice() {
-        assert_eq!(endpoint_mac(&ep(Some("10.77.0.2/24"), None, "eth0")).unwrap(), (2, 0x42, 10, 77, 0, 2));
+        assert_eq!(
+            endpoint_mac(&ep(Some("10.77.0.2/24"), None, "eth0")).unwrap(),
+            (2, 0x42, 10, 77, 0, 2)
+        );
         let m = (0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff);
-        assert_eq!(endpoint_mac(&ep(Some("10.77.0.2/24"), Some(m), "eth0")).unwrap(), m);
-        assert_eq!(endpoint_mac(&ep(None, None, "eth0")).unwrap(), names::mac_from_id("ep-1"));
+        assert_eq!(
+            endpoint_mac(&ep(Some("10.77.0.2/24"), Some(m), "eth0")).unwrap(),
+            m
+        );
+        assert_eq!(
+            endpoint_mac(&ep(None, None, "eth0")).unwrap(),
+            names::mac_from_id("ep-1")
+        );
     }
 
     #[test]
     fn container_end() {
         assert_eq!(container_end_name(&ep(None, None, "eth0"), true), "eth0");
-        assert_eq!(container_end_name(&ep(None, None, "eth0"), false), names::peer_veth("ep-1"));
-        assert_eq!(container_end_name(&ep(None, None, ""), true), names::peer_veth("ep-1"));
+        assert_eq!(
+            container_end_name(&ep(None, None, "eth0"), false),
+            names::peer_veth("ep-1")
+        );
+        assert_eq!(
+            container_end_name(&ep(None, None, ""), true),
+            names::peer_veth("ep-1")
+        );
     }
 }

@@ -47,7 +47,9 @@ pub fn normalise_pool(p: Net4) -> Result<Net4, Error> {
 pub fn normalise_sub_pool(pool: Net4, sub: Net4) -> Result<Net4, Error> {
     let sub = sub.network();
     if !pool.contains(&sub) {
-        return Err(Error::Invalid(format!("sub-pool {sub} is not inside pool {pool}")));
+        return Err(Error::Invalid(format!(
+            "sub-pool {sub} is not inside pool {pool}"
+        )));
     }
     Ok(sub)
 }
@@ -55,8 +57,14 @@ pub fn normalise_sub_pool(pool: Net4, sub: Net4) -> Result<Net4, Error> {
 /// Docker's default local address pools, in the order they are tried:
 /// 172.17.0.0/16 … 172.31.0.0/16, then 192.168.0.0/20 … 192.168.240.0/20.
 pub fn default_candidates() -> impl Iterator<Item = Net4> {
-    let a = (17u8..=31).map(|b| Net4 { addr: Ipv4Addr::new(172, b, 0, 0), len: 16 });
-    let b = (0u16..16).map(|i| Net4 { addr: Ipv4Addr::new(192, 168, (i * 16) as u8, 0), len: 20 });
+    let a = (17u8..=31).map(|b| Net4 {
+        addr: Ipv4Addr::new(172, b, 0, 0),
+        len: 16,
+    });
+    let b = (0u16..16).map(|i| Net4 {
+        addr: Ipv4Addr::new(192, 168, (i * 16) as u8, 0),
+        len: 20,
+    });
     a.chain(b)
 }
 
@@ -64,7 +72,8 @@ pub fn default_candidates() -> impl Iterator<Item = Net4> {
 /// route. Default routes (/0) do not count.
 pub fn pick_default(held: &[Net4], routes: &[Net4]) -> Option<Net4> {
     default_candidates().find(|c| {
-        !held.iter().any(|h| h.overlaps(c)) && !routes.iter().filter(|r| r.len > 0).any(|r| r.overlaps(c))
+        !held.iter().any(|h| h.overlaps(c))
+            && !routes.iter().filter(|r| r.len > 0).any(|r| r.overlaps(c))
     })
 }
 
@@ -83,7 +92,8 @@ impl PoolRecord {
     }
 
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<PoolRecord, Error> {
-        serde_json::from_slice(bytes).map_err(|e| Error::Failed(format!("store key {key}: corrupt pool record: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::Failed(format!("store key {key}: corrupt pool record: {e}")))
     }
 
     /// The pool and sub-pool it describes.
@@ -114,7 +124,9 @@ impl Bitmap {
     }
 
     pub fn is_set(&self, i: u32) -> bool {
-        self.0.get((i / 8) as usize).is_some_and(|b| b & (1 << (i % 8)) != 0)
+        self.0
+            .get((i / 8) as usize)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
     }
 
     pub fn set(&mut self, i: u32) {
@@ -168,24 +180,35 @@ pub fn pick_offset(bm: &Bitmap, pool: Net4, sub: Option<Net4>, want: Want) -> Re
             }
             let off = u32::from(a) - pool.first();
             if off == 0 {
-                return Err(Error::Invalid(format!("address {a} is the network address of pool {pool}")));
+                return Err(Error::Invalid(format!(
+                    "address {a} is the network address of pool {pool}"
+                )));
             }
             if off > last_usable {
-                return Err(Error::Invalid(format!("address {a} is the broadcast address of pool {pool}")));
+                return Err(Error::Invalid(format!(
+                    "address {a} is the broadcast address of pool {pool}"
+                )));
             }
             if bm.is_set(off) {
-                return Err(Error::Exists(format!("address {a} is already in use in pool {pool}")));
+                return Err(Error::Exists(format!(
+                    "address {a} is already in use in pool {pool}"
+                )));
             }
             Ok(off)
         }
         Want::Gateway if !bm.is_set(1) => Ok(1),
         Want::Gateway | Want::Any => {
             let (from, to) = match sub {
-                Some(s) => ((s.first() - pool.first()).max(1), (s.last() - pool.first()).min(last_usable)),
+                Some(s) => (
+                    (s.first() - pool.first()).max(1),
+                    (s.last() - pool.first()).min(last_usable),
+                ),
                 None => (1, last_usable),
             };
             bm.lowest_free(from, to).ok_or_else(|| match sub {
-                Some(s) => Error::Failed(format!("pool {pool} has no free addresses in its sub-pool {s}")),
+                Some(s) => Error::Failed(format!(
+                    "pool {pool} has no free addresses in its sub-pool {s}"
+                )),
                 None => Error::Failed(format!("pool {pool} has no free addresses")),
             })
         }
@@ -219,17 +242,29 @@ fn held_pools() -> Result<Vec<Held>, Error> {
         .map(|e| {
             let record = PoolRecord::from_json(&e.key, &e.value)?;
             let (pool, sub) = record.nets(&e.key)?;
-            Ok(Held { key: e.key, revision: e.revision, record, pool, sub })
+            Ok(Held {
+                key: e.key,
+                revision: e.revision,
+                record,
+                pool,
+                sub,
+            })
         })
         .collect()
 }
 
 fn conflict_exhausted(what: &str) -> Error {
-    Error::Failed(format!("{what}: gave up after {CAS_ATTEMPTS} concurrent updates of the store; try again"))
+    Error::Failed(format!(
+        "{what}: gave up after {CAS_ATTEMPTS} concurrent updates of the store; try again"
+    ))
 }
 
 fn pool_result(pool: Net4) -> Pool {
-    Pool { id: pool.to_string(), pool: addr::wit_prefix(pool), gateway: None }
+    Pool {
+        id: pool.to_string(),
+        pool: addr::wit_prefix(pool),
+        gateway: None,
+    }
 }
 
 pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
@@ -241,7 +276,9 @@ pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
         req.v6
     ));
     if req.v6 {
-        return Err(Error::Unsupported("the bridge IPAM does not support IPv6 pools yet".into()));
+        return Err(Error::Unsupported(
+            "the bridge IPAM does not support IPv6 pools yet".into(),
+        ));
     }
     let wanted = match &req.pool {
         Some(p) => {
@@ -253,7 +290,9 @@ pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
             Some((pool, sub))
         }
         None if req.sub_pool.is_some() => {
-            return Err(Error::Invalid("a sub-pool (--ip-range) needs a pool (--subnet)".into()))
+            return Err(Error::Invalid(
+                "a sub-pool (--ip-range) needs a pool (--subnet)".into(),
+            ))
         }
         None => None,
     };
@@ -264,8 +303,16 @@ pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
             Some((pool, sub)) => {
                 if let Some(h) = held.iter().find(|h| h.pool == pool && h.sub == sub) {
                     // Identical request: same answer, one more reference.
-                    let rec = PoolRecord { refcount: h.record.refcount.saturating_add(1), ..h.record.clone() };
-                    match store::put(&h.key, &rec.to_json(), Condition::Revision(h.revision), None) {
+                    let rec = PoolRecord {
+                        refcount: h.record.refcount.saturating_add(1),
+                        ..h.record.clone()
+                    };
+                    match store::put(
+                        &h.key,
+                        &rec.to_json(),
+                        Condition::Revision(h.revision),
+                        None,
+                    ) {
                         Ok(_) => return Ok(pool_result(pool)),
                         Err(Error::Conflict(_)) => continue,
                         Err(e) => return Err(e),
@@ -285,11 +332,12 @@ pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
                 match pick_default(&held_nets, &routes) {
                     Some(p) => (p, None),
                     None => {
-                        return Err(Error::Failed(format!(
+                        return Err(Error::Failed(
                             "no free default pool: all of 172.17.0.0/16-172.31.0.0/16 and \
                              192.168.0.0/20-192.168.240.0/20 are in use by other pools or node routes; \
                              pass --subnet"
-                        )))
+                                .into(),
+                        ))
                     }
                 }
             }
@@ -297,7 +345,11 @@ pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
 
         let id = pool.to_string();
         let key = pool_key(&id);
-        let rec = PoolRecord { pool: id.clone(), sub_pool: sub.map(|s| s.to_string()), refcount: 1 };
+        let rec = PoolRecord {
+            pool: id.clone(),
+            sub_pool: sub.map(|s| s.to_string()),
+            refcount: 1,
+        };
         let my_rev = match store::put(&key, &rec.to_json(), Condition::Absent, None) {
             Ok(r) => r,
             Err(Error::Conflict(_)) => continue,
@@ -306,7 +358,10 @@ pub fn request_pool(req: &PoolRequest) -> Result<Pool, Error> {
         // Keys are per pool, so two overlapping pools can be written at the
         // same time; the older record wins and the newer one backs off.
         let again = held_pools()?;
-        if let Some(h) = again.iter().find(|h| h.key != key && h.pool.overlaps(&pool) && h.revision < my_rev) {
+        if let Some(h) = again
+            .iter()
+            .find(|h| h.key != key && h.pool.overlaps(&pool) && h.revision < my_rev)
+        {
             store::delete(&key, Condition::Revision(my_rev))?;
             if wanted.is_some() {
                 return Err(overlap_error(pool, sub, h));
@@ -327,7 +382,10 @@ fn overlap_error(pool: Net4, sub: Option<Net4>, h: &Held) -> Error {
             sub.map_or("none".to_string(), |s| s.to_string()),
         ))
     } else {
-        Error::Exists(format!("pool {pool} overlaps pool {} already in use", h.pool))
+        Error::Exists(format!(
+            "pool {pool} overlaps pool {} already in use",
+            h.pool
+        ))
     }
 }
 
@@ -336,12 +394,23 @@ pub fn release_pool(pool_id: &str) -> Result<(), Error> {
     let key = pool_key(pool_id);
     for _ in 0..CAS_ATTEMPTS {
         let Some(entry) = store::get(&key)? else {
-            return Err(Error::NotFound(format!("pool {pool_id} is not held by the bridge IPAM")));
+            return Err(Error::NotFound(format!(
+                "pool {pool_id} is not held by the bridge IPAM"
+            )));
         };
         let rec = PoolRecord::from_json(&key, &entry.value)?;
         let res = if rec.refcount > 1 {
-            let rec = PoolRecord { refcount: rec.refcount - 1, ..rec };
-            store::put(&key, &rec.to_json(), Condition::Revision(entry.revision), None).map(|_| ())
+            let rec = PoolRecord {
+                refcount: rec.refcount - 1,
+                ..rec
+            };
+            store::put(
+                &key,
+                &rec.to_json(),
+                Condition::Revision(entry.revision),
+                None,
+            )
+            .map(|_| ())
         } else {
             store::delete(&key, Condition::Revision(entry.revision)).and_then(|()| {
                 match store::delete(&alloc_key(pool_id), Condition::None) {
@@ -361,7 +430,9 @@ pub fn release_pool(pool_id: &str) -> Result<(), Error> {
 fn load_pool(pool_id: &str) -> Result<(Net4, Option<Net4>), Error> {
     let key = pool_key(pool_id);
     let Some(entry) = store::get(&key)? else {
-        return Err(Error::NotFound(format!("pool {pool_id} is not held by the bridge IPAM")));
+        return Err(Error::NotFound(format!(
+            "pool {pool_id} is not held by the bridge IPAM"
+        )));
     };
     PoolRecord::from_json(&key, &entry.value)?.nets(&key)
 }
@@ -379,7 +450,10 @@ pub fn request_address(
     gateway: bool,
     options: &[(String, String)],
 ) -> Result<IpPrefix, Error> {
-    let gateway = gateway || options.iter().any(|(k, v)| k == OPT_REQUEST_TYPE && v == REQUEST_TYPE_GATEWAY);
+    let gateway = gateway
+        || options
+            .iter()
+            .any(|(k, v)| k == OPT_REQUEST_TYPE && v == REQUEST_TYPE_GATEWAY);
     crate::debug(&format!(
         "request-address pool {pool_id} address {:?} gateway {gateway}",
         address.as_ref().map(addr::show_addr)
@@ -397,7 +471,10 @@ pub fn request_address(
         bm.set(off);
         match store::put(&key, &bm.encode(), cond, None) {
             Ok(_) => {
-                let a = Net4 { addr: Ipv4Addr::from(pool.first() + off), len: pool.len };
+                let a = Net4 {
+                    addr: Ipv4Addr::from(pool.first() + off),
+                    len: pool.len,
+                };
                 crate::debug(&format!("request-address pool {pool_id}: {a}"));
                 return Ok(addr::wit_prefix(a));
             }
@@ -409,7 +486,10 @@ pub fn request_address(
 }
 
 pub fn release_address(pool_id: &str, address: IpAddress) -> Result<(), Error> {
-    crate::debug(&format!("release-address pool {pool_id} address {}", addr::show_addr(&address)));
+    crate::debug(&format!(
+        "release-address pool {pool_id} address {}",
+        addr::show_addr(&address)
+    ));
     let (pool, _) = load_pool(pool_id)?;
     let a = addr::v4_addr(&address, "address")?;
     if !pool.contains_addr(a) {
@@ -425,7 +505,9 @@ pub fn release_address(pool_id: &str, address: IpAddress) -> Result<(), Error> {
         bm.clear(off);
         let bytes = bm.encode();
         let res = if bytes.is_empty() {
-            let Condition::Revision(rev) = cond else { unreachable!("a set bit implies a stored bitmap") };
+            let Condition::Revision(rev) = cond else {
+                unreachable!("a set bit implies a stored bitmap")
+            };
             store::delete(&key, Condition::Revision(rev))
         } else {
             store::put(&key, &bytes, cond, None).map(|_| ())
@@ -448,15 +530,30 @@ mod tests {
 
     #[test]
     fn pool_normalisation() {
-        assert_eq!(normalise_pool(n("10.77.0.5/24")).unwrap(), n("10.77.0.0/24"));
+        assert_eq!(
+            normalise_pool(n("10.77.0.5/24")).unwrap(),
+            n("10.77.0.0/24")
+        );
         assert_eq!(normalise_pool(n("10.0.0.0/8")).unwrap(), n("10.0.0.0/8"));
         assert_eq!(normalise_pool(n("10.0.0.7/30")).unwrap(), n("10.0.0.4/30"));
         for bad in ["10.0.0.0/7", "10.0.0.0/31", "10.0.0.1/32", "0.0.0.0/0"] {
-            assert!(matches!(normalise_pool(n(bad)), Err(Error::Invalid(_))), "{bad}");
+            assert!(
+                matches!(normalise_pool(n(bad)), Err(Error::Invalid(_))),
+                "{bad}"
+            );
         }
-        assert_eq!(normalise_sub_pool(n("10.77.0.0/16"), n("10.77.5.9/24")).unwrap(), n("10.77.5.0/24"));
-        assert!(matches!(normalise_sub_pool(n("10.77.0.0/24"), n("10.77.0.0/16")), Err(Error::Invalid(_))));
-        assert!(matches!(normalise_sub_pool(n("10.77.0.0/24"), n("10.78.0.0/25")), Err(Error::Invalid(_))));
+        assert_eq!(
+            normalise_sub_pool(n("10.77.0.0/16"), n("10.77.5.9/24")).unwrap(),
+            n("10.77.5.0/24")
+        );
+        assert!(matches!(
+            normalise_sub_pool(n("10.77.0.0/24"), n("10.77.0.0/16")),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            normalise_sub_pool(n("10.77.0.0/24"), n("10.78.0.0/25")),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
@@ -475,25 +572,46 @@ mod tests {
         assert_eq!(pick_default(&[], &[]), Some(n("172.17.0.0/16")));
         // The default route does not count, other routes and held pools do.
         let routes = [n("0.0.0.0/0"), n("172.17.0.0/16"), n("172.18.3.0/24")];
-        assert_eq!(pick_default(&[n("172.19.0.0/16")], &routes), Some(n("172.20.0.0/16")));
+        assert_eq!(
+            pick_default(&[n("172.19.0.0/16")], &routes),
+            Some(n("172.20.0.0/16"))
+        );
         // A host route inside a candidate blocks it too.
-        assert_eq!(pick_default(&[], &[n("172.17.0.1/32")]), Some(n("172.18.0.0/16")));
+        assert_eq!(
+            pick_default(&[], &[n("172.17.0.1/32")]),
+            Some(n("172.18.0.0/16"))
+        );
         // A wide route blocks every candidate inside it.
-        assert_eq!(pick_default(&[], &[n("172.16.0.0/12")]), Some(n("192.168.0.0/20")));
-        assert_eq!(pick_default(&[], &[n("172.16.0.0/12"), n("192.168.0.0/16")]), None);
+        assert_eq!(
+            pick_default(&[], &[n("172.16.0.0/12")]),
+            Some(n("192.168.0.0/20"))
+        );
+        assert_eq!(
+            pick_default(&[], &[n("172.16.0.0/12"), n("192.168.0.0/16")]),
+            None
+        );
     }
 
     #[test]
     fn pool_record_json() {
-        let r = PoolRecord { pool: "10.77.0.0/24".into(), sub_pool: Some("10.77.0.128/25".into()), refcount: 2 };
+        let r = PoolRecord {
+            pool: "10.77.0.0/24".into(),
+            sub_pool: Some("10.77.0.128/25".into()),
+            refcount: 2,
+        };
         let j = r.to_json();
         assert_eq!(
             std::str::from_utf8(&j).unwrap(),
             r#"{"pool":"10.77.0.0/24","sub-pool":"10.77.0.128/25","refcount":2}"#
         );
         assert_eq!(PoolRecord::from_json("k", &j).unwrap(), r);
-        assert_eq!(r.nets("k").unwrap(), (n("10.77.0.0/24"), Some(n("10.77.0.128/25"))));
-        assert!(matches!(PoolRecord::from_json("k", b"{"), Err(Error::Failed(m)) if m.contains("k")));
+        assert_eq!(
+            r.nets("k").unwrap(),
+            (n("10.77.0.0/24"), Some(n("10.77.0.128/25")))
+        );
+        assert!(
+            matches!(PoolRecord::from_json("k", b"{"), Err(Error::Failed(m)) if m.contains("k"))
+        );
     }
 
     #[test]
@@ -528,10 +646,16 @@ mod tests {
         let a = |s: &str| Want::Addr(s.parse().unwrap());
         assert_eq!(pick_offset(&bm, pool, None, a("10.77.0.5")).unwrap(), 5);
         let e = pick_offset(&bm, pool, None, a("10.77.0.1")).unwrap_err();
-        assert_eq!(crate::show_error(&e), "exists: address 10.77.0.1 is already in use in pool 10.77.0.0/24");
+        assert_eq!(
+            crate::show_error(&e),
+            "exists: address 10.77.0.1 is already in use in pool 10.77.0.0/24"
+        );
         for bad in ["10.77.0.0", "10.77.0.255", "10.78.0.1"] {
             let e = pick_offset(&bm, pool, None, a(bad)).unwrap_err();
-            assert!(matches!(&e, Error::Invalid(m) if m.contains(bad) && m.contains("10.77.0.0/24")), "{e:?}");
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains(bad) && m.contains("10.77.0.0/24")),
+                "{e:?}"
+            );
         }
         // Released addresses are reused lowest first.
         bm.set(2);
@@ -550,9 +674,15 @@ mod tests {
         for i in 128..=131 {
             bm.set(i);
         }
-        assert!(matches!(pick_offset(&bm, pool, sub, Want::Any), Err(Error::Failed(_))));
+        assert!(matches!(
+            pick_offset(&bm, pool, sub, Want::Any),
+            Err(Error::Failed(_))
+        ));
         // A specific address outside the sub-pool but inside the pool is fine.
-        assert_eq!(pick_offset(&bm, pool, sub, Want::Addr("10.77.0.9".parse().unwrap())).unwrap(), 9);
+        assert_eq!(
+            pick_offset(&bm, pool, sub, Want::Addr("10.77.0.9".parse().unwrap())).unwrap(),
+            9
+        );
         // A sub-pool at the end of the pool never yields the broadcast.
         let sub = Some(n("10.77.0.252/30"));
         let mut bm = Bitmap::default();
@@ -566,7 +696,10 @@ mod tests {
                 Err(_) => break,
             }
         }
-        assert!(matches!(pick_offset(&bm, pool, sub, Want::Any), Err(Error::Failed(_))));
+        assert!(matches!(
+            pick_offset(&bm, pool, sub, Want::Any),
+            Err(Error::Failed(_))
+        ));
 
         // A /30 has exactly two usable addresses.
         let small = n("10.0.0.4/30");
@@ -576,7 +709,10 @@ mod tests {
         assert_eq!(pick_offset(&bm, small, None, Want::Any).unwrap(), 2);
         bm.set(2);
         let e = pick_offset(&bm, small, None, Want::Any).unwrap_err();
-        assert_eq!(crate::show_error(&e), "failed: pool 10.0.0.4/30 has no free addresses");
+        assert_eq!(
+            crate::show_error(&e),
+            "failed: pool 10.0.0.4/30 has no free addresses"
+        );
     }
 
     #[test]

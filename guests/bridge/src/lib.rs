@@ -62,7 +62,10 @@ struct Bridge;
 
 impl Driver for Bridge {
     fn get_capabilities() -> Capabilities {
-        Capabilities { scope: Scope::Local, connectivity_scope: Scope::Local }
+        Capabilities {
+            scope: Scope::Local,
+            connectivity_scope: Scope::Local,
+        }
     }
 
     fn create_network(net: Network) -> Result<(), Error> {
@@ -73,7 +76,11 @@ impl Driver for Bridge {
         network::delete(&net)
     }
 
-    fn create_endpoint(net: Network, ep: EndpointRequest, sb: Option<&Sandbox>) -> Result<EndpointInfo, Error> {
+    fn create_endpoint(
+        net: Network,
+        ep: EndpointRequest,
+        sb: Option<&Sandbox>,
+    ) -> Result<EndpointInfo, Error> {
         endpoint::create(&net, &ep, sb)
     }
 
@@ -90,8 +97,14 @@ impl Driver for Bridge {
         Ok(())
     }
 
-    fn endpoint_oper_info(net: Network, endpoint_id: String) -> Result<Vec<(String, String)>, Error> {
-        debug(&format!("endpoint-oper-info {} endpoint {endpoint_id}", net.name));
+    fn endpoint_oper_info(
+        net: Network,
+        endpoint_id: String,
+    ) -> Result<Vec<(String, String)>, Error> {
+        debug(&format!(
+            "endpoint-oper-info {} endpoint {endpoint_id}",
+            net.name
+        ));
         Ok(Vec::new())
     }
 
@@ -100,7 +113,10 @@ impl Driver for Bridge {
     }
 
     fn revoke_external_connectivity(net: Network, ep: EndpointRequest) -> Result<(), Error> {
-        debug(&format!("revoke-external-connectivity {} endpoint {}", net.name, ep.id));
+        debug(&format!(
+            "revoke-external-connectivity {} endpoint {}",
+            net.name, ep.id
+        ));
         ports::revoke(&ep.id)
     }
 }

@@ -47,7 +47,9 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() <= IFNAMSIZ_MAX
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
 /// Docker's MAC for an endpoint: 02:42 followed by the four IPv4 octets.
@@ -60,6 +62,14 @@ pub fn mac_from_ipv4(a: Ipv4Addr) -> (u8, u8, u8, u8, u8, u8) {
 /// IPv4 address.
 pub fn mac_from_id(id: &str) -> (u8, u8, u8, u8, u8, u8) {
     let [a, b, c, d] = fnv1a32(id).to_be_bytes();
+    (0x02, 0x42, a, b, c, d)
+}
+
+/// A stable, locally administered MAC for a network's bridge. Like Docker,
+/// the bridge gets an address of its own so that it does not take (and
+/// change with) the address of its lowest-numbered port.
+pub fn bridge_mac(network_id: &str) -> (u8, u8, u8, u8, u8, u8) {
+    let [a, b, c, d] = fnv1a32(&format!("bridge:{network_id}")).to_be_bytes();
     (0x02, 0x42, a, b, c, d)
 }
 
@@ -120,10 +130,17 @@ mod tests {
 
     #[test]
     fn docker_mac() {
-        assert_eq!(mac_from_ipv4(Ipv4Addr::new(172, 17, 0, 2)), (0x02, 0x42, 172, 17, 0, 2));
+        assert_eq!(
+            mac_from_ipv4(Ipv4Addr::new(172, 17, 0, 2)),
+            (0x02, 0x42, 172, 17, 0, 2)
+        );
         let m = mac_from_id("abc");
         assert_eq!((m.0, m.1), (0x02, 0x42));
         assert_eq!(m, mac_from_id("abc"));
+        let b = bridge_mac("net");
+        assert_eq!((b.0, b.1), (0x02, 0x42));
+        assert_eq!(b, bridge_mac("net"));
+        assert_ne!(b, bridge_mac("net2"));
     }
 
     #[test]

@@ -98,17 +98,29 @@ pub fn subnet_of(net: &Network) -> Result<(Net4, IpPrefix), Error> {
         ));
     }
     let [pd] = net.ipv4.as_slice() else {
-        return Err(Error::Invalid("bridge networks need one IPv4 subnet with a gateway".into()));
+        return Err(Error::Invalid(
+            "bridge networks need one IPv4 subnet with a gateway".into(),
+        ));
     };
     let Some(gw) = &pd.gateway else {
-        return Err(Error::Invalid("bridge networks need one IPv4 subnet with a gateway".into()));
+        return Err(Error::Invalid(
+            "bridge networks need one IPv4 subnet with a gateway".into(),
+        ));
     };
     let pool = addr::v4_prefix(&pd.pool, "pool")?.network();
     let gw4 = addr::v4_prefix(gw, "gateway")?;
     if !pool.contains_addr(gw4.addr) {
-        return Err(Error::Invalid(format!("gateway {gw4} is outside the pool {pool}")));
+        return Err(Error::Invalid(format!(
+            "gateway {gw4} is outside the pool {pool}"
+        )));
     }
-    Ok((pool, IpPrefix { address: gw.address, prefix_len: pool.len }))
+    Ok((
+        pool,
+        IpPrefix {
+            address: gw.address,
+            prefix_len: pool.len,
+        },
+    ))
 }
 
 pub fn masq_id(bridge: &str) -> String {
@@ -125,7 +137,12 @@ pub fn int_in_id(bridge: &str) -> String {
 }
 
 fn rule(id: String, matches: Vec<Match>, action: Action) -> Rule {
-    Rule { id, matches, counter: false, action }
+    Rule {
+        id,
+        matches,
+        counter: false,
+        action,
+    }
 }
 
 /// The one netfilter batch that sets a network up.
@@ -151,18 +168,30 @@ pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
         nft::FORWARD.into(),
         rule(
             iso_id(bridge),
-            vec![Match::Iifname(b()), Match::OifnameIn(nft::BRIDGES_SET.into()), Match::OifnameNot(b())],
+            vec![
+                Match::Iifname(b()),
+                Match::OifnameIn(nft::BRIDGES_SET.into()),
+                Match::OifnameNot(b()),
+            ],
             Action::Drop,
         ),
     )));
     if internal {
         ops.push(Op::AddRule((
             nft::FORWARD.into(),
-            rule(int_out_id(bridge), vec![Match::Iifname(b()), Match::OifnameNot(b())], Action::Drop),
+            rule(
+                int_out_id(bridge),
+                vec![Match::Iifname(b()), Match::OifnameNot(b())],
+                Action::Drop,
+            ),
         )));
         ops.push(Op::AddRule((
             nft::FORWARD.into(),
-            rule(int_in_id(bridge), vec![Match::Oifname(b()), Match::IifnameNot(b())], Action::Drop),
+            rule(
+                int_in_id(bridge),
+                vec![Match::Oifname(b()), Match::IifnameNot(b())],
+                Action::Drop,
+            ),
         )));
     }
     ops
@@ -184,6 +213,42 @@ pub fn teardown_rule_ops(bridge: &str, postrouting: &[String], forward: &[String
     ops
 }
 
+/// Rule ids in the driver's chains.
+#[derive(Clone, Debug, Default)]
+pub struct Chains {
+    pub postrouting: Vec<String>,
+    pub forward: Vec<String>,
+    pub prerouting: Vec<String>,
+    pub output: Vec<String>,
+}
+
+fn nft_chains() -> Result<Chains, Error> {
+    Ok(Chains {
+        postrouting: nft::rule_ids(nft::POSTROUTING)?,
+        forward: nft::rule_ids(nft::FORWARD)?,
+        prerouting: nft::rule_ids(nft::PREROUTING)?,
+        output: nft::rule_ids(nft::OUTPUT)?,
+    })
+}
+
+/// True when every rule left in the driver's chains belongs to `bridge`:
+/// removing this network leaves the driver with nothing in netfilter.
+pub fn is_last_network(bridge: &str, chains: &Chains) -> bool {
+    let mine = [
+        masq_id(bridge),
+        iso_id(bridge),
+        int_out_id(bridge),
+        int_in_id(bridge),
+    ];
+    chains.prerouting.is_empty()
+        && chains.output.is_empty()
+        && chains
+            .postrouting
+            .iter()
+            .chain(&chains.forward)
+            .all(|id| mine.contains(id))
+}
+
 pub fn create(net: &Network) -> Result<(), Error> {
     let cfg = BridgeConfig::from_options(&net.id, &net.options, true)?;
     let (pool, gateway) = subnet_of(net)?;
@@ -196,7 +261,11 @@ pub fn create(net: &Network) -> Result<(), Error> {
         cfg.mtu,
         net.internal
     ));
-    let br = link::create_bridge(&BridgeSpec { name: cfg.bridge.clone(), mtu: cfg.mtu, mac: None })?;
+    let br = link::create_bridge(&BridgeSpec {
+        name: cfg.bridge.clone(),
+        mtu: cfg.mtu,
+        mac: Some(names::bridge_mac(&net.id)),
+    })?;
     br.add_address(gateway)?;
     br.set_up(true)?;
     if !net.internal {
@@ -210,54 +279,85 @@ pub fn create(net: &Network) -> Result<(), Error> {
 pub fn delete(net: &Network) -> Result<(), Error> {
     let cfg = BridgeConfig::from_options(&net.id, &net.options, false)?;
     let bridge = cfg.bridge;
-    crate::debug(&format!("delete-network {} ({}): bridge {bridge}", net.name, net.id));
+    crate::debug(&format!(
+        "delete-network {} ({}): bridge {bridge}",
+        net.name, net.id
+    ));
     let mut errors: Vec<String> = Vec::new();
 
-    let rules = nft::rule_ids(nft::POSTROUTING)
-        .and_then(|p| nft::rule_ids(nft::FORWARD).map(|f| teardown_rule_ops(&bridge, &p, &f)));
-    match rules {
-        Ok(mut ops) => {
-            let element = Op::DeleteElement((nft::BRIDGES_SET.into(), bridge.clone()));
-            ops.push(element.clone());
-            if let Err(e) = netfilter::apply(&ops) {
-                // Most likely the set element is already gone: retry the
-                // rules alone, then the element alone.
-                ops.pop();
-                if !ops.is_empty() {
-                    if let Err(e) = netfilter::apply(&ops) {
-                        errors.push(format!("deleting the rules of {bridge}: {}", crate::show_error(&e)));
+    match nft_chains() {
+        Ok(chains) => {
+            let mut ops = teardown_rule_ops(&bridge, &chains.postrouting, &chains.forward);
+            let mut done = false;
+            if is_last_network(&bridge, &chains) {
+                // Nothing of any other network is left: remove the driver's
+                // table, so no empty chains or set stay behind. Deleting the
+                // set fails (and aborts the batch) if a rule of another
+                // network still refers to it.
+                let mut last = ops.clone();
+                last.push(Op::DeleteSet(nft::BRIDGES_SET.into()));
+                last.push(Op::DeleteTable);
+                done = netfilter::apply(&last).is_ok();
+            }
+            if !done {
+                let element = Op::DeleteElement((nft::BRIDGES_SET.into(), bridge.clone()));
+                ops.push(element.clone());
+                if let Err(e) = netfilter::apply(&ops) {
+                    // Most likely the set element is already gone: retry the
+                    // rules alone, then the element alone.
+                    ops.pop();
+                    if !ops.is_empty() {
+                        if let Err(e) = netfilter::apply(&ops) {
+                            errors.push(format!(
+                                "deleting the rules of {bridge}: {}",
+                                crate::show_error(&e)
+                            ));
+                        }
                     }
-                }
-                match netfilter::apply(&[element]) {
-                    Ok(()) | Err(Error::NotFound(_)) => {}
-                    Err(e2) => errors.push(format!(
-                        "removing {bridge} from set {}: {} (first attempt: {})",
-                        nft::BRIDGES_SET,
-                        crate::show_error(&e2),
-                        crate::show_error(&e)
-                    )),
+                    match netfilter::apply(&[element]) {
+                        Ok(()) | Err(Error::NotFound(_)) => {}
+                        Err(e2) => errors.push(format!(
+                            "removing {bridge} from set {}: {} (first attempt: {})",
+                            nft::BRIDGES_SET,
+                            crate::show_error(&e2),
+                            crate::show_error(&e)
+                        )),
+                    }
                 }
             }
         }
-        Err(e) => errors.push(format!("listing the rules of {bridge}: {}", crate::show_error(&e))),
+        Err(e) => errors.push(format!(
+            "listing the rules of {bridge}: {}",
+            crate::show_error(&e)
+        )),
     }
 
     match link::open_owned(&bridge) {
         Ok(l) => {
             if let Err(e) = link::delete(l) {
                 if !matches!(e, Error::NotFound(_)) {
-                    errors.push(format!("deleting bridge {bridge}: {}", crate::show_error(&e)));
+                    errors.push(format!(
+                        "deleting bridge {bridge}: {}",
+                        crate::show_error(&e)
+                    ));
                 }
             }
         }
         Err(Error::NotFound(_)) => {}
-        Err(e) => errors.push(format!("opening bridge {bridge}: {}", crate::show_error(&e))),
+        Err(e) => errors.push(format!(
+            "opening bridge {bridge}: {}",
+            crate::show_error(&e)
+        )),
     }
 
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(Error::Failed(format!("delete-network {}: {}", net.name, errors.join("; "))))
+        Err(Error::Failed(format!(
+            "delete-network {}: {}",
+            net.name,
+            errors.join("; ")
+        )))
     }
 }
 
@@ -267,7 +367,9 @@ mod tests {
     use crate::exports::netshim::plugin::driver::PoolData;
 
     fn opts(kv: &[(&str, &str)]) -> Vec<(String, String)> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
@@ -275,14 +377,32 @@ mod tests {
     #[test]
     fn default_and_explicit_bridge_names() {
         let c = BridgeConfig::from_options(ID, &[], true).unwrap();
-        assert_eq!(c, BridgeConfig { bridge: "br-0123456789ab".into(), mtu: None });
-        let c = BridgeConfig::from_options(ID, &opts(&[(OPT_BRIDGE_NAME, "docker1")]), true).unwrap();
+        assert_eq!(
+            c,
+            BridgeConfig {
+                bridge: "br-0123456789ab".into(),
+                mtu: None
+            }
+        );
+        let c =
+            BridgeConfig::from_options(ID, &opts(&[(OPT_BRIDGE_NAME, "docker1")]), true).unwrap();
         assert_eq!(c.bridge, "docker1");
-        let c = BridgeConfig::from_options(ID, &opts(&[("bridge.name", "b0"), ("mtu", "1400")]), true)
-            .unwrap();
-        assert_eq!(c, BridgeConfig { bridge: "b0".into(), mtu: Some(1400) });
-        assert!(BridgeConfig::from_options(ID, &opts(&[("bridge.name", "way-too-long-name0")]), true)
-            .is_err());
+        let c =
+            BridgeConfig::from_options(ID, &opts(&[("bridge.name", "b0"), ("mtu", "1400")]), true)
+                .unwrap();
+        assert_eq!(
+            c,
+            BridgeConfig {
+                bridge: "b0".into(),
+                mtu: Some(1400)
+            }
+        );
+        assert!(BridgeConfig::from_options(
+            ID,
+            &opts(&[("bridge.name", "way-too-long-name0")]),
+            true
+        )
+        .is_err());
         assert!(BridgeConfig::from_options("", &[], true).is_err());
     }
 
@@ -290,7 +410,10 @@ mod tests {
     fn mtu_validation_names_the_option() {
         for bad in ["67", "65536", "x", ""] {
             let e = BridgeConfig::from_options(ID, &opts(&[(OPT_MTU, bad)]), true).unwrap_err();
-            assert!(matches!(&e, Error::Invalid(m) if m.contains(OPT_MTU)), "{e:?}");
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains(OPT_MTU)),
+                "{e:?}"
+            );
         }
         let c = BridgeConfig::from_options(ID, &opts(&[(OPT_MTU, "68")]), true).unwrap();
         assert_eq!(c.mtu, Some(68));
@@ -299,10 +422,16 @@ mod tests {
     #[test]
     fn unknown_options() {
         let e = BridgeConfig::from_options(ID, &opts(&[("colour", "blue")]), true).unwrap_err();
-        assert!(matches!(&e, Error::Invalid(m) if m.contains("colour") && m.contains(OPT_BRIDGE_NAME)));
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("colour") && m.contains(OPT_BRIDGE_NAME))
+        );
         // Docker's own options are ignored; non-strict parsing ignores the rest.
-        BridgeConfig::from_options(ID, &opts(&[("com.docker.network.enable_ipv6", "false")]), true)
-            .unwrap();
+        BridgeConfig::from_options(
+            ID,
+            &opts(&[("com.docker.network.enable_ipv6", "false")]),
+            true,
+        )
+        .unwrap();
         BridgeConfig::from_options(ID, &opts(&[("colour", "blue")]), false).unwrap();
     }
 
@@ -311,7 +440,14 @@ mod tests {
     }
 
     fn net(ipv4: Vec<PoolData>, ipv6: Vec<PoolData>) -> Network {
-        Network { id: ID.into(), name: "n".into(), options: vec![], internal: false, ipv4, ipv6 }
+        Network {
+            id: ID.into(),
+            name: "n".into(),
+            options: vec![],
+            internal: false,
+            ipv4,
+            ipv6,
+        }
     }
 
     #[test]
@@ -321,13 +457,23 @@ mod tests {
             gateway: gw.map(p),
             aux_addresses: vec![],
         };
-        let (pool, gw) = subnet_of(&net(vec![pd("10.77.0.0/24", Some("10.77.0.1/24"))], vec![])).unwrap();
+        let (pool, gw) =
+            subnet_of(&net(vec![pd("10.77.0.0/24", Some("10.77.0.1/24"))], vec![])).unwrap();
         assert_eq!(pool.to_string(), "10.77.0.0/24");
         assert_eq!(addr::show_prefix(&gw), "10.77.0.1/24");
-        assert!(matches!(subnet_of(&net(vec![], vec![])), Err(Error::Invalid(_))));
-        assert!(matches!(subnet_of(&net(vec![pd("10.77.0.0/24", None)], vec![])), Err(Error::Invalid(_))));
         assert!(matches!(
-            subnet_of(&net(vec![pd("10.77.0.0/24", Some("10.77.0.1/24"))], vec![pd("10.78.0.0/24", None)])),
+            subnet_of(&net(vec![], vec![])),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            subnet_of(&net(vec![pd("10.77.0.0/24", None)], vec![])),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            subnet_of(&net(
+                vec![pd("10.77.0.0/24", Some("10.77.0.1/24"))],
+                vec![pd("10.78.0.0/24", None)]
+            )),
             Err(Error::Unsupported(_))
         ));
         assert!(matches!(
@@ -350,7 +496,9 @@ mod tests {
         let pool: Net4 = "10.77.0.0/24".parse().unwrap();
         let ops = setup_batch("br0", pool, false);
         assert_eq!(rule_ids_of(&ops), ["masq-br0", "iso-br0"]);
-        assert!(ops.iter().any(|o| matches!(o, Op::AddElement((s, e)) if s == "bridges" && e == "br0")));
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::AddElement((s, e)) if s == "bridges" && e == "br0")));
         let ops = setup_batch("br0", pool, true);
         assert_eq!(rule_ids_of(&ops), ["iso-br0", "int-out-br0", "int-in-br0"]);
 
@@ -365,5 +513,29 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["postrouting:masq-br0", "forward:iso-br0"]);
+    }
+
+    #[test]
+    fn last_network_detection() {
+        let v = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut c = Chains {
+            postrouting: v(&["masq-br0"]),
+            forward: v(&["iso-br0"]),
+            ..Chains::default()
+        };
+        assert!(is_last_network("br0", &c));
+        assert!(is_last_network("br0", &Chains::default()));
+        c.forward.push("iso-br1".into());
+        assert!(!is_last_network("br0", &c));
+        let c = Chains {
+            forward: v(&["iso-int0", "int-out-int0", "int-in-int0"]),
+            ..Chains::default()
+        };
+        assert!(is_last_network("int0", &c));
+        let c = Chains {
+            output: v(&["pm-1234567-tcp-80"]),
+            ..Chains::default()
+        };
+        assert!(!is_last_network("br0", &c));
     }
 }

@@ -16,11 +16,19 @@ pub const OUTPUT: &str = "output";
 pub const BRIDGES_SET: &str = "bridges";
 
 fn base(hook: Hook, chain_type: ChainType, priority: i32) -> Option<BaseChain> {
-    Some(BaseChain { hook, chain_type, priority, policy_drop: false })
+    Some(BaseChain {
+        hook,
+        chain_type,
+        priority,
+        policy_drop: false,
+    })
 }
 
 pub fn add_postrouting() -> Op {
-    Op::AddChain((POSTROUTING.into(), base(Hook::Postrouting, ChainType::Nat, 100)))
+    Op::AddChain((
+        POSTROUTING.into(),
+        base(Hook::Postrouting, ChainType::Nat, 100),
+    ))
 }
 
 pub fn add_forward() -> Op {
@@ -28,7 +36,10 @@ pub fn add_forward() -> Op {
 }
 
 pub fn add_prerouting() -> Op {
-    Op::AddChain((PREROUTING.into(), base(Hook::Prerouting, ChainType::Nat, -100)))
+    Op::AddChain((
+        PREROUTING.into(),
+        base(Hook::Prerouting, ChainType::Nat, -100),
+    ))
 }
 
 pub fn add_output() -> Op {
@@ -55,7 +66,10 @@ pub fn rule_ids(chain: &str) -> Result<Vec<String>, Error> {
 pub fn apply_setup(batch: Vec<Op>) -> Result<(), Error> {
     match netfilter::apply(&batch) {
         Err(Error::Exists(_)) if batch.iter().any(|op| matches!(op, Op::AddSet(_))) => {
-            let rest: Vec<Op> = batch.into_iter().filter(|op| !matches!(op, Op::AddSet(_))).collect();
+            let rest: Vec<Op> = batch
+                .into_iter()
+                .filter(|op| !matches!(op, Op::AddSet(_)))
+                .collect();
             netfilter::apply(&rest)
         }
         r => r,

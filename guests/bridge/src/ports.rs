@@ -25,7 +25,11 @@ fn protocol(name: &str) -> Result<Protocol, Error> {
 /// whose container address is `target`. IPv6 host addresses are skipped
 /// (the driver is IPv4-only); an unspecified host address (0.0.0.0) means
 /// every local address.
-pub fn dnat_rules(ep_id: &str, target: Ipv4Addr, ports: &[PortBinding]) -> Result<Vec<(String, Rule)>, Error> {
+pub fn dnat_rules(
+    ep_id: &str,
+    target: Ipv4Addr,
+    ports: &[PortBinding],
+) -> Result<Vec<(String, Rule)>, Error> {
     let mut out: Vec<(String, Rule)> = Vec::new();
     for b in ports {
         let proto = protocol(&b.protocol)?;
@@ -48,16 +52,33 @@ pub fn dnat_rules(ep_id: &str, target: Ipv4Addr, ports: &[PortBinding]) -> Resul
                 b.host_port
             )));
         }
-        let mut matches = vec![Match::Protocol(proto), Match::Dport(b.host_port), Match::DaddrLocal];
+        let mut matches = vec![
+            Match::Protocol(proto),
+            Match::Dport(b.host_port),
+            Match::DaddrLocal,
+        ];
         if let Some(ip) = host_ip {
             matches.push(Match::Daddr(addr::wit_prefix(Net4 { addr: ip, len: 32 })));
         }
         let action = Action::Dnat((addr::wit_addr(target), Some(b.container_port)));
-        let pre = Rule { id: id.clone(), matches: matches.clone(), counter: false, action: action.clone() };
+        let pre = Rule {
+            id: id.clone(),
+            matches: matches.clone(),
+            counter: false,
+            action: action.clone(),
+        };
         // From the node itself: like Docker, leave loopback alone (packets to
         // 127.0.0.0/8 cannot be routed to a container).
-        matches.push(Match::DaddrNot(addr::wit_prefix(Net4 { addr: Ipv4Addr::new(127, 0, 0, 0), len: 8 })));
-        let out_rule = Rule { id, matches, counter: false, action };
+        matches.push(Match::DaddrNot(addr::wit_prefix(Net4 {
+            addr: Ipv4Addr::new(127, 0, 0, 0),
+            len: 8,
+        })));
+        let out_rule = Rule {
+            id,
+            matches,
+            counter: false,
+            action,
+        };
         out.push((nft::PREROUTING.into(), pre));
         out.push((nft::OUTPUT.into(), out_rule));
     }
@@ -96,7 +117,9 @@ pub fn program(net: &Network, ep: &EndpointRequest) -> Result<(), Error> {
         return Ok(());
     }
     if net.internal {
-        return Err(Error::Invalid("internal networks cannot publish ports".into()));
+        return Err(Error::Invalid(
+            "internal networks cannot publish ports".into(),
+        ));
     }
     let target = match &ep.ipv4 {
         Some(p) => addr::v4_prefix(p, "endpoint address")?.addr,
@@ -131,7 +154,12 @@ mod tests {
     use super::*;
 
     fn pb(proto: &str, cport: u16, host_ip: Option<IpAddress>, hport: u16) -> PortBinding {
-        PortBinding { protocol: proto.into(), container_port: cport, host_ip, host_port: hport }
+        PortBinding {
+            protocol: proto.into(),
+            container_port: cport,
+            host_ip,
+            host_port: hport,
+        }
     }
 
     #[test]
@@ -140,7 +168,15 @@ mod tests {
         let rules = dnat_rules(
             "ep",
             target,
-            &[pb("tcp", 80, None, 8080), pb("udp", 53, Some(addr::wit_addr(Ipv4Addr::new(192, 0, 2, 1))), 5353)],
+            &[
+                pb("tcp", 80, None, 8080),
+                pb(
+                    "udp",
+                    53,
+                    Some(addr::wit_addr(Ipv4Addr::new(192, 0, 2, 1))),
+                    5353,
+                ),
+            ],
         )
         .unwrap();
         assert_eq!(rules.len(), 4);
@@ -150,7 +186,9 @@ mod tests {
         assert_eq!(rules[1].0, "output");
         assert_eq!(rules[1].1.id, format!("pm-{h}-tcp-8080"));
         assert_eq!(rules[2].1.id, format!("pm-{h}-udp-5353"));
-        assert!(matches!(rules[0].1.action, Action::Dnat((a, Some(80))) if addr::v4_of(&a) == Some(target)));
+        assert!(
+            matches!(rules[0].1.action, Action::Dnat((a, Some(80))) if addr::v4_of(&a) == Some(target))
+        );
         assert_eq!(rules[0].1.matches.len(), 3);
         assert_eq!(rules[2].1.matches.len(), 4); // + daddr host-ip/32
         assert!(matches!(rules[2].1.matches[3], Match::Daddr(p) if p.prefix_len == 32));
@@ -159,17 +197,31 @@ mod tests {
     #[test]
     fn bad_bindings() {
         let t = Ipv4Addr::new(10, 0, 0, 2);
-        assert!(matches!(dnat_rules("e", t, &[pb("icmp", 1, None, 1)]), Err(Error::Invalid(_))));
-        assert!(matches!(dnat_rules("e", t, &[pb("tcp", 80, None, 0)]), Err(Error::Invalid(_))));
+        assert!(matches!(
+            dnat_rules("e", t, &[pb("icmp", 1, None, 1)]),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            dnat_rules("e", t, &[pb("tcp", 80, None, 0)]),
+            Err(Error::Invalid(_))
+        ));
         assert!(matches!(
             dnat_rules("e", t, &[pb("tcp", 80, None, 81), pb("tcp", 90, None, 81)]),
             Err(Error::Invalid(_))
         ));
         // IPv6 host addresses are skipped, 0.0.0.0 means any.
         let v6 = Some(IpAddress::Ipv6((0, 0, 0, 0, 0, 0, 0, 0)));
-        assert!(dnat_rules("e", t, &[pb("tcp", 80, v6, 81)]).unwrap().is_empty());
+        assert!(dnat_rules("e", t, &[pb("tcp", 80, v6, 81)])
+            .unwrap()
+            .is_empty());
         let any = Some(addr::wit_addr(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(dnat_rules("e", t, &[pb("TCP", 80, any, 81)]).unwrap()[0].1.matches.len(), 3);
+        assert_eq!(
+            dnat_rules("e", t, &[pb("TCP", 80, any, 81)]).unwrap()[0]
+                .1
+                .matches
+                .len(),
+            3
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use crate::bindings::netshim::plugin::types::{IpAddress, IpPrefix};
 pub fn to_ip(a: &IpAddress) -> IpAddr {
     match *a {
         IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+        }
     }
 }
 
@@ -29,9 +31,17 @@ pub fn from_ip(a: IpAddr) -> IpAddress {
 
 pub fn to_prefix(p: &IpPrefix) -> HostResult<IpNet> {
     let ip = to_ip(&p.address);
-    IpNet::new(ip, p.prefix_len).map_err(|_| HostError::invalid(format!("prefix length {} is too long for {ip}", p.prefix_len)))
+    IpNet::new(ip, p.prefix_len).map_err(|_| {
+        HostError::invalid(format!(
+            "prefix length {} is too long for {ip}",
+            p.prefix_len
+        ))
+    })
 }
 
 pub fn from_prefix(n: IpNet) -> IpPrefix {
-    IpPrefix { address: from_ip(n.addr()), prefix_len: n.prefix_len() }
+    IpPrefix {
+        address: from_ip(n.addr()),
+        prefix_len: n.prefix_len(),
+    }
 }

@@ -18,12 +18,19 @@ fn condition(c: WitCondition) -> Condition {
 }
 
 fn wit_entry(e: Entry) -> WitEntry {
-    WitEntry { key: e.key, value: e.value, revision: e.revision }
+    WitEntry {
+        key: e.key,
+        value: e.value,
+        revision: e.revision,
+    }
 }
 
 fn check_key(key: &str) -> HostResult<()> {
     if key.is_empty() || key.len() > MAX_KEY {
-        return Err(HostError::invalid(format!("store key must be 1 to {MAX_KEY} bytes (got {})", key.len())));
+        return Err(HostError::invalid(format!(
+            "store key must be 1 to {MAX_KEY} bytes (got {})",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -35,14 +42,25 @@ impl Host for HostState {
         Ok(self.store.get(&space, &key)?.map(wit_entry))
     }
 
-    fn put(&mut self, key: String, value: Vec<u8>, cond: WitCondition, ttl_seconds: Option<u32>) -> HostResult<u64> {
+    fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        cond: WitCondition,
+        ttl_seconds: Option<u32>,
+    ) -> HostResult<u64> {
         check_key(&key)?;
         if value.len() > MAX_VALUE {
-            return Err(HostError::invalid(format!("store value for {key:?} is {} bytes; the limit is {MAX_VALUE}", value.len())));
+            return Err(HostError::invalid(format!(
+                "store value for {key:?} is {} bytes; the limit is {MAX_VALUE}",
+                value.len()
+            )));
         }
         let space = self.grant.store_space();
         let old = self.store.get(&space, &key)?;
-        let rev = self.store.put(&space, &key, &value, condition(cond), ttl_seconds)?;
+        let rev = self
+            .store
+            .put(&space, &key, &value, condition(cond), ttl_seconds)?;
         self.journal.record(Undo::Kv { space, key, old });
         Ok(rev)
     }
@@ -59,6 +77,11 @@ impl Host for HostState {
 
     fn list_prefix(&mut self, prefix: String) -> HostResult<Vec<WitEntry>> {
         let space = self.grant.store_space();
-        Ok(self.store.list(&space, &prefix)?.into_iter().map(wit_entry).collect())
+        Ok(self
+            .store
+            .list(&space, &prefix)?
+            .into_iter()
+            .map(wit_entry)
+            .collect())
     }
 }

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use wasmtime::component::Resource;
 
-use super::{ns_label, to_prefix, from_prefix, HostError, HostResult, HostState, LinkHandle, SandboxHandle};
+use super::{
+    from_prefix, ns_label, to_prefix, HostError, HostResult, HostState, LinkHandle, SandboxHandle,
+};
 use crate::bindings::netshim::plugin::link::{
     BridgeSpec, Host, HostLink, HostSandbox, IpipSpec, LinkState, TunSpec, VethSpec, VxlanSpec,
 };
@@ -20,17 +22,29 @@ const IFNAMSIZ: usize = 16;
 /// guest gets a message that says which name and why.
 fn check_name(name: &str) -> HostResult<()> {
     if name.is_empty() || name.len() >= IFNAMSIZ {
-        return Err(HostError::invalid(format!("link name {name:?} must be 1 to {} bytes long", IFNAMSIZ - 1)));
+        return Err(HostError::invalid(format!(
+            "link name {name:?} must be 1 to {} bytes long",
+            IFNAMSIZ - 1
+        )));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
-        return Err(HostError::invalid(format!("link name {name:?} contains a character the kernel refuses ('/', ':', space)")));
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(HostError::invalid(format!(
+            "link name {name:?} contains a character the kernel refuses ('/', ':', space)"
+        )));
     }
     Ok(())
 }
 
 fn check_mtu(mtu: Option<u32>) -> HostResult<()> {
     match mtu {
-        Some(m) if !(68..=65535).contains(&m) => Err(HostError::invalid(format!("MTU {m} is outside 68..65535"))),
+        Some(m) if !(68..=65535).contains(&m) => {
+            Err(HostError::invalid(format!("MTU {m} is outside 68..65535")))
+        }
         _ => Ok(()),
     }
 }
@@ -45,19 +59,41 @@ fn to_wit_mac(m: Mac) -> MacAddress {
 
 impl HostState {
     fn push_link(&mut self, info: &LinkInfo, owned: bool) -> HostResult<Resource<LinkHandle>> {
-        Ok(self.table.push(LinkHandle { link: info.link_ref(), name: info.name.clone(), owned })?)
+        Ok(self.table.push(LinkHandle {
+            link: info.link_ref(),
+            name: info.name.clone(),
+            owned,
+        })?)
     }
 
     /// Creates a link in the node namespace, marked as this network's, and
     /// journals its deletion.
-    fn create(&mut self, what: &str, name: &str, mtu: Option<u32>, mac_addr: Option<MacAddress>, kind: LinkKind) -> HostResult<Vec<LinkInfo>> {
+    fn create(
+        &mut self,
+        what: &str,
+        name: &str,
+        mtu: Option<u32>,
+        mac_addr: Option<MacAddress>,
+        kind: LinkKind,
+    ) -> HostResult<Vec<LinkInfo>> {
         let alias = self.mark(what)?;
         check_name(name)?;
         check_mtu(mtu)?;
-        let spec = NewLink { ns: NsId::NODE, name: name.to_string(), mtu, mac: mac_addr.map(mac), alias: Some(alias), up: false, kind };
+        let spec = NewLink {
+            ns: NsId::NODE,
+            name: name.to_string(),
+            mtu,
+            mac: mac_addr.map(mac),
+            alias: Some(alias),
+            up: false,
+            kind,
+        };
         let links = self.kernel.create_link(&spec)?;
         if let Some(first) = links.first() {
-            self.journal.record(Undo::DeleteLink { link: first.link_ref(), name: first.name.clone() });
+            self.journal.record(Undo::DeleteLink {
+                link: first.link_ref(),
+                name: first.name.clone(),
+            });
         }
         Ok(links)
     }
@@ -68,12 +104,20 @@ impl HostState {
         let Some(r) = r else { return Ok(None) };
         let h = self.link(r)?;
         if h.link.ns != NsId::NODE {
-            return Err(HostError::invalid(format!("link {:?} is inside a sandbox and cannot carry a tunnel", h.name)));
+            return Err(HostError::invalid(format!(
+                "link {:?} is inside a sandbox and cannot carry a tunnel",
+                h.name
+            )));
         }
         Ok(Some(h.link.index))
     }
 
-    fn change(&mut self, r: &Resource<LinkHandle>, what: &str, change: LinkChange) -> HostResult<()> {
+    fn change(
+        &mut self,
+        r: &Resource<LinkHandle>,
+        what: &str,
+        change: LinkChange,
+    ) -> HostResult<()> {
         let h = self.owned_link(r, what)?;
         let before = self
             .kernel
@@ -84,7 +128,12 @@ impl HostState {
             LinkChange::Mtu(_) => LinkChange::Mtu(before.mtu),
             LinkChange::Mac(_) => match before.mac {
                 Some(m) => LinkChange::Mac(m),
-                None => return Err(HostError::invalid(format!("link {:?} has no MAC address to change", h.name))),
+                None => {
+                    return Err(HostError::invalid(format!(
+                        "link {:?} has no MAC address to change",
+                        h.name
+                    )))
+                }
             },
             LinkChange::Master(_) => LinkChange::Master(before.master),
             LinkChange::Hairpin(on) => LinkChange::Hairpin(!on),
@@ -92,7 +141,10 @@ impl HostState {
             LinkChange::Alias(_) => LinkChange::Alias(before.alias.clone()),
         };
         self.kernel.set_link(h.link, &change)?;
-        self.journal.record(Undo::SetLink { link: h.link, change: undo });
+        self.journal.record(Undo::SetLink {
+            link: h.link,
+            change: undo,
+        });
         Ok(())
     }
 }
@@ -111,10 +163,13 @@ impl HostSandbox for HostState {
 impl HostLink for HostState {
     fn state(&mut self, self_: Resource<LinkHandle>) -> HostResult<LinkState> {
         let h = self.link(&self_)?;
-        let info = self
-            .kernel
-            .link_by_index(h.link)?
-            .ok_or_else(|| HostError::not_found(format!("link {:?} ({} namespace) no longer exists", h.name, ns_label(h.link.ns))))?;
+        let info = self.kernel.link_by_index(h.link)?.ok_or_else(|| {
+            HostError::not_found(format!(
+                "link {:?} ({} namespace) no longer exists",
+                h.name,
+                ns_label(h.link.ns)
+            ))
+        })?;
         Ok(LinkState {
             name: info.name,
             index: info.index,
@@ -139,11 +194,18 @@ impl HostLink for HostState {
         self.change(&self_, "set-mac", LinkChange::Mac(mac(m)))
     }
 
-    fn set_master(&mut self, self_: Resource<LinkHandle>, bridge: Resource<LinkHandle>) -> HostResult<()> {
+    fn set_master(
+        &mut self,
+        self_: Resource<LinkHandle>,
+        bridge: Resource<LinkHandle>,
+    ) -> HostResult<()> {
         let b = self.owned_link(&bridge, "set-master (as the bridge)")?;
         let h = self.link(&self_)?;
         if b.link.ns != h.link.ns {
-            return Err(HostError::invalid(format!("link {:?} and bridge {:?} are in different namespaces", h.name, b.name)));
+            return Err(HostError::invalid(format!(
+                "link {:?} and bridge {:?} are in different namespaces",
+                h.name, b.name
+            )));
         }
         self.change(&self_, "set-master", LinkChange::Master(Some(b.link.index)))
     }
@@ -156,7 +218,10 @@ impl HostLink for HostState {
         let h = self.owned_link(&self_, "add-address")?;
         let a = to_prefix(&address)?;
         self.kernel.add_address(h.link, a)?;
-        self.journal.record(Undo::DelAddress { link: h.link, address: a });
+        self.journal.record(Undo::DelAddress {
+            link: h.link,
+            address: a,
+        });
         Ok(())
     }
 
@@ -164,13 +229,21 @@ impl HostLink for HostState {
         let h = self.owned_link(&self_, "del-address")?;
         let a = to_prefix(&address)?;
         self.kernel.del_address(h.link, a)?;
-        self.journal.record(Undo::AddAddress { link: h.link, address: a });
+        self.journal.record(Undo::AddAddress {
+            link: h.link,
+            address: a,
+        });
         Ok(())
     }
 
     fn addresses(&mut self, self_: Resource<LinkHandle>) -> HostResult<Vec<IpPrefix>> {
         let h = self.link(&self_)?;
-        Ok(self.kernel.addresses(h.link)?.into_iter().map(from_prefix).collect())
+        Ok(self
+            .kernel
+            .addresses(h.link)?
+            .into_iter()
+            .map(from_prefix)
+            .collect())
     }
 
     fn drop(&mut self, rep: Resource<LinkHandle>) -> wasmtime::Result<()> {
@@ -181,52 +254,95 @@ impl HostLink for HostState {
 
 impl Host for HostState {
     fn create_bridge(&mut self, spec: BridgeSpec) -> HostResult<Resource<LinkHandle>> {
-        let links = self.create("create-bridge", &spec.name, spec.mtu, spec.mac, LinkKind::Bridge)?;
+        let links = self.create(
+            "create-bridge",
+            &spec.name,
+            spec.mtu,
+            spec.mac,
+            LinkKind::Bridge,
+        )?;
         self.push_link(&links[0], true)
     }
 
-    fn create_veth(&mut self, spec: VethSpec) -> HostResult<(Resource<LinkHandle>, Resource<LinkHandle>)> {
+    fn create_veth(
+        &mut self,
+        spec: VethSpec,
+    ) -> HostResult<(Resource<LinkHandle>, Resource<LinkHandle>)> {
         check_name(&spec.peer_name)?;
         let peer_ns = match &spec.peer_sandbox {
             Some(sb) => self.sandbox(sb)?.ns,
             None => NsId::NODE,
         };
         let alias = self.mark("create-veth")?;
-        let kind = LinkKind::Veth { peer_name: spec.peer_name.clone(), peer_ns, peer_mac: spec.peer_mac.map(mac), peer_alias: Some(alias) };
+        let kind = LinkKind::Veth {
+            peer_name: spec.peer_name.clone(),
+            peer_ns,
+            peer_mac: spec.peer_mac.map(mac),
+            peer_alias: Some(alias),
+        };
         let links = self.create("create-veth", &spec.name, spec.mtu, spec.mac, kind)?;
         let (node_end, peer) = match links.as_slice() {
             [a, b] => (a.clone(), b.clone()),
-            _ => return Err(HostError::Trap(wasmtime::Error::msg("kernel backend returned no veth peer"))),
+            _ => {
+                return Err(HostError::Trap(wasmtime::Error::msg(
+                    "kernel backend returned no veth peer",
+                )))
+            }
         };
-        Ok((self.push_link(&node_end, true)?, self.push_link(&peer, true)?))
+        Ok((
+            self.push_link(&node_end, true)?,
+            self.push_link(&peer, true)?,
+        ))
     }
 
     fn create_vxlan(&mut self, spec: VxlanSpec) -> HostResult<Resource<LinkHandle>> {
         let underlay = self.underlay_index(spec.underlay.as_ref())?;
         if spec.vni >= 1 << 24 {
-            return Err(HostError::invalid(format!("VXLAN id {} does not fit in 24 bits", spec.vni)));
+            return Err(HostError::invalid(format!(
+                "VXLAN id {} does not fit in 24 bits",
+                spec.vni
+            )));
         }
-        let kind = LinkKind::Vxlan { vni: spec.vni, local: spec.local.as_ref().map(to_ip), port: spec.port, underlay, learning: spec.learning };
+        let kind = LinkKind::Vxlan {
+            vni: spec.vni,
+            local: spec.local.as_ref().map(to_ip),
+            port: spec.port,
+            underlay,
+            learning: spec.learning,
+        };
         let links = self.create("create-vxlan", &spec.name, spec.mtu, spec.mac, kind)?;
         self.push_link(&links[0], true)
     }
 
     fn create_tun(&mut self, spec: TunSpec) -> HostResult<Resource<LinkHandle>> {
-        let links = self.create("create-tun", &spec.name, spec.mtu, None, LinkKind::Tun { tap: spec.tap })?;
+        let links = self.create(
+            "create-tun",
+            &spec.name,
+            spec.mtu,
+            None,
+            LinkKind::Tun { tap: spec.tap },
+        )?;
         self.push_link(&links[0], true)
     }
 
     fn create_ipip(&mut self, spec: IpipSpec) -> HostResult<Resource<LinkHandle>> {
         let underlay = self.underlay_index(spec.underlay.as_ref())?;
         let local: Option<IpAddr> = spec.local.as_ref().map(to_ip);
-        let links = self.create("create-ipip", &spec.name, spec.mtu, None, LinkKind::Ipip { local, underlay })?;
+        let links = self.create(
+            "create-ipip",
+            &spec.name,
+            spec.mtu,
+            None,
+            LinkKind::Ipip { local, underlay },
+        )?;
         self.push_link(&links[0], true)
     }
 
     fn delete(&mut self, l: Resource<LinkHandle>) -> HostResult<()> {
         let h = self.owned_link(&l, "delete")?;
         self.kernel.delete_link(h.link)?;
-        self.journal.irreversible(format!("link {:?} deleted", h.name));
+        self.journal
+            .irreversible(format!("link {:?} deleted", h.name));
         self.table.delete(l)?;
         Ok(())
     }
@@ -237,32 +353,49 @@ impl Host for HostState {
         let info = self
             .kernel
             .link_by_name(NsId::NODE, &name)?
-            .ok_or_else(|| HostError::not_found(format!("link {name:?} does not exist in the node namespace")))?;
+            .ok_or_else(|| {
+                HostError::not_found(format!(
+                    "link {name:?} does not exist in the node namespace"
+                ))
+            })?;
         if info.alias.as_deref() != Some(mark.as_str()) {
             let net = self.grant.network_id.as_deref().unwrap_or("-");
-            return Err(HostError::denied(format!("link {name:?} is not owned by network {net}: it was not created by this network")));
+            return Err(HostError::denied(format!(
+                "link {name:?} is not owned by network {net}: it was not created by this network"
+            )));
         }
         self.push_link(&info, true)
     }
 
-    fn open_in_sandbox(&mut self, sb: Resource<SandboxHandle>, name: String) -> HostResult<Resource<LinkHandle>> {
+    fn open_in_sandbox(
+        &mut self,
+        sb: Resource<SandboxHandle>,
+        name: String,
+    ) -> HostResult<Resource<LinkHandle>> {
         self.network("open-in-sandbox")?;
         let s = self.sandbox(&sb)?;
         check_name(&name)?;
-        let info = self
-            .kernel
-            .link_by_name(s.ns, &name)?
-            .ok_or_else(|| HostError::not_found(format!("link {name:?} does not exist in sandbox {}", s.path)))?;
+        let info = self.kernel.link_by_name(s.ns, &name)?.ok_or_else(|| {
+            HostError::not_found(format!(
+                "link {name:?} does not exist in sandbox {}",
+                s.path
+            ))
+        })?;
         self.push_link(&info, true)
     }
 
     fn underlay(&mut self) -> wasmtime::Result<Option<Resource<LinkHandle>>> {
-        let Some(link) = self.grant.underlay else { return Ok(None) };
+        let Some(link) = self.grant.underlay else {
+            return Ok(None);
+        };
         let name = match self.kernel.link_by_index(link) {
             Ok(Some(info)) => info.name,
             _ => return Ok(None),
         };
-        Ok(Some(self.table.push(LinkHandle { link, name, owned: false })?))
+        Ok(Some(self.table.push(LinkHandle {
+            link,
+            name,
+            owned: false,
+        })?))
     }
 }
-

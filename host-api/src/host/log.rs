@@ -1,7 +1,7 @@
 //! `log` import: guest lines go to tracing (stderr), tagged with the call.
 
-use crate::bindings::netshim::plugin::log::{Host, Level};
 use super::HostState;
+use crate::bindings::netshim::plugin::log::{Host, Level};
 
 /// Long lines are cut so a guest cannot flood the host's log.
 const MAX_LINE: usize = 4096;

@@ -151,13 +151,32 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(kernel: Arc<dyn Kernel>, store: Box<dyn Store + Send>, grant: Grant, call: &str) -> HostState {
-        HostState { kernel, store, grant, journal: Journal::default(), table: ResourceTable::new(), call: call.to_string() }
+    pub fn new(
+        kernel: Arc<dyn Kernel>,
+        store: Box<dyn Store + Send>,
+        grant: Grant,
+        call: &str,
+    ) -> HostState {
+        HostState {
+            kernel,
+            store,
+            grant,
+            journal: Journal::default(),
+            table: ResourceTable::new(),
+            call: call.to_string(),
+        }
     }
 
     /// Lend a sandbox to the call; the returned handle is passed to the export.
-    pub fn grant_sandbox(&mut self, ns: NsId, path: &std::path::Path) -> wasmtime::Result<Resource<SandboxHandle>> {
-        Ok(self.table.push(SandboxHandle { ns, path: path.display().to_string() })?)
+    pub fn grant_sandbox(
+        &mut self,
+        ns: NsId,
+        path: &std::path::Path,
+    ) -> wasmtime::Result<Resource<SandboxHandle>> {
+        Ok(self.table.push(SandboxHandle {
+            ns,
+            path: path.display().to_string(),
+        })?)
     }
 
     /// End the call: the store session (to commit or keep using) and the
@@ -171,10 +190,11 @@ impl HostState {
     }
 
     fn network(&self, what: &str) -> HostResult<&str> {
-        self.grant
-            .network_id
-            .as_deref()
-            .ok_or_else(|| HostError::denied(format!("{what}: this call acts for no network (IPAM calls may not change the kernel)")))
+        self.grant.network_id.as_deref().ok_or_else(|| {
+            HostError::denied(format!(
+                "{what}: this call acts for no network (IPAM calls may not change the kernel)"
+            ))
+        })
     }
 
     fn mark(&self, what: &str) -> HostResult<String> {

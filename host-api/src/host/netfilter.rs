@@ -10,7 +10,9 @@ const MAX_NAME: usize = 64;
 
 fn check_name(kind: &str, name: &str) -> HostResult<()> {
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(|c| c.is_control()) {
-        return Err(HostError::invalid(format!("{kind} name {name:?} must be 1 to {MAX_NAME} printable characters")));
+        return Err(HostError::invalid(format!(
+            "{kind} name {name:?} must be 1 to {MAX_NAME} printable characters"
+        )));
     }
     Ok(())
 }
@@ -43,26 +45,44 @@ impl Host for HostState {
         }
         let table = self.grant.nft_table();
         let existed = self.kernel.nft_tables(NsId::NODE)?.contains(&table);
-        let chains_before = if existed { self.kernel.nft_chains(NsId::NODE, &table)? } else { Vec::new() };
+        let chains_before = if existed {
+            self.kernel.nft_chains(NsId::NODE, &table)?
+        } else {
+            Vec::new()
+        };
         self.kernel.nft_apply(NsId::NODE, &table, &batch)?;
         if !existed {
-            self.journal.record(Undo::Nft { ns: NsId::NODE, table, ops: vec![Op::DeleteTable] });
+            self.journal.record(Undo::Nft {
+                ns: NsId::NODE,
+                table,
+                ops: vec![Op::DeleteTable],
+            });
             return Ok(());
         }
         let mut inverse = Vec::new();
         for op in batch.iter().rev() {
             match op {
-                Op::AddChain((name, _)) if !chains_before.contains(name) => inverse.push(Op::DeleteChain(name.clone())),
-                Op::AddRule((chain, rule)) => inverse.push(Op::DeleteRule((chain.clone(), rule.id.clone()))),
+                Op::AddChain((name, _)) if !chains_before.contains(name) => {
+                    inverse.push(Op::DeleteChain(name.clone()))
+                }
+                Op::AddRule((chain, rule)) => {
+                    inverse.push(Op::DeleteRule((chain.clone(), rule.id.clone())))
+                }
                 Op::AddElement(e) => inverse.push(Op::DeleteElement(e.clone())),
                 Op::DeleteElement(e) => inverse.push(Op::AddElement(e.clone())),
                 // An empty set or an existing chain left in place is harmless.
                 Op::AddChain(_) | Op::AddSet(_) => {}
-                other => self.journal.irreversible(format!("nftables {other:?} in table {table}")),
+                other => self
+                    .journal
+                    .irreversible(format!("nftables {other:?} in table {table}")),
             }
         }
         if !inverse.is_empty() {
-            self.journal.record(Undo::Nft { ns: NsId::NODE, table, ops: inverse });
+            self.journal.record(Undo::Nft {
+                ns: NsId::NODE,
+                table,
+                ops: inverse,
+            });
         }
         Ok(())
     }

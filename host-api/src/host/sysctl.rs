@@ -22,7 +22,11 @@ fn path(key: LinkKey, link: &str) -> String {
 }
 
 fn parse(path: &str, text: &str) -> HostResult<u32> {
-    text.trim().parse().map_err(|_| HostError::Guest(crate::bindings::netshim::plugin::types::Error::Failed(format!("sysctl {path} holds {text:?}, not a number"))))
+    text.trim().parse().map_err(|_| {
+        HostError::Guest(crate::bindings::netshim::plugin::types::Error::Failed(
+            format!("sysctl {path} holds {text:?}, not a number"),
+        ))
+    })
 }
 
 impl Host for HostState {
@@ -31,7 +35,11 @@ impl Host for HostState {
         let p = path(key, &h.name);
         let old = self.kernel.sysctl_get(h.link.ns, &p)?;
         self.kernel.sysctl_set(h.link.ns, &p, &value.to_string())?;
-        self.journal.record(Undo::Sysctl { ns: h.link.ns, path: p, value: old.trim().to_string() });
+        self.journal.record(Undo::Sysctl {
+            ns: h.link.ns,
+            path: p,
+            value: old.trim().to_string(),
+        });
         Ok(())
     }
 
@@ -45,7 +53,8 @@ impl Host for HostState {
     fn enable_ipv4_forwarding(&mut self) -> HostResult<()> {
         self.network("enable-ipv4-forwarding")?;
         // Shared with every other network and the operator: never undone.
-        self.kernel.sysctl_set(NsId::NODE, "net/ipv4/ip_forward", "1")?;
+        self.kernel
+            .sysctl_set(NsId::NODE, "net/ipv4/ip_forward", "1")?;
         Ok(())
     }
 }

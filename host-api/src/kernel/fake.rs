@@ -10,7 +10,10 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-use super::{KResult, Kernel, KernelError, LinkChange, LinkInfo, LinkKind, LinkRef, Mac, NewLink, NsId, Route};
+use super::{
+    KResult, Kernel, KernelError, LinkChange, LinkInfo, LinkKind, LinkRef, Mac, NewLink, NsId,
+    Route,
+};
 use crate::bindings::netshim::plugin::netfilter::Op as NftOp;
 
 #[derive(Debug, Default, Clone)]
@@ -63,17 +66,33 @@ fn kind_name(k: &LinkKind) -> &'static str {
 
 impl FakeKernel {
     pub fn new() -> FakeKernel {
-        let mut m = Model { next_ns: 1, next_index: 1, ..Default::default() };
-        m.namespaces.insert(NsId::NODE, PathBuf::from("/proc/self/ns/net"));
+        let mut m = Model {
+            next_ns: 1,
+            next_index: 1,
+            ..Default::default()
+        };
+        m.namespaces
+            .insert(NsId::NODE, PathBuf::from("/proc/self/ns/net"));
         for name in ["lo", "uplink"] {
             let index = m.next_index;
             m.next_index += 1;
             m.links.insert(
                 (NsId::NODE, index),
-                LinkInfo { ns: NsId::NODE, index, name: name.into(), kind: String::new(), mtu: 1500, mac: None, up: true, alias: None, master: None },
+                LinkInfo {
+                    ns: NsId::NODE,
+                    index,
+                    name: name.into(),
+                    kind: String::new(),
+                    mtu: 1500,
+                    mac: None,
+                    up: true,
+                    alias: None,
+                    master: None,
+                },
             );
         }
-        m.addresses.insert((NsId::NODE, 2), vec!["203.0.113.2/24".parse().unwrap()]);
+        m.addresses
+            .insert((NsId::NODE, 2), vec!["203.0.113.2/24".parse().unwrap()]);
         let mut default = Route::new("0.0.0.0/0".parse().unwrap());
         default.gateway = Some("203.0.113.1".parse().unwrap());
         default.oif = Some(2);
@@ -105,7 +124,12 @@ impl FakeKernel {
     /// Names of the links in a namespace, sorted.
     pub fn link_names(&self, ns: NsId) -> Vec<String> {
         let m = self.lock();
-        let mut v: Vec<String> = m.links.values().filter(|l| l.ns == ns).map(|l| l.name.clone()).collect();
+        let mut v: Vec<String> = m
+            .links
+            .values()
+            .filter(|l| l.ns == ns)
+            .map(|l| l.name.clone())
+            .collect();
         v.sort();
         v
     }
@@ -124,7 +148,12 @@ impl FakeKernel {
         let m = self.lock();
         m.tables
             .get(&(NsId::NODE, table.to_string()))
-            .map(|t| t.chains.iter().flat_map(|(c, rules)| rules.iter().map(move |r| format!("{c}/{r}"))).collect())
+            .map(|t| {
+                t.chains
+                    .iter()
+                    .flat_map(|(c, rules)| rules.iter().map(move |r| format!("{c}/{r}")))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -156,14 +185,28 @@ impl Model {
     }
 
     fn get(&self, l: LinkRef) -> KResult<&LinkInfo> {
-        self.links.get(&(l.ns, l.index)).ok_or_else(|| KernelError::NotFound(format!("link {} in ns {}", l.index, l.ns.0)))
+        self.links
+            .get(&(l.ns, l.index))
+            .ok_or_else(|| KernelError::NotFound(format!("link {} in ns {}", l.index, l.ns.0)))
     }
 
     fn name(&self, l: LinkRef) -> String {
-        self.links.get(&(l.ns, l.index)).map(|i| i.name.clone()).unwrap_or_else(|| format!("#{}", l.index))
+        self.links
+            .get(&(l.ns, l.index))
+            .map(|i| i.name.clone())
+            .unwrap_or_else(|| format!("#{}", l.index))
     }
 
-    fn add(&mut self, ns: NsId, name: &str, kind: &str, spec_mtu: Option<u32>, mac: Option<Mac>, alias: Option<String>, up: bool) -> KResult<LinkInfo> {
+    fn add(
+        &mut self,
+        ns: NsId,
+        name: &str,
+        kind: &str,
+        spec_mtu: Option<u32>,
+        mac: Option<Mac>,
+        alias: Option<String>,
+        up: bool,
+    ) -> KResult<LinkInfo> {
         if !self.namespaces.contains_key(&ns) {
             return Err(KernelError::NotFound(format!("namespace {}", ns.0)));
         }
@@ -172,7 +215,17 @@ impl Model {
         }
         let index = self.next_index;
         self.next_index += 1;
-        let info = LinkInfo { ns, index, name: name.into(), kind: kind.into(), mtu: spec_mtu.unwrap_or(1500), mac: Some(mac.unwrap_or([0x02, 0, 0, 0, (index >> 8) as u8, index as u8])), up, alias, master: None };
+        let info = LinkInfo {
+            ns,
+            index,
+            name: name.into(),
+            kind: kind.into(),
+            mtu: spec_mtu.unwrap_or(1500),
+            mac: Some(mac.unwrap_or([0x02, 0, 0, 0, (index >> 8) as u8, index as u8])),
+            up,
+            alias,
+            master: None,
+        };
         self.links.insert((ns, index), info.clone());
         Ok(info)
     }
@@ -183,7 +236,8 @@ impl Model {
         if let Some(routes) = self.routes.get_mut(&l.ns) {
             routes.retain(|r| r.oif != Some(l.index));
         }
-        self.neighbours.retain(|(ns, i, _)| !(*ns == l.ns && *i == l.index));
+        self.neighbours
+            .retain(|(ns, i, _)| !(*ns == l.ns && *i == l.index));
         for info in self.links.values_mut() {
             if info.ns == l.ns && info.master == Some(l.index) {
                 info.master = None;
@@ -214,25 +268,54 @@ impl Kernel for FakeKernel {
         let mut m = self.lock();
         let kind = kind_name(&spec.kind);
         if m.unsupported_kinds.contains(kind) {
-            return Err(KernelError::Unsupported(format!("{kind} links are not supported by this kernel")));
+            return Err(KernelError::Unsupported(format!(
+                "{kind} links are not supported by this kernel"
+            )));
         }
-        if let LinkKind::Veth { peer_name, peer_ns, .. } = &spec.kind {
+        if let LinkKind::Veth {
+            peer_name, peer_ns, ..
+        } = &spec.kind
+        {
             if m.find(*peer_ns, peer_name).is_some() {
                 return Err(KernelError::Exists(format!("link {peer_name:?}")));
             }
         }
-        let first = m.add(spec.ns, &spec.name, kind, spec.mtu, spec.mac, spec.alias.clone(), spec.up)?;
+        let first = m.add(
+            spec.ns,
+            &spec.name,
+            kind,
+            spec.mtu,
+            spec.mac,
+            spec.alias.clone(),
+            spec.up,
+        )?;
         let mut out = vec![first.clone()];
-        if let LinkKind::Veth { peer_name, peer_ns, peer_mac, peer_alias } = &spec.kind {
-            let peer = match m.add(*peer_ns, peer_name, "veth", spec.mtu, *peer_mac, peer_alias.clone(), false) {
+        if let LinkKind::Veth {
+            peer_name,
+            peer_ns,
+            peer_mac,
+            peer_alias,
+        } = &spec.kind
+        {
+            let peer = match m.add(
+                *peer_ns,
+                peer_name,
+                "veth",
+                spec.mtu,
+                *peer_mac,
+                peer_alias.clone(),
+                false,
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     m.remove(first.link_ref());
                     return Err(e);
                 }
             };
-            m.peers.insert((first.ns, first.index), (peer.ns, peer.index));
-            m.peers.insert((peer.ns, peer.index), (first.ns, first.index));
+            m.peers
+                .insert((first.ns, first.index), (peer.ns, peer.index));
+            m.peers
+                .insert((peer.ns, peer.index), (first.ns, first.index));
             out.push(peer);
         }
         m.log(format!("create_link {kind} {}", spec.name));
@@ -245,7 +328,10 @@ impl Kernel for FakeKernel {
         m.remove(link);
         if let Some(peer) = m.peers.remove(&(link.ns, link.index)) {
             m.peers.remove(&peer);
-            m.remove(LinkRef { ns: peer.0, index: peer.1 });
+            m.remove(LinkRef {
+                ns: peer.0,
+                index: peer.1,
+            });
         }
         m.log(format!("delete_link {name}"));
         Ok(())
@@ -260,7 +346,13 @@ impl Kernel for FakeKernel {
     }
 
     fn links(&self, ns: NsId) -> KResult<Vec<LinkInfo>> {
-        Ok(self.lock().links.values().filter(|l| l.ns == ns).cloned().collect())
+        Ok(self
+            .lock()
+            .links
+            .values()
+            .filter(|l| l.ns == ns)
+            .cloned()
+            .collect())
     }
 
     fn set_link(&self, link: LinkRef, change: &LinkChange) -> KResult<()> {
@@ -272,12 +364,21 @@ impl Kernel for FakeKernel {
             }
         }
         if let LinkChange::Master(Some(b)) = change {
-            let bridge = m.get(LinkRef { ns: link.ns, index: *b })?;
+            let bridge = m.get(LinkRef {
+                ns: link.ns,
+                index: *b,
+            })?;
             if bridge.kind != "bridge" {
-                return Err(KernelError::Invalid(format!("link {} is not a bridge", bridge.name)));
+                return Err(KernelError::Invalid(format!(
+                    "link {} is not a bridge",
+                    bridge.name
+                )));
             }
         }
-        let info = m.links.get_mut(&(link.ns, link.index)).ok_or_else(|| KernelError::NotFound(format!("link {name}")))?;
+        let info = m
+            .links
+            .get_mut(&(link.ns, link.index))
+            .ok_or_else(|| KernelError::NotFound(format!("link {name}")))?;
         match change {
             LinkChange::Up(up) => info.up = *up,
             LinkChange::Mtu(mtu) => info.mtu = *mtu,
@@ -315,23 +416,34 @@ impl Kernel for FakeKernel {
         let before = list.len();
         list.retain(|a| *a != address);
         if list.len() == before {
-            return Err(KernelError::NotFound(format!("address {address} on {name}")));
+            return Err(KernelError::NotFound(format!(
+                "address {address} on {name}"
+            )));
         }
         if let Some(routes) = m.routes.get_mut(&link.ns) {
-            routes.retain(|r| !(r.oif == Some(link.index) && r.destination == address.trunc() && r.protocol == 2));
+            routes.retain(|r| {
+                !(r.oif == Some(link.index) && r.destination == address.trunc() && r.protocol == 2)
+            });
         }
         m.log(format!("del_address {address} {name}"));
         Ok(())
     }
 
     fn addresses(&self, link: LinkRef) -> KResult<Vec<IpNet>> {
-        Ok(self.lock().addresses.get(&(link.ns, link.index)).cloned().unwrap_or_default())
+        Ok(self
+            .lock()
+            .addresses
+            .get(&(link.ns, link.index))
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn add_route(&self, ns: NsId, route: &Route, replace: bool) -> KResult<()> {
         let mut m = self.lock();
         let routes = m.routes.entry(ns).or_default();
-        let same = |r: &Route| r.destination == route.destination && r.table == route.table && r.metric == route.metric;
+        let same = |r: &Route| {
+            r.destination == route.destination && r.table == route.table && r.metric == route.metric
+        };
         if routes.iter().any(same) {
             if !replace {
                 return Err(KernelError::Exists(format!("route {}", route.destination)));
@@ -339,7 +451,10 @@ impl Kernel for FakeKernel {
             routes.retain(|r| !same(r));
         }
         routes.push(route.clone());
-        m.log(format!("add_route {} via {:?} dev {:?}", route.destination, route.gateway, route.oif));
+        m.log(format!(
+            "add_route {} via {:?} dev {:?}",
+            route.destination, route.gateway, route.oif
+        ));
         Ok(())
     }
 
@@ -349,14 +464,22 @@ impl Kernel for FakeKernel {
         let before = routes.len();
         routes.retain(|r| !(r.destination == route.destination && r.table == route.table));
         if routes.len() == before {
-            return Err(KernelError::NotFound(format!("route {}", route.destination)));
+            return Err(KernelError::NotFound(format!(
+                "route {}",
+                route.destination
+            )));
         }
         m.log(format!("del_route {}", route.destination));
         Ok(())
     }
 
     fn routes(&self, ns: NsId, table: u32) -> KResult<Vec<Route>> {
-        Ok(self.lock().routes.get(&ns).map(|v| v.iter().filter(|r| r.table == table).cloned().collect()).unwrap_or_default())
+        Ok(self
+            .lock()
+            .routes
+            .get(&ns)
+            .map(|v| v.iter().filter(|r| r.table == table).cloned().collect())
+            .unwrap_or_default())
     }
 
     fn add_neighbour(&self, link: LinkRef, address: IpAddr, _mac: Mac) -> KResult<()> {
@@ -394,7 +517,12 @@ impl Kernel for FakeKernel {
     }
 
     fn sysctl_get(&self, ns: NsId, path: &str) -> KResult<String> {
-        Ok(self.lock().sysctls.get(&(ns, path.to_string())).cloned().unwrap_or_else(|| "0".into()))
+        Ok(self
+            .lock()
+            .sysctls
+            .get(&(ns, path.to_string()))
+            .cloned()
+            .unwrap_or_else(|| "0".into()))
     }
 
     fn sysctl_set(&self, ns: NsId, path: &str, value: &str) -> KResult<()> {
@@ -417,35 +545,70 @@ impl Kernel for FakeKernel {
                 }
                 NftOp::DeleteChain(c) => {
                     match t.chains.get(c) {
-                        None => return Err(KernelError::NotFound(format!("chain {c} in table inet {table}"))),
-                        Some(r) if !r.is_empty() => return Err(KernelError::Other(format!("chain {c} in table inet {table} is not empty"))),
+                        None => {
+                            return Err(KernelError::NotFound(format!(
+                                "chain {c} in table inet {table}"
+                            )))
+                        }
+                        Some(r) if !r.is_empty() => {
+                            return Err(KernelError::Other(format!(
+                                "chain {c} in table inet {table} is not empty"
+                            )))
+                        }
                         Some(_) => {}
                     }
                     t.chains.remove(c);
                 }
-                NftOp::FlushChain(c) => t.chains.get_mut(c).ok_or_else(|| KernelError::NotFound(format!("chain {c}")))?.clear(),
+                NftOp::FlushChain(c) => t
+                    .chains
+                    .get_mut(c)
+                    .ok_or_else(|| KernelError::NotFound(format!("chain {c}")))?
+                    .clear(),
                 NftOp::AddRule((c, r)) => {
                     if let Some(set) = set_refs(r).into_iter().find(|s| !t.sets.contains_key(s)) {
-                        return Err(KernelError::NotFound(format!("set {set} in table inet {table}")));
+                        return Err(KernelError::NotFound(format!(
+                            "set {set} in table inet {table}"
+                        )));
                     }
-                    t.chains.get_mut(c).ok_or_else(|| KernelError::NotFound(format!("chain {c} in table inet {table}")))?.push(r.id.clone())
+                    t.chains
+                        .get_mut(c)
+                        .ok_or_else(|| {
+                            KernelError::NotFound(format!("chain {c} in table inet {table}"))
+                        })?
+                        .push(r.id.clone())
                 }
                 NftOp::DeleteRule((c, id)) => {
-                    let rules = t.chains.get_mut(c).ok_or_else(|| KernelError::NotFound(format!("chain {c}")))?;
-                    let pos = rules.iter().position(|r| r == id).ok_or_else(|| KernelError::NotFound(format!("rule {id} in chain {c}")))?;
+                    let rules = t
+                        .chains
+                        .get_mut(c)
+                        .ok_or_else(|| KernelError::NotFound(format!("chain {c}")))?;
+                    let pos = rules
+                        .iter()
+                        .position(|r| r == id)
+                        .ok_or_else(|| KernelError::NotFound(format!("rule {id} in chain {c}")))?;
                     rules.remove(pos);
                 }
                 NftOp::AddSet((s, _)) => {
                     t.sets.entry(s.clone()).or_default();
                 }
                 NftOp::DeleteSet(s) => {
-                    t.sets.remove(s).ok_or_else(|| KernelError::NotFound(format!("set {s}")))?;
+                    t.sets
+                        .remove(s)
+                        .ok_or_else(|| KernelError::NotFound(format!("set {s}")))?;
                 }
                 NftOp::AddElement((s, e)) => {
-                    t.sets.get_mut(s).ok_or_else(|| KernelError::NotFound(format!("set {s}")))?.insert(e.clone());
+                    t.sets
+                        .get_mut(s)
+                        .ok_or_else(|| KernelError::NotFound(format!("set {s}")))?
+                        .insert(e.clone());
                 }
                 NftOp::DeleteElement((s, e)) => {
-                    if !t.sets.get_mut(s).ok_or_else(|| KernelError::NotFound(format!("set {s}")))?.remove(e) {
+                    if !t
+                        .sets
+                        .get_mut(s)
+                        .ok_or_else(|| KernelError::NotFound(format!("set {s}")))?
+                        .remove(e)
+                    {
                         return Err(KernelError::NotFound(format!("element {e} in set {s}")));
                     }
                 }
@@ -476,11 +639,22 @@ impl Kernel for FakeKernel {
     }
 
     fn nft_chains(&self, ns: NsId, table: &str) -> KResult<Vec<String>> {
-        Ok(self.lock().tables.get(&(ns, table.to_string())).map(|t| t.chains.keys().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .lock()
+            .tables
+            .get(&(ns, table.to_string()))
+            .map(|t| t.chains.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
     fn nft_tables(&self, ns: NsId) -> KResult<Vec<String>> {
-        Ok(self.lock().tables.keys().filter(|(n, _)| *n == ns).map(|(_, t)| t.clone()).collect())
+        Ok(self
+            .lock()
+            .tables
+            .keys()
+            .filter(|(n, _)| *n == ns)
+            .map(|(_, t)| t.clone())
+            .collect())
     }
 }
 
@@ -489,9 +663,10 @@ fn set_refs(r: &crate::bindings::netshim::plugin::netfilter::Rule) -> Vec<String
     r.matches
         .iter()
         .filter_map(|m| match m {
-            Match::SaddrIn(s) | Match::DaddrIn(s) | Match::IifnameIn(s) | Match::OifnameIn(s) => Some(s.clone()),
+            Match::SaddrIn(s) | Match::DaddrIn(s) | Match::IifnameIn(s) | Match::OifnameIn(s) => {
+                Some(s.clone())
+            }
             _ => None,
         })
         .collect()
 }
-

@@ -52,7 +52,10 @@ pub struct LinkInfo {
 
 impl LinkInfo {
     pub fn link_ref(&self) -> LinkRef {
-        LinkRef { ns: self.ns, index: self.index }
+        LinkRef {
+            ns: self.ns,
+            index: self.index,
+        }
     }
 }
 
@@ -60,10 +63,26 @@ impl LinkInfo {
 pub enum LinkKind {
     Bridge,
     /// The peer is created directly in `peer_ns` (one RTM_NEWLINK, no move).
-    Veth { peer_name: String, peer_ns: NsId, peer_mac: Option<Mac>, peer_alias: Option<String> },
-    Vxlan { vni: u32, local: Option<IpAddr>, port: Option<u16>, underlay: Option<u32>, learning: bool },
-    Tun { tap: bool },
-    Ipip { local: Option<IpAddr>, underlay: Option<u32> },
+    Veth {
+        peer_name: String,
+        peer_ns: NsId,
+        peer_mac: Option<Mac>,
+        peer_alias: Option<String>,
+    },
+    Vxlan {
+        vni: u32,
+        local: Option<IpAddr>,
+        port: Option<u16>,
+        underlay: Option<u32>,
+        learning: bool,
+    },
+    Tun {
+        tap: bool,
+    },
+    Ipip {
+        local: Option<IpAddr>,
+        underlay: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -172,7 +172,10 @@ impl Sock {
             libc::setsockopt(raw, k::SOL_NETLINK, k::NETLINK_CAP_ACK, onep, optlen);
             libc::setsockopt(raw, k::SOL_NETLINK, k::NETLINK_EXT_ACK, onep, optlen);
             // A dump never legitimately stalls; do not hang forever if one does.
-            let tv = libc::timeval { tv_sec: 10, tv_usec: 0 };
+            let tv = libc::timeval {
+                tv_sec: 10,
+                tv_usec: 0,
+            };
             libc::setsockopt(
                 raw,
                 libc::SOL_SOCKET,
@@ -180,7 +183,10 @@ impl Sock {
                 &tv as *const _ as *const c_void,
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
-            Ok(Sock { fd, portid: sa.nl_pid })
+            Ok(Sock {
+                fd,
+                portid: sa.nl_pid,
+            })
         }
     }
 
@@ -229,7 +235,12 @@ impl Sock {
         let flags = if nonblock { libc::MSG_DONTWAIT } else { 0 };
         loop {
             let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut c_void, buf.len(), flags)
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut c_void,
+                    buf.len(),
+                    flags,
+                )
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -310,7 +321,12 @@ fn nlmsg_error(h: &Hdr, msg: &[u8]) -> (i32, Option<String>) {
     let mut text = None;
     if h.flags & k::NLM_F_ACK_TLVS != 0 && msg.len() >= 36 {
         let inner_len = u32::from_ne_bytes(msg[20..24].try_into().unwrap()) as usize;
-        let mut off = 20 + if h.flags & k::NLM_F_CAPPED != 0 { 16 } else { (inner_len + 3) & !3 };
+        let mut off = 20
+            + if h.flags & k::NLM_F_CAPPED != 0 {
+                16
+            } else {
+                (inner_len + 3) & !3
+            };
         while off + 4 <= msg.len() {
             let alen = u16::from_ne_bytes(msg[off..off + 2].try_into().unwrap()) as usize;
             let aty = u16::from_ne_bytes(msg[off + 2..off + 4].try_into().unwrap()) & 0x3fff;
@@ -382,10 +398,30 @@ macro_rules! owned {
     };
 }
 
-owned!(TableObj, sys::nftnl_table, sys::nftnl_table_alloc, sys::nftnl_table_free);
-owned!(ChainObj, sys::nftnl_chain, sys::nftnl_chain_alloc, sys::nftnl_chain_free);
-owned!(RuleObj, sys::nftnl_rule, sys::nftnl_rule_alloc, sys::nftnl_rule_free);
-owned!(SetObj, sys::nftnl_set, sys::nftnl_set_alloc, sys::nftnl_set_free);
+owned!(
+    TableObj,
+    sys::nftnl_table,
+    sys::nftnl_table_alloc,
+    sys::nftnl_table_free
+);
+owned!(
+    ChainObj,
+    sys::nftnl_chain,
+    sys::nftnl_chain_alloc,
+    sys::nftnl_chain_free
+);
+owned!(
+    RuleObj,
+    sys::nftnl_rule,
+    sys::nftnl_rule_alloc,
+    sys::nftnl_rule_free
+);
+owned!(
+    SetObj,
+    sys::nftnl_set,
+    sys::nftnl_set_alloc,
+    sys::nftnl_set_free
+);
 
 impl TableObj {
     fn named(table: &CStr) -> TableObj {
@@ -579,7 +615,11 @@ impl RuleObj {
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, k::REG_1);
             if with_port {
                 sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN as u16, k::REG_2);
-                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS as u16, k::NAT_RANGE_PROTO_SPECIFIED);
+                sys::nftnl_expr_set_u32(
+                    e,
+                    sys::NFTNL_EXPR_NAT_FLAGS as u16,
+                    k::NAT_RANGE_PROTO_SPECIFIED,
+                );
             }
         });
     }
@@ -696,6 +736,9 @@ fn map_error(table: &str, ctx: &Ctx, errno: i32, text: Option<&str>) -> KernelEr
         libc::EEXIST => KernelError::Exists(match ctx {
             Ctx::AddChain(c) => format!("chain {c} with another hook, type or priority in {t}"),
             Ctx::AddSet(s) => format!("set {s} with another type or flags in {t}"),
+            Ctx::AddElem { set, elem } => {
+                format!("element {elem} (or an interval overlapping it) in set {set} of {t}")
+            }
             _ => obj,
         }),
         libc::ENOTEMPTY if matches!(ctx, Ctx::AddElem { .. }) => {
@@ -715,6 +758,10 @@ fn map_error(table: &str, ctx: &Ctx, errno: i32, text: Option<&str>) -> KernelEr
             Ctx::AddRule { .. } => format!(
                 "{obj}: {detail} (a statement is not allowed in this chain: NAT needs a nat chain on \
                  a matching hook, snat/masquerade postrouting, dnat prerouting/output)"
+            ),
+            Ctx::AddChain(_) => format!(
+                "{obj}: {detail} (it exists with another hook, type or priority, or the kernel does \
+                 not support this hook and type in an inet table)"
             ),
             _ => format!("{obj}: {detail}"),
         }),
@@ -793,7 +840,8 @@ fn cstr(what: &str, s: &str) -> KResult<CString> {
     if s.is_empty() {
         return Err(KernelError::Invalid(format!("empty {what} name")));
     }
-    CString::new(s).map_err(|_| KernelError::Invalid(format!("{what} name {s:?} contains a NUL byte")))
+    CString::new(s)
+        .map_err(|_| KernelError::Invalid(format!("{what} name {s:?} contains a NUL byte")))
 }
 
 fn addr_bytes(a: &IpAddress) -> (u8, Vec<u8>) {
@@ -801,7 +849,10 @@ fn addr_bytes(a: &IpAddress) -> (u8, Vec<u8>) {
         IpAddress::Ipv4((a, b, c, d)) => (k::NFPROTO_IPV4, vec![*a, *b, *c, *d]),
         IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => (
             k::NFPROTO_IPV6,
-            [*a, *b, *c, *d, *e, *f, *g, *h].iter().flat_map(|x| x.to_be_bytes()).collect(),
+            [*a, *b, *c, *d, *e, *f, *g, *h]
+                .iter()
+                .flat_map(|x| x.to_be_bytes())
+                .collect(),
         ),
     }
 }
@@ -893,8 +944,14 @@ enum SetKind {
 impl SetKind {
     fn from_type(t: SetType) -> SetKind {
         match t {
-            SetType::Ipv4Addr => SetKind::Addr { family: k::NFPROTO_IPV4, interval: true },
-            SetType::Ipv6Addr => SetKind::Addr { family: k::NFPROTO_IPV6, interval: true },
+            SetType::Ipv4Addr => SetKind::Addr {
+                family: k::NFPROTO_IPV4,
+                interval: true,
+            },
+            SetType::Ipv6Addr => SetKind::Addr {
+                family: k::NFPROTO_IPV6,
+                interval: true,
+            },
             SetType::Ifname => SetKind::Ifname,
         }
     }
@@ -902,9 +959,13 @@ impl SetKind {
 
 /// Set element keys for the text form `elem`, each with its element flags.
 fn element_keys(kind: SetKind, set: &str, elem: &str) -> KResult<Vec<(Vec<u8>, u32)>> {
-    let invalid = |why: String| KernelError::Invalid(format!("element {elem:?} for set {set}: {why}"));
+    let invalid =
+        |why: String| KernelError::Invalid(format!("element {elem:?} for set {set}: {why}"));
     match kind {
-        SetKind::Ifname => Ok(vec![(ifname_key(elem, false).map_err(|e| invalid(e.to_string()))?, 0)]),
+        SetKind::Ifname => Ok(vec![(
+            ifname_key(elem, false).map_err(|e| invalid(e.to_string()))?,
+            0,
+        )]),
         SetKind::Addr { family, interval } => {
             let (addr, plen) = match elem.split_once('/') {
                 Some((a, p)) => (a, Some(p)),
@@ -932,7 +993,9 @@ fn element_keys(kind: SetKind, set: &str, elem: &str) -> KResult<Vec<(Vec<u8>, u
             let net = masked(&bytes, plen);
             if !interval {
                 if plen != full {
-                    return Err(invalid("the set has no interval flag, prefixes need one".into()));
+                    return Err(invalid(
+                        "the set has no interval flag, prefixes need one".into(),
+                    ));
                 }
                 return Ok(vec![(net, 0)]);
             }
@@ -942,7 +1005,9 @@ fn element_keys(kind: SetKind, set: &str, elem: &str) -> KResult<Vec<(Vec<u8>, u
             }
             Ok(keys)
         }
-        SetKind::Other => Err(invalid("the set's key type is not one netshim manages".into())),
+        SetKind::Other => Err(invalid(
+            "the set's key type is not one netshim manages".into(),
+        )),
     }
 }
 
@@ -1011,20 +1076,36 @@ impl RuleBuild<'_> {
             (false, true) => 8,
             (false, false) => 24,
         };
-        let nbytes = plen.div_ceil(8);
+        // As nft encodes it (so `nft list` prints `ip saddr 10.2.0.0/15`):
+        // a byte-aligned prefix loads just its bytes; any other loads the
+        // whole address and masks it.
         let net = masked(&bytes, plen);
-        self.r.payload(k::PAYLOAD_NETWORK, offset, nbytes as u32);
-        if plen % 8 != 0 {
-            let mask: Vec<u8> = masked(&vec![0xff; nbytes], plen);
-            self.r.bitwise(&mask);
+        if plen.is_multiple_of(8) {
+            let nbytes = plen / 8;
+            self.r.payload(k::PAYLOAD_NETWORK, offset, nbytes as u32);
+            self.r.cmp(op, &net[..nbytes]);
+        } else {
+            self.r
+                .payload(k::PAYLOAD_NETWORK, offset, bytes.len() as u32);
+            self.r.bitwise(&masked(&vec![0xff; bytes.len()], plen));
+            self.r.cmp(op, &net);
         }
-        self.r.cmp(op, &net[..nbytes]);
         Ok(())
     }
 
-    fn addr_in(&mut self, set: &str, kind: Option<SetKind>, source: bool, table: &str) -> KResult<()> {
+    fn addr_in(
+        &mut self,
+        set: &str,
+        kind: Option<SetKind>,
+        source: bool,
+        table: &str,
+    ) -> KResult<()> {
         let family = match kind {
-            None => return Err(KernelError::NotFound(format!("set {set} in table inet {table}"))),
+            None => {
+                return Err(KernelError::NotFound(format!(
+                    "set {set} in table inet {table}"
+                )))
+            }
             Some(SetKind::Addr { family, .. }) => family,
             Some(_) => return Err(self.invalid(format!("set {set} does not hold addresses"))),
         };
@@ -1041,9 +1122,19 @@ impl RuleBuild<'_> {
         Ok(())
     }
 
-    fn ifname_in(&mut self, key: u32, set: &str, kind: Option<SetKind>, table: &str) -> KResult<()> {
+    fn ifname_in(
+        &mut self,
+        key: u32,
+        set: &str,
+        kind: Option<SetKind>,
+        table: &str,
+    ) -> KResult<()> {
         match kind {
-            None => return Err(KernelError::NotFound(format!("set {set} in table inet {table}"))),
+            None => {
+                return Err(KernelError::NotFound(format!(
+                    "set {set} in table inet {table}"
+                )))
+            }
             Some(SetKind::Ifname) => {}
             Some(_) => return Err(self.invalid(format!("set {set} does not hold interface names"))),
         }
@@ -1054,7 +1145,10 @@ impl RuleBuild<'_> {
     }
 
     fn has_ports(&self) -> bool {
-        matches!(self.l4, Some(Protocol::Tcp) | Some(Protocol::Udp) | Some(Protocol::Sctp))
+        matches!(
+            self.l4,
+            Some(Protocol::Tcp) | Some(Protocol::Udp) | Some(Protocol::Sctp)
+        )
     }
 }
 
@@ -1084,7 +1178,13 @@ fn build_rule(
             k::COMMENT_MAXLEN - 1
         )));
     }
-    let mut b = RuleBuild { r: RuleObj::in_chain(tc, &cc), id: &rule.id, chain, family: None, l4: None };
+    let mut b = RuleBuild {
+        r: RuleObj::in_chain(tc, &cc),
+        id: &rule.id,
+        chain,
+        family: None,
+        l4: None,
+    };
     for m in &rule.matches {
         match m {
             Match::Iifname(n) => b.ifname(k::META_IIFNAME, n, k::CMP_EQ)?,
@@ -1114,7 +1214,9 @@ fn build_rule(
             Match::Protocol(p) => {
                 if let Some(prev) = b.l4 {
                     if prev != *p {
-                        return Err(b.invalid("matches two different protocols, it could never match"));
+                        return Err(
+                            b.invalid("matches two different protocols, it could never match")
+                        );
                     }
                     continue;
                 }
@@ -1124,7 +1226,9 @@ fn build_rule(
             }
             Match::Dport(port) => {
                 if !b.has_ports() {
-                    return Err(b.invalid("dport needs a protocol match (tcp, udp or sctp) before it"));
+                    return Err(
+                        b.invalid("dport needs a protocol match (tcp, udp or sctp) before it")
+                    );
                 }
                 b.r.payload(k::PAYLOAD_TRANSPORT, 2, 2);
                 b.r.cmp(k::CMP_EQ, &port.to_be_bytes());
@@ -1156,7 +1260,11 @@ fn build_rule(
             let (family, bytes) = addr_bytes(addr);
             if let Some(f) = b.family {
                 if f != family {
-                    return Err(b.invalid(format!("snat to an {} address in an {} rule", family_name(family), family_name(f))));
+                    return Err(b.invalid(format!(
+                        "snat to an {} address in an {} rule",
+                        family_name(family),
+                        family_name(f)
+                    )));
                 }
             }
             b.r.immediate(k::REG_1, &bytes);
@@ -1166,7 +1274,11 @@ fn build_rule(
             let (family, bytes) = addr_bytes(addr);
             if let Some(f) = b.family {
                 if f != family {
-                    return Err(b.invalid(format!("dnat to an {} address in an {} rule", family_name(family), family_name(f))));
+                    return Err(b.invalid(format!(
+                        "dnat to an {} address in an {} rule",
+                        family_name(family),
+                        family_name(f)
+                    )));
                 }
             }
             if port.is_some() && !b.has_ports() {
@@ -1225,10 +1337,16 @@ enum ReqError {
 
 impl Nft {
     pub fn new() -> Nft {
-        Nft { own: Mutex::new(None) }
+        Nft {
+            own: Mutex::new(None),
+        }
     }
 
-    fn with_sock<R>(&self, ns: Option<BorrowedFd<'_>>, f: impl FnOnce(&Sock) -> KResult<R>) -> KResult<R> {
+    fn with_sock<R>(
+        &self,
+        ns: Option<BorrowedFd<'_>>,
+        f: impl FnOnce(&Sock) -> KResult<R>,
+    ) -> KResult<R> {
         match ns {
             None => {
                 let mut guard = self.own.lock().unwrap_or_else(|e| e.into_inner());
@@ -1264,7 +1382,13 @@ impl Nft {
             let seq = next_seqs(1);
             let flags = if dump { k::NLM_F_DUMP } else { k::NLM_F_ACK };
             unsafe {
-                let nlh = sys::nftnl_nlmsg_build_hdr(scratch.as_mut_ptr(), ty, k::NFPROTO_INET, flags, seq);
+                let nlh = sys::nftnl_nlmsg_build_hdr(
+                    scratch.as_mut_ptr(),
+                    ty,
+                    k::NFPROTO_INET,
+                    flags,
+                    seq,
+                );
                 payload(nlh);
             }
             sock.send(scratch.message()).map_err(ReqError::Io)?;
@@ -1320,7 +1444,11 @@ impl Nft {
                             // reply is complete (a retried dump starts over).
                             let mut copy = vec![0u64; msg.len().div_ceil(8)];
                             unsafe {
-                                std::ptr::copy_nonoverlapping(msg.as_ptr(), copy.as_mut_ptr() as *mut u8, msg.len());
+                                std::ptr::copy_nonoverlapping(
+                                    msg.as_ptr(),
+                                    copy.as_mut_ptr() as *mut u8,
+                                    msg.len(),
+                                );
                             }
                             objects.push(copy);
                         }
@@ -1367,8 +1495,14 @@ impl Nft {
             };
             let interval = flags & k::SET_INTERVAL != 0;
             kind = Some(match (ktype, klen) {
-                (k::TYPE_IPADDR, 4) => SetKind::Addr { family: k::NFPROTO_IPV4, interval },
-                (k::TYPE_IP6ADDR, 16) => SetKind::Addr { family: k::NFPROTO_IPV6, interval },
+                (k::TYPE_IPADDR, 4) => SetKind::Addr {
+                    family: k::NFPROTO_IPV4,
+                    interval,
+                },
+                (k::TYPE_IP6ADDR, 16) => SetKind::Addr {
+                    family: k::NFPROTO_IPV6,
+                    interval,
+                },
                 (k::TYPE_IFNAME, 16) => SetKind::Ifname,
                 _ => SetKind::Other,
             });
@@ -1376,13 +1510,21 @@ impl Nft {
         match Self::request(sock, k::MSG_GETSET, false, &payload, &mut each) {
             Ok(()) => Ok(kind),
             Err(ReqError::Kernel(libc::ENOENT, _)) => Ok(None),
-            Err(e) => Err(Self::req_err(format!("set {name} in table inet {table}"), e)),
+            Err(e) => Err(Self::req_err(
+                format!("set {name} in table inet {table}"),
+                e,
+            )),
         }
     }
 
     /// (handle, id) of the rules of a chain, in order. NotFound when the
     /// table or the chain does not exist.
-    fn chain_rules(sock: &Sock, table: &str, tc: &CStr, chain: &str) -> KResult<Vec<(u64, String)>> {
+    fn chain_rules(
+        sock: &Sock,
+        table: &str,
+        tc: &CStr,
+        chain: &str,
+    ) -> KResult<Vec<(u64, String)>> {
         let cc = cstr("chain", chain)?;
         let what = || format!("chain {chain} in table inet {table}");
         // A rule dump of a missing chain is just empty: ask for the chain first.
@@ -1390,7 +1532,8 @@ impl Nft {
             let c = ChainObj::named(tc, Some(&cc));
             unsafe { sys::nftnl_chain_nlmsg_build_payload(nlh, c.0) };
         };
-        Self::request(sock, k::MSG_GETCHAIN, false, &payload, &mut |_| {}).map_err(|e| Self::req_err(what(), e))?;
+        Self::request(sock, k::MSG_GETCHAIN, false, &payload, &mut |_| {})
+            .map_err(|e| Self::req_err(what(), e))?;
 
         let payload = |nlh: *mut libc::nlmsghdr| {
             let r = RuleObj::in_chain(tc, &cc);
@@ -1404,13 +1547,18 @@ impl Nft {
             }
             let t = sys::nftnl_rule_get_str(r.0, sys::NFTNL_RULE_TABLE as u16);
             let c = sys::nftnl_rule_get_str(r.0, sys::NFTNL_RULE_CHAIN as u16);
-            if t.is_null() || c.is_null() || CStr::from_ptr(t) != tc || CStr::from_ptr(c) != cc.as_c_str() {
+            if t.is_null()
+                || c.is_null()
+                || CStr::from_ptr(t) != tc
+                || CStr::from_ptr(c) != cc.as_c_str()
+            {
                 return;
             }
             let handle = sys::nftnl_rule_get_u64(r.0, sys::NFTNL_RULE_HANDLE as u16);
             out.push((handle, rule_id(&r)));
         };
-        Self::request(sock, k::MSG_GETRULE, true, &payload, &mut each).map_err(|e| Self::req_err(what(), e))?;
+        Self::request(sock, k::MSG_GETRULE, true, &payload, &mut each)
+            .map_err(|e| Self::req_err(what(), e))?;
         Ok(out)
     }
 
@@ -1418,6 +1566,11 @@ impl Nft {
     /// table is created first (idempotently) unless the batch starts by
     /// deleting it; ops after a `delete-table` recreate it, so
     /// `[delete-table, add-chain …]` replaces a whole table atomically.
+    ///
+    /// `delete-rule` resolves the id to a kernel handle before the batch is
+    /// sent, so it finds rules that exist when `apply` is called (not rules
+    /// added earlier in the same batch); the first rule with that id goes,
+    /// and a second `delete-rule` of the same id takes the next one.
     pub fn apply(&self, ns: Option<BorrowedFd<'_>>, table: &str, ops: &[NftOp]) -> KResult<()> {
         let tc = cstr("table", table)?;
         self.with_sock(ns, |sock| {
@@ -1516,6 +1669,11 @@ impl Nft {
                         });
                     }
                     NftOp::DeleteRule((chain, id)) => {
+                        if id.is_empty() {
+                            return Err(KernelError::Invalid(format!(
+                                "delete-rule in chain {chain}: rules are deleted by id, and the id is empty"
+                            )));
+                        }
                         let not_found =
                             || KernelError::NotFound(format!("rule '{id}' in chain {chain} of table inet {table}"));
                         if !rules.contains_key(chain) {
@@ -1624,8 +1782,12 @@ impl Nft {
     fn commit(sock: &Sock, table: &str, b: &Batch) -> KResult<()> {
         if let Err(e) = sock.send(&b.buf) {
             return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => KernelError::Permission(format!("nftables table inet {table}")),
-                _ => KernelError::Other(format!("sending the nftables batch for table inet {table}: {e}")),
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    KernelError::Permission(format!("nftables table inet {table}"))
+                }
+                _ => KernelError::Other(format!(
+                    "sending the nftables batch for table inet {table}: {e}"
+                )),
             });
         }
         // The batch ran inside sendmsg: every error is queued already.
@@ -1640,7 +1802,11 @@ impl Nft {
                     lost = true;
                     continue;
                 }
-                Err(e) => return Err(KernelError::Other(format!("nftables batch for table inet {table}: {e}"))),
+                Err(e) => {
+                    return Err(KernelError::Other(format!(
+                        "nftables batch for table inet {table}: {e}"
+                    )))
+                }
             };
             let data = &buf.bytes()[..n];
             for (h, at) in messages(data) {
@@ -1653,7 +1819,9 @@ impl Nft {
                 }
             }
         }
-        if let Some((seq, errno, text)) = errors.iter().min_by_key(|(s, ..)| s.wrapping_sub(b.first)) {
+        if let Some((seq, errno, text)) =
+            errors.iter().min_by_key(|(s, ..)| s.wrapping_sub(b.first))
+        {
             let ctx = b.ctx.get(seq).unwrap_or(&Ctx::Batch);
             return Err(map_error(table, ctx, *errno, text.as_deref()));
         }
@@ -1666,10 +1834,18 @@ impl Nft {
     }
 
     /// Ids of the rules of `chain`, in order ("" for a rule without one).
-    pub fn rules(&self, ns: Option<BorrowedFd<'_>>, table: &str, chain: &str) -> KResult<Vec<String>> {
+    pub fn rules(
+        &self,
+        ns: Option<BorrowedFd<'_>>,
+        table: &str,
+        chain: &str,
+    ) -> KResult<Vec<String>> {
         let tc = cstr("table", table)?;
         self.with_sock(ns, |sock| {
-            Ok(Self::chain_rules(sock, table, &tc, chain)?.into_iter().map(|(_, id)| id).collect())
+            Ok(Self::chain_rules(sock, table, &tc, chain)?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect())
         })
     }
 
@@ -1730,4 +1906,632 @@ impl Nft {
 fn _assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<Nft>();
+}
+
+#[cfg(test)]
+mod tests {
+    //! Root-only tests, each in a throwaway namespace it creates and always
+    //! deletes. `nft list` is run only to check results.
+
+    use super::*;
+    use crate::bindings::netshim::plugin::netfilter::{BaseChain, ChainType, Hook};
+    use std::fs::File;
+    use std::os::fd::AsFd;
+    use std::process::Command;
+    use std::sync::atomic::AtomicUsize;
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    /// `ip netns add` on creation, `ip netns delete` on drop (also when the
+    /// test panics).
+    struct TestNs {
+        name: String,
+        file: Option<File>,
+    }
+
+    impl TestNs {
+        fn new() -> Option<TestNs> {
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("skipping: nftables tests need root");
+                return None;
+            }
+            let name = format!(
+                "nsh-nft-test-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let ok = Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                eprintln!("skipping: `ip netns add {name}` failed");
+                return None;
+            }
+            let mut ns = TestNs { name, file: None };
+            ns.file = Some(File::open(format!("/run/netns/{}", ns.name)).expect("open netns"));
+            Some(ns)
+        }
+
+        fn fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.file.as_ref().unwrap().as_fd())
+        }
+
+        fn exec(&self, args: &[&str]) -> (bool, String) {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args)
+                .output()
+                .expect("ip netns exec");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        }
+
+        fn list(&self, table: &str) -> String {
+            let (ok, text) = self.exec(&["nft", "list", "table", "inet", table]);
+            assert!(ok, "nft list table inet {table}: {text}");
+            text
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            self.file = None;
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.name])
+                .status();
+        }
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddress {
+        IpAddress::Ipv4((a, b, c, d))
+    }
+
+    fn p4(a: u8, b: u8, c: u8, d: u8, len: u8) -> IpPrefix {
+        IpPrefix {
+            address: v4(a, b, c, d),
+            prefix_len: len,
+        }
+    }
+
+    fn rule(id: &str, matches: Vec<Match>, action: Action) -> Rule {
+        Rule {
+            id: id.into(),
+            matches,
+            counter: false,
+            action,
+        }
+    }
+
+    fn base(hook: Hook, chain_type: ChainType, priority: i32) -> Option<BaseChain> {
+        Some(BaseChain {
+            hook,
+            chain_type,
+            priority,
+            policy_drop: false,
+        })
+    }
+
+    fn setup_ops() -> Vec<NftOp> {
+        vec![
+            NftOp::AddSet(("bridges".into(), SetType::Ifname)),
+            NftOp::AddElement(("bridges".into(), "br-test0".into())),
+            NftOp::AddSet(("nets".into(), SetType::Ipv4Addr)),
+            NftOp::AddElement(("nets".into(), "10.88.0.0/16".into())),
+            NftOp::AddElement(("nets".into(), "10.99.0.5".into())),
+            NftOp::AddChain((
+                "postrouting".into(),
+                base(Hook::Postrouting, ChainType::Nat, 100),
+            )),
+            NftOp::AddChain(("forward".into(), base(Hook::Forward, ChainType::Filter, 0))),
+            NftOp::AddChain((
+                "prerouting".into(),
+                base(Hook::Prerouting, ChainType::Nat, -100),
+            )),
+            NftOp::AddChain(("sub".into(), None)),
+        ]
+    }
+
+    #[test]
+    fn nft_apply_lists_and_deletes() {
+        let Some(ns) = TestNs::new() else { return };
+        let nft = Nft::new();
+        let t = "nsh-test";
+        assert_eq!(nft.tables(ns.fd()).unwrap(), Vec::<String>::new());
+        assert_eq!(nft.chains(ns.fd(), t).unwrap(), Vec::<String>::new());
+
+        let mut ops = setup_ops();
+        ops.extend([
+            NftOp::AddRule((
+                "postrouting".into(),
+                Rule {
+                    id: "masq".into(),
+                    matches: vec![
+                        Match::Saddr(p4(10, 0, 0, 0, 24)),
+                        Match::OifnameNot("br0".into()),
+                    ],
+                    counter: true,
+                    action: Action::Masquerade,
+                },
+            )),
+            NftOp::AddRule((
+                "postrouting".into(),
+                rule(
+                    "snat",
+                    vec![Match::Saddr(p4(10, 2, 3, 4, 15))],
+                    Action::Snat(v4(198, 51, 100, 1)),
+                ),
+            )),
+            NftOp::AddRule((
+                "forward".into(),
+                rule(
+                    "isolate",
+                    vec![
+                        Match::Iifname("br0".into()),
+                        Match::OifnameIn("bridges".into()),
+                    ],
+                    Action::Drop,
+                ),
+            )),
+            NftOp::AddRule((
+                "forward".into(),
+                rule("est", vec![Match::CtEstablished], Action::Accept),
+            )),
+            NftOp::AddRule((
+                "forward".into(),
+                rule(
+                    "nets",
+                    vec![Match::SaddrIn("nets".into()), Match::Iifname("br-*".into())],
+                    Action::Jump("sub".into()),
+                ),
+            )),
+            NftOp::AddRule((
+                "forward".into(),
+                rule(
+                    "ifset",
+                    vec![
+                        Match::IifnameIn("bridges".into()),
+                        Match::DaddrIn("nets".into()),
+                    ],
+                    Action::Accept,
+                ),
+            )),
+            NftOp::AddRule((
+                "sub".into(),
+                rule(
+                    "ret",
+                    vec![Match::DaddrNot(p4(10, 1, 0, 0, 16))],
+                    Action::ReturnChain,
+                ),
+            )),
+            NftOp::AddRule((
+                "prerouting".into(),
+                rule(
+                    "dnat",
+                    vec![
+                        Match::Protocol(Protocol::Tcp),
+                        Match::Dport(8080),
+                        Match::DaddrLocal,
+                    ],
+                    Action::Dnat((v4(10, 0, 0, 2), Some(80))),
+                ),
+            )),
+            NftOp::AddRule((
+                "prerouting".into(),
+                rule(
+                    "dnat-noport",
+                    vec![
+                        Match::Protocol(Protocol::Udp),
+                        Match::Daddr(p4(203, 0, 113, 7, 32)),
+                    ],
+                    Action::Dnat((v4(10, 0, 0, 3), None)),
+                ),
+            )),
+        ]);
+        nft.apply(ns.fd(), t, &ops).expect("apply");
+
+        let text = ns.list(t);
+        for want in [
+            "type nat hook postrouting priority srcnat; policy accept;",
+            "type filter hook forward priority filter; policy accept;",
+            "type nat hook prerouting priority dstnat; policy accept;",
+            "ip saddr 10.0.0.0/24 oifname != \"br0\" counter packets 0 bytes 0 masquerade comment \"masq\"",
+            "ip saddr 10.2.0.0/15 snat ip to 198.51.100.1 comment \"snat\"",
+            "iifname \"br0\" oifname @bridges drop comment \"isolate\"",
+            "ct state established,related accept comment \"est\"",
+            "ip saddr @nets iifname \"br-*\" jump sub comment \"nets\"",
+            "iifname @bridges ip daddr @nets accept comment \"ifset\"",
+            "ip daddr != 10.1.0.0/16 return comment \"ret\"",
+            "tcp dport 8080 fib daddr type local dnat ip to 10.0.0.2:80 comment \"dnat\"",
+            "meta l4proto udp ip daddr 203.0.113.7 dnat ip to 10.0.0.3 comment \"dnat-noport\"",
+            "elements = { \"br-test0\" }",
+            "type ipv4_addr",
+            "flags interval",
+            "10.88.0.0/16",
+            "10.99.0.5",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+
+        assert_eq!(nft.tables(ns.fd()).unwrap(), vec![t.to_string()]);
+        let mut chains = nft.chains(ns.fd(), t).unwrap();
+        chains.sort();
+        assert_eq!(chains, ["forward", "postrouting", "prerouting", "sub"]);
+        assert_eq!(
+            nft.rules(ns.fd(), t, "forward").unwrap(),
+            ["isolate", "est", "nets", "ifset"]
+        );
+        assert_eq!(
+            nft.rules(ns.fd(), t, "postrouting").unwrap(),
+            ["masq", "snat"]
+        );
+
+        // Idempotent re-creation of chains, sets and elements.
+        nft.apply(ns.fd(), t, &setup_ops()).expect("re-apply setup");
+        assert_eq!(
+            nft.rules(ns.fd(), t, "forward").unwrap(),
+            ["isolate", "est", "nets", "ifset"]
+        );
+
+        // Delete by id, delete elements.
+        nft.apply(
+            ns.fd(),
+            t,
+            &[
+                NftOp::DeleteRule(("forward".into(), "est".into())),
+                NftOp::DeleteElement(("nets".into(), "10.99.0.5".into())),
+                NftOp::DeleteElement(("bridges".into(), "br-test0".into())),
+            ],
+        )
+        .expect("delete rule and elements");
+        assert_eq!(
+            nft.rules(ns.fd(), t, "forward").unwrap(),
+            ["isolate", "nets", "ifset"]
+        );
+        let text = ns.list(t);
+        assert!(!text.contains("10.99.0.5"), "element still there:\n{text}");
+        assert!(!text.contains("br-test0"), "element still there:\n{text}");
+        assert!(
+            !text.contains("comment \"est\""),
+            "rule still there:\n{text}"
+        );
+        assert!(
+            text.contains("10.88.0.0/16"),
+            "wrong element deleted:\n{text}"
+        );
+
+        // Things that are not there.
+        match nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::DeleteRule(("forward".into(), "est".into()))],
+        ) {
+            Err(KernelError::NotFound(m)) => assert!(m.contains("est"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        match nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::DeleteElement(("nets".into(), "10.99.0.5".into()))],
+        ) {
+            Err(KernelError::NotFound(m)) => assert!(m.contains("10.99.0.5"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        match nft.rules(ns.fd(), t, "nope") {
+            Err(KernelError::NotFound(m)) => assert!(m.contains("nope"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        // A chain with rules is not deleted implicitly.
+        assert!(matches!(
+            nft.apply(ns.fd(), t, &[NftOp::DeleteChain("sub".into())]),
+            Err(KernelError::Other(_))
+        ));
+        // Flush then delete (the jump into it goes first).
+        nft.apply(
+            ns.fd(),
+            t,
+            &[
+                NftOp::DeleteRule(("forward".into(), "nets".into())),
+                NftOp::FlushChain("sub".into()),
+                NftOp::DeleteChain("sub".into()),
+            ],
+        )
+        .expect("flush and delete chain");
+        assert!(!nft.chains(ns.fd(), t).unwrap().contains(&"sub".to_string()));
+
+        // The whole table.
+        nft.apply(ns.fd(), t, &[NftOp::DeleteTable])
+            .expect("delete table");
+        assert_eq!(nft.tables(ns.fd()).unwrap(), Vec::<String>::new());
+        assert_eq!(nft.chains(ns.fd(), t).unwrap(), Vec::<String>::new());
+        match nft.apply(ns.fd(), t, &[NftOp::DeleteTable]) {
+            Err(KernelError::NotFound(m)) => assert!(m.contains(t), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nft_failed_batch_leaves_nothing() {
+        let Some(ns) = TestNs::new() else { return };
+        let nft = Nft::new();
+        let t = "nsh-atomic";
+        let bad = vec![
+            NftOp::AddChain(("forward".into(), base(Hook::Forward, ChainType::Filter, 0))),
+            NftOp::AddSet(("s".into(), SetType::Ipv4Addr)),
+            NftOp::AddElement(("s".into(), "10.0.0.0/8".into())),
+            NftOp::AddRule(("forward".into(), rule("ok", vec![], Action::Accept))),
+            NftOp::AddRule(("missing".into(), rule("bad", vec![], Action::Accept))),
+        ];
+        match nft.apply(ns.fd(), t, &bad) {
+            Err(KernelError::NotFound(m)) => assert!(m.contains("missing"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        // Not even the table is left.
+        assert_eq!(nft.tables(ns.fd()).unwrap(), Vec::<String>::new());
+
+        // On an existing table: nothing of the failed batch remains.
+        nft.apply(ns.fd(), t, &[NftOp::AddChain(("a".into(), None))])
+            .unwrap();
+        let bad = vec![
+            NftOp::AddChain(("b".into(), None)),
+            NftOp::AddRule(("a".into(), rule("r1", vec![], Action::Accept))),
+            NftOp::AddRule((
+                "a".into(),
+                rule("r2", vec![], Action::Jump("nowhere".into())),
+            )),
+        ];
+        assert!(matches!(
+            nft.apply(ns.fd(), t, &bad),
+            Err(KernelError::NotFound(_))
+        ));
+        assert_eq!(nft.chains(ns.fd(), t).unwrap(), ["a"]);
+        assert_eq!(nft.rules(ns.fd(), t, "a").unwrap(), Vec::<String>::new());
+
+        // Rejected before anything is sent.
+        let invalid = [
+            rule("p", vec![Match::Dport(80)], Action::Accept),
+            rule("q", vec![Match::Saddr(p4(10, 0, 0, 0, 33))], Action::Accept),
+            rule(
+                "r",
+                vec![Match::Iifname("a-very-long-interface-name".into())],
+                Action::Accept,
+            ),
+            rule(
+                "s",
+                vec![Match::Protocol(Protocol::Icmp)],
+                Action::Dnat((v4(10, 0, 0, 1), Some(80))),
+            ),
+        ];
+        for r in invalid {
+            let res = nft.apply(ns.fd(), t, &[NftOp::AddRule(("a".into(), r.clone()))]);
+            assert!(
+                matches!(res, Err(KernelError::Invalid(_))),
+                "{} gave {res:?}",
+                r.id
+            );
+        }
+        // Unknown set.
+        match nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddRule((
+                "a".into(),
+                rule("u", vec![Match::SaddrIn("nope".into())], Action::Drop),
+            ))],
+        ) {
+            Err(KernelError::NotFound(m)) => assert!(m.contains("set nope"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        // The kernel refuses NAT in a filter chain.
+        nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddChain((
+                "f".into(),
+                base(Hook::Forward, ChainType::Filter, 0),
+            ))],
+        )
+        .unwrap();
+        let res = nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddRule((
+                "f".into(),
+                rule("m", vec![], Action::Masquerade),
+            ))],
+        );
+        assert!(matches!(res, Err(KernelError::Invalid(_))), "{res:?}");
+        assert_eq!(nft.rules(ns.fd(), t, "f").unwrap(), Vec::<String>::new());
+
+        // Re-creating objects with another shape is refused, not merged.
+        let res = nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddChain((
+                "f".into(),
+                base(Hook::Prerouting, ChainType::Nat, -100),
+            ))],
+        );
+        assert!(
+            matches!(
+                res,
+                Err(KernelError::Exists(_)) | Err(KernelError::Invalid(_))
+            ),
+            "{res:?}"
+        );
+        nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddSet(("s4".into(), SetType::Ipv4Addr))],
+        )
+        .unwrap();
+        let res = nft.apply(ns.fd(), t, &[NftOp::AddSet(("s4".into(), SetType::Ifname))]);
+        assert!(matches!(res, Err(KernelError::Exists(_))), "{res:?}");
+        let res = nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddElement(("s4".into(), "eth0".into()))],
+        );
+        assert!(matches!(res, Err(KernelError::Invalid(_))), "{res:?}");
+        // Overlapping intervals.
+        nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddElement(("s4".into(), "10.0.0.0/24".into()))],
+        )
+        .unwrap();
+        nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddElement(("s4".into(), "10.0.0.0/24".into()))],
+        )
+        .expect("same element twice");
+        let res = nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::AddElement(("s4".into(), "10.0.0.0/16".into()))],
+        );
+        assert!(
+            matches!(
+                res,
+                Err(KernelError::Exists(_)) | Err(KernelError::Invalid(_))
+            ),
+            "{res:?}"
+        );
+        let res = nft.apply(ns.fd(), t, &[NftOp::DeleteSet("nope".into())]);
+        assert!(matches!(res, Err(KernelError::NotFound(_))), "{res:?}");
+
+        // Atomic replace: delete the table and rebuild it in one batch.
+        nft.apply(
+            ns.fd(),
+            t,
+            &[
+                NftOp::DeleteTable,
+                NftOp::AddChain(("c".into(), None)),
+                NftOp::AddRule(("c".into(), rule("x", vec![], Action::Accept))),
+            ],
+        )
+        .unwrap();
+        assert_eq!(nft.chains(ns.fd(), t).unwrap(), ["c"]);
+        assert_eq!(nft.rules(ns.fd(), t, "c").unwrap(), ["x"]);
+        nft.apply(ns.fd(), t, &[NftOp::DeleteTable]).unwrap();
+    }
+
+    #[test]
+    fn nft_large_batch() {
+        let Some(ns) = TestNs::new() else { return };
+        let nft = Nft::new();
+        let t = "nsh-large";
+        let mut ops = vec![
+            NftOp::AddSet(("big".into(), SetType::Ipv4Addr)),
+            NftOp::AddChain(("c".into(), None)),
+        ];
+        for i in 0..4000u32 {
+            ops.push(NftOp::AddElement((
+                "big".into(),
+                format!("10.{}.{}.0/24", i / 256, i % 256),
+            )));
+        }
+        for i in 0..500 {
+            ops.push(NftOp::AddRule((
+                "c".into(),
+                rule(
+                    &format!("r{i}"),
+                    vec![Match::Iifname(format!("veth{i}"))],
+                    Action::Accept,
+                ),
+            )));
+        }
+        nft.apply(ns.fd(), t, &ops).expect("large batch");
+        assert_eq!(nft.rules(ns.fd(), t, "c").unwrap().len(), 500);
+        let text = ns.list(t);
+        assert!(text.contains("10.15.159.0/24"), "last element missing");
+        // A large failing batch still reports the failing op.
+        ops.push(NftOp::DeleteElement(("big".into(), "192.0.2.0/24".into())));
+        match nft.apply(ns.fd(), t, &ops) {
+            Err(KernelError::NotFound(m)) => assert!(m.contains("192.0.2.0/24"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        assert_eq!(nft.rules(ns.fd(), t, "c").unwrap().len(), 500);
+        nft.apply(ns.fd(), t, &[NftOp::DeleteTable]).unwrap();
+    }
+
+    #[test]
+    fn nft_ipv6_and_traffic() {
+        let Some(ns) = TestNs::new() else { return };
+        let (ok, text) = ns.exec(&["ip", "link", "set", "lo", "up"]);
+        assert!(ok, "{text}");
+        let nft = Nft::new();
+        let t = "nsh-traffic";
+        let v6 = |s: &str, len: u8| {
+            let a: Ipv6Addr = s.parse().unwrap();
+            let g = a.segments();
+            IpPrefix {
+                address: IpAddress::Ipv6((g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7])),
+                prefix_len: len,
+            }
+        };
+        nft.apply(
+            ns.fd(),
+            t,
+            &[
+                NftOp::AddSet(("v6nets".into(), SetType::Ipv6Addr)),
+                NftOp::AddElement(("v6nets".into(), "fd00:1::/48".into())),
+                NftOp::AddChain(("output".into(), base(Hook::Output, ChainType::Filter, 0))),
+                NftOp::AddRule((
+                    "output".into(),
+                    Rule {
+                        id: "block".into(),
+                        matches: vec![Match::Daddr(p4(127, 0, 0, 2, 32))],
+                        counter: true,
+                        action: Action::Drop,
+                    },
+                )),
+                NftOp::AddRule((
+                    "output".into(),
+                    rule(
+                        "v6",
+                        vec![Match::SaddrNot(v6("fd00::", 64))],
+                        Action::Accept,
+                    ),
+                )),
+                NftOp::AddRule((
+                    "output".into(),
+                    rule("v6set", vec![Match::DaddrIn("v6nets".into())], Action::Drop),
+                )),
+            ],
+        )
+        .unwrap();
+        let text = ns.list(t);
+        for want in [
+            "ip6 saddr != fd00::/64 accept",
+            "ip6 daddr @v6nets drop",
+            "type ipv6_addr",
+            "fd00:1::/48",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        let (ok, _) = ns.exec(&["ping", "-c1", "-W1", "127.0.0.1"]);
+        assert!(ok, "127.0.0.1 should answer");
+        let (ok, _) = ns.exec(&["ping", "-c1", "-W1", "127.0.0.2"]);
+        assert!(!ok, "127.0.0.2 should be dropped");
+        let text = ns.list(t);
+        assert!(
+            text.contains("ip daddr 127.0.0.2 counter packets 1 "),
+            "counter did not count:\n{text}"
+        );
+
+        nft.apply(
+            ns.fd(),
+            t,
+            &[NftOp::DeleteRule(("output".into(), "block".into()))],
+        )
+        .unwrap();
+        let (ok, _) = ns.exec(&["ping", "-c1", "-W1", "127.0.0.2"]);
+        assert!(ok, "127.0.0.2 should answer once the rule is gone");
+        nft.apply(ns.fd(), t, &[NftOp::DeleteTable]).unwrap();
+        assert_eq!(nft.tables(ns.fd()).unwrap(), Vec::<String>::new());
+    }
 }

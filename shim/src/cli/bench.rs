@@ -69,8 +69,16 @@ struct Stats {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let total: Duration = samples.iter().sum();
-    let per_sec = if total.is_zero() { 0.0 } else { samples.len() as f64 / total.as_secs_f64() };
-    Stats { p50: percentile(&samples, 0.5), p99: percentile(&samples, 0.99), per_sec }
+    let per_sec = if total.is_zero() {
+        0.0
+    } else {
+        samples.len() as f64 / total.as_secs_f64()
+    };
+    Stats {
+        p50: percentile(&samples, 0.5),
+        p99: percentile(&samples, 0.99),
+        per_sec,
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -78,24 +86,33 @@ fn ms(d: Duration) -> String {
 }
 
 fn line(label: &str, n: usize, s: &Stats) {
-    println!("{label:<28} n={n:<5} p50={:>9}  p99={:>9}  ops/s={:>7.0}", ms(s.p50), ms(s.p99), s.per_sec);
+    println!(
+        "{label:<28} n={n:<5} p50={:>9}  p99={:>9}  ops/s={:>7.0}",
+        ms(s.p50),
+        ms(s.p99),
+        s.per_sec
+    );
 }
 
 pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
     let BenchCmd::Attach(args) = cmd;
     let pid = std::process::id();
     let tmp = std::env::temp_dir().join(format!("netshim-bench-{pid}"));
-    let mut cleanup = Cleanup { names: Vec::new(), dirs: vec![tmp.clone()] };
+    let mut cleanup = Cleanup {
+        names: Vec::new(),
+        dirs: vec![tmp.clone()],
+    };
     let fail = |e: netns::NetnsError| CliError::Other(e.to_string());
 
     let node_name = format!("nsbench-{pid}-node");
     let node = netns::create(&node_name).map_err(fail)?;
     cleanup.names.push(node_name);
     let state_dir = tmp.join("state");
-    let kernel: Arc<dyn Kernel> = Arc::new(Netlink::new(Some(&node)).map_err(|e| CliError::Other(e.to_string()))?);
+    let kernel: Arc<dyn Kernel> =
+        Arc::new(Netlink::new(Some(&node)).map_err(|e| CliError::Other(e.to_string()))?);
     // The compiled-guest cache is shared with the normal state directory so
     // the benchmark measures steady state, not Cranelift.
-    let runtime = crate::runtime::Runtime::new(g.limits(), Some(g.state_dir.join("cache")))?;
+    let runtime = crate::runtime::Runtime::new(g.limits(), Some(g.cache_dir()))?;
     let core = Core::new(runtime, kernel, &state_dir, Vec::new())?;
     core.network_create(CreateNetwork {
         name: "bench".into(),
@@ -113,13 +130,23 @@ pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
         sandboxes.push(netns::create(&name).map_err(fail)?);
         cleanup.names.push(name);
     }
-    println!("netshim bench attach: {} in-process, {} per process; kernel {}", args.count, args.process_count, kernel_release());
+    println!(
+        "netshim bench attach: {} in-process, {} per process; kernel {}",
+        args.count,
+        args.process_count,
+        kernel_release()
+    );
 
     let (mut attach, mut wasm, mut inst) = (Vec::new(), Duration::ZERO, Vec::new());
     let mut attach_total = Duration::ZERO;
     for sb in &sandboxes[..args.count] {
         let t = Instant::now();
-        core.attach(Attach { network: "bench".into(), netns: sb.clone(), ip: None, ifname: "eth0".into() })?;
+        core.attach(Attach {
+            network: "bench".into(),
+            netns: sb.clone(),
+            ip: None,
+            ifname: "eth0".into(),
+        })?;
         let d = t.elapsed();
         let timing = core.last_timing();
         attach.push(d);
@@ -130,7 +157,10 @@ pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
     let mut detach = Vec::new();
     for sb in &sandboxes[..args.count] {
         let t = Instant::now();
-        core.detach(DetachTarget::Sandbox { network: "bench".into(), netns: sb.clone() })?;
+        core.detach(DetachTarget::Sandbox {
+            network: "bench".into(),
+            netns: sb.clone(),
+        })?;
         detach.push(t.elapsed());
     }
     let a = stats(attach);
@@ -149,9 +179,29 @@ pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
     for sb in procs {
         let netns_arg = sb.display().to_string();
-        let base = ["--state-dir", state_dir.to_str().unwrap_or_default(), "--node-netns", node.to_str().unwrap_or_default()];
-        p_attach.push(time_process(Command::new(&exe).args(base).args(["attach", "--network", "bench", "--netns", &netns_arg]))?);
-        p_detach.push(time_process(Command::new(&exe).args(base).args(["detach", "--network", "bench", "--netns", &netns_arg]))?);
+        let cache = g.cache_dir();
+        let base = [
+            "--state-dir",
+            state_dir.to_str().unwrap_or_default(),
+            "--node-netns",
+            node.to_str().unwrap_or_default(),
+            "--cache-dir",
+            cache.to_str().unwrap_or_default(),
+        ];
+        p_attach.push(time_process(Command::new(&exe).args(base).args([
+            "attach",
+            "--network",
+            "bench",
+            "--netns",
+            &netns_arg,
+        ]))?);
+        p_detach.push(time_process(Command::new(&exe).args(base).args([
+            "detach",
+            "--network",
+            "bench",
+            "--netns",
+            &netns_arg,
+        ]))?);
     }
     let pa = stats(p_attach);
     let pd = stats(p_detach);
@@ -178,15 +228,24 @@ pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn time_process(cmd: &mut Command) -> Result<Duration, CliError> {
     let t = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| CliError::Other(e.to_string()))?;
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| CliError::Other(e.to_string()))?;
     let d = t.elapsed();
     if !out.status.success() {
-        return Err(CliError::Other(format!("benchmark step failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(CliError::Other(format!(
+            "benchmark step failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(d)
 }
@@ -194,7 +253,12 @@ fn time_process(cmd: &mut Command) -> Result<Duration, CliError> {
 /// The reference CNI bridge plugin, one process per ADD/DEL as a runtime
 /// runs it, inside the benchmark's node namespace (entered by the child
 /// itself before exec, so no `ip netns exec` cost is added).
-fn cni_peer(cni_path: &Path, node: &Path, sandboxes: &[PathBuf], tmp: &Path) -> Result<(Stats, Stats), CliError> {
+fn cni_peer(
+    cni_path: &Path,
+    node: &Path,
+    sandboxes: &[PathBuf],
+    tmp: &Path,
+) -> Result<(Stats, Stats), CliError> {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     let masq = Path::new("/usr/sbin/iptables").exists();
@@ -209,7 +273,10 @@ fn cni_peer(cni_path: &Path, node: &Path, sandboxes: &[PathBuf], tmp: &Path) -> 
     let mut del = Vec::new();
     for (i, sb) in sandboxes.iter().enumerate() {
         for (op, samples) in [("ADD", &mut add), ("DEL", &mut del)] {
-            let fd = node_file.as_fd().try_clone_to_owned().map_err(|e| CliError::Other(e.to_string()))?;
+            let fd = node_file
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| CliError::Other(e.to_string()))?;
             let mut cmd = Command::new(cni_path.join("bridge"));
             cmd.env_clear()
                 .env("CNI_COMMAND", op)
@@ -223,17 +290,27 @@ fn cni_peer(cni_path: &Path, node: &Path, sandboxes: &[PathBuf], tmp: &Path) -> 
                 .stderr(Stdio::piped());
             // SAFETY: setns is async-signal-safe; the fd stays open until exec.
             unsafe {
-                cmd.pre_exec(move || nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
             }
             let t = Instant::now();
-            let mut child = cmd.spawn().map_err(|e| CliError::Other(format!("cni bridge: {e}")))?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| CliError::Other(format!("cni bridge: {e}")))?;
             if let Some(mut stdin) = child.stdin.take() {
                 let _ = stdin.write_all(conf.as_bytes());
             }
-            let out = child.wait_with_output().map_err(|e| CliError::Other(e.to_string()))?;
+            let out = child
+                .wait_with_output()
+                .map_err(|e| CliError::Other(e.to_string()))?;
             samples.push(t.elapsed());
             if !out.status.success() {
-                return Err(CliError::Other(format!("cni bridge {op} failed: {}", String::from_utf8_lossy(&out.stdout).trim())));
+                return Err(CliError::Other(format!(
+                    "cni bridge {op} failed: {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                )));
             }
         }
     }

@@ -19,7 +19,11 @@ use crate::runtime::{Limits, Runtime, RuntimeError};
 use output::Output;
 
 #[derive(Debug, Parser)]
-#[command(name = "netshim", version, about = "Container networks whose drivers are sandboxed WebAssembly components")]
+#[command(
+    name = "netshim",
+    version,
+    about = "Container networks whose drivers are sandboxed WebAssembly components"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -30,8 +34,16 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Where netshim keeps its state (networks, endpoints, IPAM, compiled guests).
-    #[arg(long, global = true, env = "NETSHIM_STATE_DIR", default_value = "/var/lib/netshim")]
+    #[arg(
+        long,
+        global = true,
+        env = "NETSHIM_STATE_DIR",
+        default_value = "/var/lib/netshim"
+    )]
     pub state_dir: PathBuf,
+    /// Where compiled guests are cached (default: <state-dir>/cache).
+    #[arg(long, global = true, env = "NETSHIM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Act on this network namespace as the node (default: netshim's own).
     #[arg(long, global = true, env = "NETSHIM_NODE_NETNS")]
     pub node_netns: Option<PathBuf>,
@@ -39,10 +51,20 @@ pub struct Global {
     #[arg(long = "guest-dir", global = true, env = "NETSHIM_GUEST_DIR")]
     pub guest_dirs: Vec<PathBuf>,
     /// Wall-clock budget of one guest call, in milliseconds.
-    #[arg(long, global = true, env = "NETSHIM_GUEST_DEADLINE_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        global = true,
+        env = "NETSHIM_GUEST_DEADLINE_MS",
+        default_value_t = 2000
+    )]
     pub guest_deadline_ms: u64,
     /// Memory cap of one guest call, in MiB.
-    #[arg(long, global = true, env = "NETSHIM_GUEST_MEMORY_MB", default_value_t = 64)]
+    #[arg(
+        long,
+        global = true,
+        env = "NETSHIM_GUEST_MEMORY_MB",
+        default_value_t = 64
+    )]
     pub guest_memory_mb: usize,
     /// Output format.
     #[arg(long, short = 'O', global = true, value_enum, default_value_t = Format::Table)]
@@ -158,22 +180,37 @@ pub enum CliError {
 
 impl Global {
     pub fn limits(&self) -> Limits {
-        Limits { deadline: Duration::from_millis(self.guest_deadline_ms), memory_bytes: self.guest_memory_mb << 20 }
+        Limits {
+            deadline: Duration::from_millis(self.guest_deadline_ms),
+            memory_bytes: self.guest_memory_mb << 20,
+        }
     }
 
     pub fn runtime(&self) -> Result<Runtime, CliError> {
-        Ok(Runtime::new(self.limits(), Some(self.state_dir.join("cache")))?)
+        Ok(Runtime::new(self.limits(), Some(self.cache_dir()))?)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("cache"))
     }
 
     pub fn kernel(&self) -> Result<Arc<dyn Kernel>, CliError> {
-        let k = Netlink::new(self.node_netns.as_deref()).map_err(|e| CliError::Other(format!("opening netlink: {e}")))?;
+        let k = Netlink::new(self.node_netns.as_deref())
+            .map_err(|e| CliError::Other(format!("opening netlink: {e}")))?;
         Ok(Arc::new(k))
     }
 
     pub fn core(&self) -> Result<Core, CliError> {
         let mut dirs = self.guest_dirs.clone();
         dirs.extend(crate::guests::default_dirs());
-        Ok(Core::new(self.runtime()?, self.kernel()?, &self.state_dir, dirs)?)
+        Ok(Core::new(
+            self.runtime()?,
+            self.kernel()?,
+            &self.state_dir,
+            dirs,
+        )?)
     }
 }
 
@@ -183,7 +220,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Network(cmd) => network(&cli.global, &out, cmd),
         Command::Attach(a) => {
             let core = cli.global.core()?;
-            let ep = core.attach(Attach { network: a.network, netns: a.netns, ip: a.ip, ifname: a.ifname })?;
+            let ep = core.attach(Attach {
+                network: a.network,
+                netns: a.netns,
+                ip: a.ip,
+                ifname: a.ifname,
+            })?;
             out.endpoint(&ep);
             Ok(())
         }
@@ -192,7 +234,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let target = match (d.endpoint, d.network, d.netns) {
                 (Some(id), _, _) => DetachTarget::Endpoint(id),
                 (None, Some(network), Some(netns)) => DetachTarget::Sandbox { network, netns },
-                _ => return Err(CliError::Usage("give --network and --netns, or --endpoint".into())),
+                _ => {
+                    return Err(CliError::Usage(
+                        "give --network and --netns, or --endpoint".into(),
+                    ))
+                }
             };
             let ep = core.detach(target)?;
             out.detached(&ep);
@@ -217,8 +263,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 fn network(g: &Global, out: &Output, cmd: NetworkCmd) -> Result<(), CliError> {
     let core = g.core()?;
     match cmd {
-        NetworkCmd::Create { name, driver, subnet, gateway, internal, options } => {
-            let net = core.network_create(CreateNetwork { name, driver, subnet, gateway, internal, options })?;
+        NetworkCmd::Create {
+            name,
+            driver,
+            subnet,
+            gateway,
+            internal,
+            options,
+        } => {
+            let net = core.network_create(CreateNetwork {
+                name,
+                driver,
+                subnet,
+                gateway,
+                internal,
+                options,
+            })?;
             out.network_created(&net);
         }
         NetworkCmd::Ls => out.networks(&core.networks()?),

@@ -67,7 +67,10 @@ impl Output {
 
     fn emit(&self, value: serde_json::Value, text: String) {
         match self.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            ),
             Format::Table => println!("{text}"),
         }
     }
@@ -84,22 +87,57 @@ impl Output {
                     short(&n.id),
                     n.name.clone(),
                     n.driver.clone(),
-                    n.ipv4.iter().map(|p| p.subnet.to_string()).collect::<Vec<_>>().join(","),
-                    if n.internal { "yes".into() } else { "no".into() },
+                    n.ipv4
+                        .iter()
+                        .map(|p| p.subnet.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if n.internal {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                     count.to_string(),
                 ]
             })
             .collect();
-        let value = json!(nets.iter().map(|(n, c)| { let mut v = network_json(n); v["endpoints"] = json!(c); v }).collect::<Vec<_>>());
-        self.emit(value, table(&["NETWORK ID", "NAME", "DRIVER", "SUBNET", "INTERNAL", "ENDPOINTS"], &rows));
+        let value = json!(nets
+            .iter()
+            .map(|(n, c)| {
+                let mut v = network_json(n);
+                v["endpoints"] = json!(c);
+                v
+            })
+            .collect::<Vec<_>>());
+        self.emit(
+            value,
+            table(
+                &[
+                    "NETWORK ID",
+                    "NAME",
+                    "DRIVER",
+                    "SUBNET",
+                    "INTERNAL",
+                    "ENDPOINTS",
+                ],
+                &rows,
+            ),
+        );
     }
 
     pub fn inspect(&self, n: &Network, eps: &[Endpoint]) {
         let mut value = network_json(n);
         value["endpoints"] = json!(eps.iter().map(endpoint_json).collect::<Vec<_>>());
-        let mut text = format!("Name:     {}\nID:       {}\nDriver:   {}\nInternal: {}\n", n.name, n.id, n.driver, n.internal);
+        let mut text = format!(
+            "Name:     {}\nID:       {}\nDriver:   {}\nInternal: {}\n",
+            n.name, n.id, n.driver, n.internal
+        );
         for p in &n.ipv4 {
-            text.push_str(&format!("Subnet:   {}\nGateway:  {}\n", p.subnet, p.gateway.map(|g| g.addr().to_string()).unwrap_or_default()));
+            text.push_str(&format!(
+                "Subnet:   {}\nGateway:  {}\n",
+                p.subnet,
+                p.gateway.map(|g| g.addr().to_string()).unwrap_or_default()
+            ));
         }
         for (k, v) in &n.options {
             text.push_str(&format!("Option:   {k}={v}\n"));
@@ -107,9 +145,20 @@ impl Output {
         text.push_str("Endpoints:\n");
         let rows: Vec<Vec<String>> = eps
             .iter()
-            .map(|e| vec![short(&e.id), e.netns.clone(), e.ifname.clone(), e.ipv4.map(|a| a.to_string()).unwrap_or_default(), e.mac.clone().unwrap_or_default()])
+            .map(|e| {
+                vec![
+                    short(&e.id),
+                    e.netns.clone(),
+                    e.ifname.clone(),
+                    e.ipv4.map(|a| a.to_string()).unwrap_or_default(),
+                    e.mac.clone().unwrap_or_default(),
+                ]
+            })
             .collect();
-        text.push_str(&table(&["ENDPOINT ID", "NETNS", "IFNAME", "IPV4", "MAC"], &rows));
+        text.push_str(&table(
+            &["ENDPOINT ID", "NETNS", "IFNAME", "IPV4", "MAC"],
+            &rows,
+        ));
         self.emit(value, text);
     }
 
@@ -133,15 +182,30 @@ impl Output {
     }
 
     pub fn guests(&self, all: &BTreeMap<String, Source>) {
-        let rows: Vec<Vec<String>> = all.iter().map(|(n, s)| vec![n.clone(), s.describe()]).collect();
-        let value = json!(all.iter().map(|(n, s)| json!({"name": n, "source": s.describe()})).collect::<Vec<_>>());
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|(n, s)| vec![n.clone(), s.describe()])
+            .collect();
+        let value = json!(all
+            .iter()
+            .map(|(n, s)| json!({"name": n, "source": s.describe()}))
+            .collect::<Vec<_>>());
         self.emit(value, table(&["DRIVER", "SOURCE"], &rows));
     }
 
     pub fn guest_check(&self, file: &Path, g: &Guest) {
-        let exports = ["netshim:plugin/driver", "netshim:plugin/ipam", "netshim:plugin/reconcile"];
+        let exports = [
+            "netshim:plugin/driver",
+            "netshim:plugin/ipam",
+            "netshim:plugin/reconcile",
+        ];
         let value = json!({"file": file.display().to_string(), "ok": true, "wit": WIT_PACKAGE, "exports": exports, "sha256": g.digest});
-        let text = format!("{}: ok\nWIT:      {WIT_PACKAGE}\nexports:  {}\nsha256:   {}", file.display(), exports.join(", "), g.digest);
+        let text = format!(
+            "{}: ok\nWIT:      {WIT_PACKAGE}\nexports:  {}\nsha256:   {}",
+            file.display(),
+            exports.join(", "),
+            g.digest
+        );
         self.emit(value, text);
     }
 }

@@ -46,7 +46,11 @@ pub fn is_not_found(e: &CnmError) -> bool {
 
 /// The pool record a network keeps, from IPAM's answer.
 pub fn pool_of(id: String, subnet: IpNet, gateway: Option<IpNet>) -> Pool {
-    Pool { id, subnet, gateway }
+    Pool {
+        id,
+        subnet,
+        gateway,
+    }
 }
 
 pub fn wit_network(n: &Network) -> wit::Network {
@@ -58,7 +62,11 @@ pub fn wit_network(n: &Network) -> wit::Network {
         ipv4: n
             .ipv4
             .iter()
-            .map(|p| wit::PoolData { pool: from_prefix(p.subnet), gateway: p.gateway.map(from_prefix), aux_addresses: Vec::new() })
+            .map(|p| wit::PoolData {
+                pool: from_prefix(p.subnet),
+                gateway: p.gateway.map(from_prefix),
+                aux_addresses: Vec::new(),
+            })
             .collect(),
         ipv6: Vec::new(),
     }
@@ -67,11 +75,20 @@ pub fn wit_network(n: &Network) -> wit::Network {
 impl<'a> Calls<'a> {
     pub fn new(core: &'a Core, driver: &str, store: Box<dyn Store + Send>) -> CnmResult<Calls<'a>> {
         let guest = core.guest(driver)?;
-        Ok(Calls { core, guest, store: Some(store), journals: Vec::new(), started: Instant::now(), timing: Timing::default() })
+        Ok(Calls {
+            core,
+            guest,
+            store: Some(store),
+            journals: Vec::new(),
+            started: Instant::now(),
+            timing: Timing::default(),
+        })
     }
 
     pub fn store(&mut self) -> &mut dyn Store {
-        self.store.as_deref_mut().expect("store session is present between calls")
+        self.store
+            .as_deref_mut()
+            .expect("store session is present between calls")
     }
 
     /// Run one export. A driver error or a trap rolls back what this call
@@ -81,11 +98,21 @@ impl<'a> Calls<'a> {
         grant: netshim_host_api::host::Grant,
         name: &str,
         sandboxes: &[(NsId, &Path)],
-        f: impl FnOnce(&Plugin, &mut wasmtime::Store<CallData>, &[Resource<SandboxHandle>]) -> wasmtime::Result<Result<R, WitError>>,
+        f: impl FnOnce(
+            &Plugin,
+            &mut wasmtime::Store<CallData>,
+            &[Resource<SandboxHandle>],
+        ) -> wasmtime::Result<Result<R, WitError>>,
     ) -> CnmResult<R> {
-        let store = self.store.take().expect("store session is present between calls");
+        let store = self
+            .store
+            .take()
+            .expect("store session is present between calls");
         let host = HostState::new(self.core.kernel.clone(), store, grant, name);
-        let out = self.core.runtime.call(&self.guest, host, name, sandboxes, f);
+        let out = self
+            .core
+            .runtime
+            .call(&self.guest, host, name, sandboxes, f);
         self.timing.wasm += out.wasm_time;
         self.timing.instantiate += out.instantiate_time;
         self.store = Some(out.store);
@@ -94,10 +121,15 @@ impl<'a> Calls<'a> {
                 self.journals.push(out.journal);
                 return Ok(r);
             }
-            Ok(Err(e)) => CnmError::Driver { driver: self.guest.name.clone(), message: format!("{name}: {}", describe(&e)) },
+            Ok(Err(e)) => CnmError::Driver {
+                driver: self.guest.name.clone(),
+                message: format!("{name}: {}", describe(&e)),
+            },
             Err(trap) => CnmError::Runtime(trap),
         };
-        let errors = out.journal.rollback(self.core.kernel.as_ref(), self.store());
+        let errors = out
+            .journal
+            .rollback(self.core.kernel.as_ref(), self.store());
         for e in &errors {
             tracing::error!(call = name, error = %e, "rollback after a failed guest call is incomplete");
         }
@@ -108,14 +140,20 @@ impl<'a> Calls<'a> {
     /// dropped uncommitted, so the store is untouched too.
     pub fn abort(mut self) -> Vec<String> {
         let journals = std::mem::take(&mut self.journals);
-        let mut store = self.store.take().expect("store session is present between calls");
+        let mut store = self
+            .store
+            .take()
+            .expect("store session is present between calls");
         let errors = self.core.unwind(journals, store.as_mut());
         self.finish_timing();
         errors
     }
 
     pub fn commit(mut self) -> CnmResult<()> {
-        let mut store = self.store.take().expect("store session is present between calls");
+        let mut store = self
+            .store
+            .take()
+            .expect("store session is present between calls");
         store.commit()?;
         self.finish_timing();
         Ok(())

@@ -21,8 +21,8 @@ use netshim_host_api::store::{Condition, LocalStore, Store, StoreError};
 use crate::guests::{self, Source};
 use crate::runtime::{Guest, Runtime, RuntimeError};
 use crate::sandbox;
-pub use model::{Endpoint, Network, Pool};
 use model::SPACE;
+pub use model::{Endpoint, Network, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CnmError {
@@ -89,17 +89,24 @@ pub struct Core {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// 64 hex characters from the kernel's CSPRNG, like Docker's ids.
 pub fn random_id() -> String {
     let mut buf = [0u8; 32];
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
     if filled.is_err() {
         // getrandom(2) cannot fail here short of a broken kernel; fall back
         // to time and pid so ids stay unique.
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         buf[..16].copy_from_slice(&t.to_le_bytes());
         buf[16..20].copy_from_slice(&std::process::id().to_le_bytes());
     }
@@ -109,8 +116,13 @@ pub fn random_id() -> String {
 fn check_name(name: &str) -> CnmResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -123,9 +135,12 @@ fn check_name(name: &str) -> CnmResult<()> {
 fn get_json<T: serde::de::DeserializeOwned>(s: &mut dyn Store, key: &str) -> CnmResult<Option<T>> {
     match s.get(SPACE, key)? {
         None => Ok(None),
-        Some(e) => serde_json::from_slice(&e.value)
-            .map(Some)
-            .map_err(|err| CnmError::Store(StoreError::Corrupt { path: PathBuf::from(key), message: err.to_string() })),
+        Some(e) => serde_json::from_slice(&e.value).map(Some).map_err(|err| {
+            CnmError::Store(StoreError::Corrupt {
+                path: PathBuf::from(key),
+                message: err.to_string(),
+            })
+        }),
     }
 }
 
@@ -136,7 +151,12 @@ fn put_json<T: serde::Serialize>(s: &mut dyn Store, key: &str, value: &T) -> Cnm
 }
 
 impl Core {
-    pub fn new(runtime: Runtime, kernel: Arc<dyn Kernel>, state_dir: &Path, guest_dirs: Vec<PathBuf>) -> CnmResult<Core> {
+    pub fn new(
+        runtime: Runtime,
+        kernel: Arc<dyn Kernel>,
+        state_dir: &Path,
+        guest_dirs: Vec<PathBuf>,
+    ) -> CnmResult<Core> {
         Ok(Core {
             runtime,
             kernel,
@@ -167,22 +187,38 @@ impl Core {
 
     /// The guest for a driver, compiled or loaded from cache once per process.
     pub fn guest(&self, driver: &str) -> CnmResult<Guest> {
-        if let Some(g) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(driver) {
+        if let Some(g) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(driver)
+        {
             return Ok(g.clone());
         }
         let all = self.drivers();
         let guest = match all.get(driver) {
             Some(Source::Builtin(bytes)) => self.runtime.load(driver, bytes)?,
             Some(Source::File(path)) => {
-                let wasm = std::fs::read(path).map_err(|e| CnmError::NotFound(format!("driver {driver}: cannot read {}: {e}", path.display())))?;
+                let wasm = std::fs::read(path).map_err(|e| {
+                    CnmError::NotFound(format!(
+                        "driver {driver}: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
                 self.runtime.load(driver, &wasm)?
             }
             None => {
                 let known: Vec<&str> = all.keys().map(String::as_str).collect();
-                return Err(CnmError::NotFound(format!("unknown driver {driver:?}; installed drivers: {}", known.join(", "))));
+                return Err(CnmError::NotFound(format!(
+                    "unknown driver {driver:?}; installed drivers: {}",
+                    known.join(", ")
+                )));
             }
         };
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(driver.into(), guest.clone());
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(driver.into(), guest.clone());
         Ok(guest)
     }
 
@@ -190,8 +226,13 @@ impl Core {
     fn underlay(&self) -> Option<LinkRef> {
         *self.underlay.get_or_init(|| {
             let routes = self.kernel.routes(NsId::NODE, MAIN_TABLE).ok()?;
-            let default = routes.iter().find(|r| r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4())?;
-            default.oif.map(|index| LinkRef { ns: NsId::NODE, index })
+            let default = routes
+                .iter()
+                .find(|r| r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4())?;
+            default.oif.map(|index| LinkRef {
+                ns: NsId::NODE,
+                index,
+            })
         })
     }
 
@@ -205,7 +246,10 @@ impl Core {
     }
 
     fn ipam_grant(driver: &str) -> Grant {
-        Grant { driver: driver.into(), ..Grant::default() }
+        Grant {
+            driver: driver.into(),
+            ..Grant::default()
+        }
     }
 
     fn find_network(&self, s: &mut dyn Store, name_or_id: &str) -> CnmResult<Network> {
@@ -222,10 +266,13 @@ impl Core {
         if name_or_id.len() >= 6 {
             let matches = s.list(SPACE, &model::network_key(name_or_id))?;
             if matches.len() == 1 {
-                return get_json::<Network>(s, &matches[0].key)?.ok_or_else(|| CnmError::NotFound(name_or_id.into()));
+                return get_json::<Network>(s, &matches[0].key)?
+                    .ok_or_else(|| CnmError::NotFound(name_or_id.into()));
             }
         }
-        Err(CnmError::NotFound(format!("network {name_or_id:?} not found; `netshim network ls` lists networks")))
+        Err(CnmError::NotFound(format!(
+            "network {name_or_id:?} not found; `netshim network ls` lists networks"
+        )))
     }
 
     pub fn networks(&self) -> CnmResult<Vec<(Network, usize)>> {
@@ -280,7 +327,11 @@ fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
     let table = host::nft_table(driver);
     match kernel.nft_tables(NsId::NODE) {
         Ok(tables) if tables.contains(&table) => kernel
-            .nft_apply(NsId::NODE, &table, &[netshim_host_api::bindings::netshim::plugin::netfilter::Op::DeleteTable])
+            .nft_apply(
+                NsId::NODE,
+                &table,
+                &[netshim_host_api::bindings::netshim::plugin::netfilter::Op::DeleteTable],
+            )
             .err()
             .map(|e| format!("removing nftables table inet {table}: {e}")),
         Ok(_) => None,
@@ -289,3 +340,6 @@ fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
 }
 
 mod ops;
+
+#[cfg(test)]
+mod tests;

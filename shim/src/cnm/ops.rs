@@ -11,7 +11,10 @@ use wasmtime::component::Resource;
 
 use super::calls::{is_not_found, wit_network, Calls};
 use super::model::{self, Endpoint, Network, SPACE};
-use super::{check_name, drop_driver_table, get_json, now, put_json, random_id, Attach, CnmError, CnmResult, Core, CreateNetwork, DetachTarget};
+use super::{
+    check_name, drop_driver_table, get_json, now, put_json, random_id, Attach, CnmError, CnmResult,
+    Core, CreateNetwork, DetachTarget,
+};
 use crate::sandbox;
 
 /// A namespace opened for one operation, closed again whatever happens.
@@ -35,7 +38,9 @@ impl Core {
         check_name(&req.name)?;
         if let (Some(gw), Some(subnet)) = (req.gateway, req.subnet) {
             if !subnet.contains(&gw) {
-                return Err(CnmError::Invalid(format!("gateway {gw} is not inside subnet {subnet}")));
+                return Err(CnmError::Invalid(format!(
+                    "gateway {gw} is not inside subnet {subnet}"
+                )));
             }
         }
         if req.gateway.is_some() && req.subnet.is_none() {
@@ -43,7 +48,10 @@ impl Core {
         }
         let mut s = self.store.session()?;
         if s.get(SPACE, &model::name_key(&req.name))?.is_some() {
-            return Err(CnmError::Exists(format!("network {:?} already exists", req.name)));
+            return Err(CnmError::Exists(format!(
+                "network {:?} already exists",
+                req.name
+            )));
         }
         let mut calls = Calls::new(self, &req.driver, Box::new(s))?;
         match self.create_steps(&mut calls, &req) {
@@ -69,14 +77,33 @@ impl Core {
             options: Vec::new(),
             v6: false,
         };
-        let pool = calls.call(Core::ipam_grant(&driver), "request-pool", &[], |p, st, _| p.netshim_plugin_ipam().call_request_pool(st, &pool_req))?;
-        let subnet = to_prefix(&pool.pool).map_err(|_| CnmError::Driver { driver: driver.clone(), message: "request-pool returned a bad prefix".into() })?;
+        let pool = calls.call(
+            Core::ipam_grant(&driver),
+            "request-pool",
+            &[],
+            |p, st, _| p.netshim_plugin_ipam().call_request_pool(st, &pool_req),
+        )?;
+        let subnet = to_prefix(&pool.pool).map_err(|_| CnmError::Driver {
+            driver: driver.clone(),
+            message: "request-pool returned a bad prefix".into(),
+        })?;
         let gw_req = req.gateway.map(from_ip);
         let gateway = match pool.gateway {
             Some(g) => g,
-            None => calls.call(Core::ipam_grant(&driver), "request-address", &[], |p, st, _| {
-                p.netshim_plugin_ipam().call_request_address(st, &pool.id, gw_req, true, &Vec::new())
-            })?,
+            None => calls.call(
+                Core::ipam_grant(&driver),
+                "request-address",
+                &[],
+                |p, st, _| {
+                    p.netshim_plugin_ipam().call_request_address(
+                        st,
+                        &pool.id,
+                        gw_req,
+                        true,
+                        &Vec::new(),
+                    )
+                },
+            )?,
         };
         let gateway = to_prefix(&gateway).map_err(to_cnm)?;
         let net = Network {
@@ -89,10 +116,18 @@ impl Core {
             created: now(),
         };
         let wnet = wit_network(&net);
-        calls.call(self.grant(&net, true), "create-network", &[], |p, st, _| p.netshim_plugin_driver().call_create_network(st, &wnet))?;
+        calls.call(self.grant(&net, true), "create-network", &[], |p, st, _| {
+            p.netshim_plugin_driver().call_create_network(st, &wnet)
+        })?;
         let s = calls.store();
         put_json(s, &model::network_key(&net.id), &net)?;
-        s.put(SPACE, &model::name_key(&net.name), net.id.as_bytes(), Condition::Absent, None)?;
+        s.put(
+            SPACE,
+            &model::name_key(&net.name),
+            net.id.as_bytes(),
+            Condition::Absent,
+            None,
+        )?;
         Ok(net)
     }
 
@@ -113,26 +148,43 @@ impl Core {
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
         let mut errors = Vec::new();
         let wnet = wit_network(&net);
-        if let Err(e) = calls.call(self.grant(&net, true), "delete-network", &[], |p, st, _| p.netshim_plugin_driver().call_delete_network(st, &wnet)) {
+        if let Err(e) = calls.call(self.grant(&net, true), "delete-network", &[], |p, st, _| {
+            p.netshim_plugin_driver().call_delete_network(st, &wnet)
+        }) {
             errors.push(e.to_string());
         }
         for pool in &net.ipv4 {
             if let Some(gw) = pool.gateway {
                 let addr = from_ip(gw.addr());
-                if let Err(e) = calls.call(Core::ipam_grant(&net.driver), "release-address", &[], |p, st, _| {
-                    p.netshim_plugin_ipam().call_release_address(st, &pool.id, addr)
-                }) {
+                if let Err(e) = calls.call(
+                    Core::ipam_grant(&net.driver),
+                    "release-address",
+                    &[],
+                    |p, st, _| {
+                        p.netshim_plugin_ipam()
+                            .call_release_address(st, &pool.id, addr)
+                    },
+                ) {
                     errors.push(e.to_string());
                 }
             }
-            if let Err(e) = calls.call(Core::ipam_grant(&net.driver), "release-pool", &[], |p, st, _| p.netshim_plugin_ipam().call_release_pool(st, &pool.id)) {
+            if let Err(e) = calls.call(
+                Core::ipam_grant(&net.driver),
+                "release-pool",
+                &[],
+                |p, st, _| p.netshim_plugin_ipam().call_release_pool(st, &pool.id),
+            ) {
                 errors.push(e.to_string());
             }
         }
         let s = calls.store();
         s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
         s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
-        let others = s.list(SPACE, "networks/")?.into_iter().filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok()).any(|n| n.driver == net.driver);
+        let others = s
+            .list(SPACE, "networks/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())
+            .any(|n| n.driver == net.driver);
         calls.commit()?;
         if !others {
             errors.extend(drop_driver_table(self.kernel.as_ref(), &net.driver));
@@ -147,9 +199,15 @@ impl Core {
     /// Attach a sandbox to a network. Idempotent: attaching a sandbox that
     /// is already attached returns the existing endpoint.
     pub fn attach(&self, req: Attach) -> CnmResult<Endpoint> {
-        let netns = req.netns.to_str().ok_or_else(|| CnmError::Invalid(format!("netns path {:?} is not UTF-8", req.netns)))?.to_string();
+        let netns = req
+            .netns
+            .to_str()
+            .ok_or_else(|| CnmError::Invalid(format!("netns path {:?} is not UTF-8", req.netns)))?
+            .to_string();
         if !req.netns.exists() {
-            return Err(CnmError::NotFound(format!("network namespace {netns} does not exist")));
+            return Err(CnmError::NotFound(format!(
+                "network namespace {netns} does not exist"
+            )));
         }
         let mut s = self.store.session()?;
         let net = self.find_network(&mut s, &req.network)?;
@@ -159,8 +217,16 @@ impl Core {
                 return Ok(ep);
             }
         }
-        let ns = OpenNs { core: self, ns: self.kernel.open_ns(&req.netns)? };
-        sandbox::clear_stale(self.kernel.as_ref(), ns.ns, &req.ifname, &ownership_mark(&net.id))?;
+        let ns = OpenNs {
+            core: self,
+            ns: self.kernel.open_ns(&req.netns)?,
+        };
+        sandbox::clear_stale(
+            self.kernel.as_ref(),
+            ns.ns,
+            &req.ifname,
+            &ownership_mark(&net.id),
+        )?;
 
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
         match self.attach_steps(&mut calls, &net, &req, &netns, ns.ns) {
@@ -177,12 +243,28 @@ impl Core {
         }
     }
 
-    fn attach_steps(&self, calls: &mut Calls, net: &Network, req: &Attach, netns: &str, ns: NsId) -> CnmResult<Endpoint> {
-        let pool = net.ipv4.first().ok_or_else(|| CnmError::Invalid(format!("network {} has no IPv4 pool", net.name)))?;
+    fn attach_steps(
+        &self,
+        calls: &mut Calls,
+        net: &Network,
+        req: &Attach,
+        netns: &str,
+        ns: NsId,
+    ) -> CnmResult<Endpoint> {
+        let pool = net
+            .ipv4
+            .first()
+            .ok_or_else(|| CnmError::Invalid(format!("network {} has no IPv4 pool", net.name)))?;
         let want = req.ip.map(from_ip);
-        let address = calls.call(Core::ipam_grant(&net.driver), "request-address", &[], |p, st, _| {
-            p.netshim_plugin_ipam().call_request_address(st, &pool.id, want, false, &Vec::new())
-        })?;
+        let address = calls.call(
+            Core::ipam_grant(&net.driver),
+            "request-address",
+            &[],
+            |p, st, _| {
+                p.netshim_plugin_ipam()
+                    .call_request_address(st, &pool.id, want, false, &Vec::new())
+            },
+        )?;
         let ipv4 = to_prefix(&address).map_err(to_cnm)?;
         let ep_req = wit::EndpointRequest {
             id: random_id(),
@@ -195,13 +277,35 @@ impl Core {
         };
         let wnet = wit_network(net);
         let sb: [(NsId, &Path); 1] = [(ns, req.netns.as_path())];
-        let info = calls.call(self.grant(net, false), "create-endpoint", &sb, |p, st, h| {
-            p.netshim_plugin_driver().call_create_endpoint(st, &wnet, &ep_req, Some(Resource::new_borrow(h[0].rep())))
+        let info = calls.call(
+            self.grant(net, false),
+            "create-endpoint",
+            &sb,
+            |p, st, h| {
+                p.netshim_plugin_driver().call_create_endpoint(
+                    st,
+                    &wnet,
+                    &ep_req,
+                    Some(Resource::new_borrow(h[0].rep())),
+                )
+            },
+        )?;
+        let join = calls.call(self.grant(net, false), "join", &sb, |p, st, h| {
+            p.netshim_plugin_driver().call_join(
+                st,
+                &wnet,
+                &ep_req,
+                Some(Resource::new_borrow(h[0].rep())),
+            )
         })?;
-        let join = calls.call(self.grant(net, false), "join", &sb, |p, st, h| p.netshim_plugin_driver().call_join(st, &wnet, &ep_req, Some(Resource::new_borrow(h[0].rep()))))?;
         let gateway = join.gateway.as_ref().map(to_ip);
         sandbox::configure(self.kernel.as_ref(), ns, &join, &req.ifname, Some(ipv4))?;
-        let mac = info.mac.map(|m| format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m.0, m.1, m.2, m.3, m.4, m.5));
+        let mac = info.mac.map(|m| {
+            format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m.0, m.1, m.2, m.3, m.4, m.5
+            )
+        });
         let ep = Endpoint {
             id: ep_req.id.clone(),
             network_id: net.id.clone(),
@@ -214,7 +318,13 @@ impl Core {
         };
         let s = calls.store();
         put_json(s, &model::endpoint_key(&ep.id), &ep)?;
-        s.put(SPACE, &model::sandbox_key(&net.id, netns), ep.id.as_bytes(), Condition::None, None)?;
+        s.put(
+            SPACE,
+            &model::sandbox_key(&net.id, netns),
+            ep.id.as_bytes(),
+            Condition::None,
+            None,
+        )?;
         Ok(ep)
     }
 
@@ -223,27 +333,45 @@ impl Core {
     pub fn detach(&self, target: DetachTarget) -> CnmResult<Endpoint> {
         let mut s = self.store.session()?;
         let ep = match &target {
-            DetachTarget::Endpoint(id) => get_json::<Endpoint>(&mut s, &model::endpoint_key(id))?
-                .ok_or_else(|| CnmError::NotFound(format!("endpoint {id} not found")))?,
+            DetachTarget::Endpoint(id) => {
+                get_json::<Endpoint>(&mut s, &model::endpoint_key(id))?
+                    .ok_or_else(|| CnmError::NotFound(format!("endpoint {id} not found")))?
+            }
             DetachTarget::Sandbox { network, netns } => {
                 let net = self.find_network(&mut s, network)?;
                 let path = netns.to_string_lossy();
                 let id = s
                     .get(SPACE, &model::sandbox_key(&net.id, &path))?
-                    .ok_or_else(|| CnmError::NotFound(format!("{path} is not attached to network {}", net.name)))?;
+                    .ok_or_else(|| {
+                        CnmError::NotFound(format!(
+                            "{path} is not attached to network {}",
+                            net.name
+                        ))
+                    })?;
                 let id = String::from_utf8_lossy(&id.value).into_owned();
-                get_json::<Endpoint>(&mut s, &model::endpoint_key(&id))?.ok_or_else(|| CnmError::NotFound(format!("endpoint {id} not found")))?
+                get_json::<Endpoint>(&mut s, &model::endpoint_key(&id))?
+                    .ok_or_else(|| CnmError::NotFound(format!("endpoint {id} not found")))?
             }
         };
-        let net: Network = get_json(&mut s, &model::network_key(&ep.network_id))?
-            .ok_or_else(|| CnmError::NotFound(format!("network {} of endpoint {} not found", ep.network_id, ep.id)))?;
+        let net: Network =
+            get_json(&mut s, &model::network_key(&ep.network_id))?.ok_or_else(|| {
+                CnmError::NotFound(format!(
+                    "network {} of endpoint {} not found",
+                    ep.network_id, ep.id
+                ))
+            })?;
 
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
         let mut errors = Vec::new();
         let wnet = wit_network(&net);
         let grant = self.grant(&net, false);
-        let leave = calls.call(grant.clone(), "leave", &[], |p, st, _| p.netshim_plugin_driver().call_leave(st, &wnet, &ep.id));
-        let delete = calls.call(grant, "delete-endpoint", &[], |p, st, _| p.netshim_plugin_driver().call_delete_endpoint(st, &wnet, &ep.id));
+        let leave = calls.call(grant.clone(), "leave", &[], |p, st, _| {
+            p.netshim_plugin_driver().call_leave(st, &wnet, &ep.id)
+        });
+        let delete = calls.call(grant, "delete-endpoint", &[], |p, st, _| {
+            p.netshim_plugin_driver()
+                .call_delete_endpoint(st, &wnet, &ep.id)
+        });
         for e in [leave.err(), delete.err()].into_iter().flatten() {
             // The sandbox may be gone and taken its end of the pair with it.
             if !is_not_found(&e) {
@@ -252,13 +380,25 @@ impl Core {
         }
         if let (Some(addr), Some(pool)) = (ep.ipv4, net.ipv4.first()) {
             let a = from_ip(addr.addr());
-            if let Err(e) = calls.call(Core::ipam_grant(&net.driver), "release-address", &[], |p, st, _| p.netshim_plugin_ipam().call_release_address(st, &pool.id, a)) {
+            if let Err(e) = calls.call(
+                Core::ipam_grant(&net.driver),
+                "release-address",
+                &[],
+                |p, st, _| {
+                    p.netshim_plugin_ipam()
+                        .call_release_address(st, &pool.id, a)
+                },
+            ) {
                 errors.push(e.to_string());
             }
         }
         let s = calls.store();
         s.delete(SPACE, &model::endpoint_key(&ep.id), Condition::None)?;
-        s.delete(SPACE, &model::sandbox_key(&net.id, &ep.netns), Condition::None)?;
+        s.delete(
+            SPACE,
+            &model::sandbox_key(&net.id, &ep.netns),
+            Condition::None,
+        )?;
         calls.commit()?;
         if errors.is_empty() {
             Ok(ep)
@@ -267,4 +407,3 @@ impl Core {
         }
     }
 }
-

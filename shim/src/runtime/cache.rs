@@ -11,7 +11,12 @@ use wasmtime::Engine;
 
 use super::RuntimeError;
 
-pub fn component(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u8]) -> Result<(Component, String), RuntimeError> {
+pub fn component(
+    engine: &Engine,
+    dir: Option<&Path>,
+    name: &str,
+    wasm: &[u8],
+) -> Result<(Component, String), RuntimeError> {
     let digest = hex(&Sha256::digest(wasm));
     let mut h = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
@@ -25,12 +30,17 @@ pub fn component(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u8]) -
             // in a directory only netshim writes.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(c) => return Ok((c, digest)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-guest cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-guest cache entry")
+                }
             }
         }
     }
 
-    let component = Component::new(engine, wasm).map_err(|e| RuntimeError::Invalid { guest: name.into(), message: format!("{e:#}") })?;
+    let component = Component::new(engine, wasm).map_err(|e| RuntimeError::Invalid {
+        guest: name.into(),
+        message: format!("{e:#}"),
+    })?;
     if let Some(dir) = dir {
         if let Err(e) = store(dir, &key, &component) {
             tracing::debug!(dir = %dir.display(), error = %e, "compiled guest not cached");

@@ -35,7 +35,11 @@ pub enum RuntimeError {
     #[error("guest {guest} is refused: {message}")]
     Refused { guest: String, message: String },
     #[error("guest {guest} {call}: {message}")]
-    Trap { guest: String, call: String, message: String },
+    Trap {
+        guest: String,
+        call: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +52,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { deadline: Duration::from_secs(2), memory_bytes: 64 << 20 }
+        Limits {
+            deadline: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+        }
     }
 }
 
@@ -57,11 +64,46 @@ pub struct CallData {
     pub host: HostState,
     wasi: WasiCtx,
     wasi_table: ResourceTable,
+    cap: MemoryCap,
+}
+
+/// Enforces the memory cap per call and remembers that a guest hit it, so
+/// the error can say so instead of "unreachable".
+struct MemoryCap {
+    bytes: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 16)
+    }
 }
 
 impl WasiView for CallData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.wasi_table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.wasi_table,
+        }
     }
 }
 
@@ -119,7 +161,8 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
-        Plugin::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host).map_err(RuntimeError::Engine)?;
+        Plugin::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
+            .map_err(RuntimeError::Engine)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +177,13 @@ impl Runtime {
                 }
             })
             .map_err(|e| RuntimeError::Engine(wasmtime::Error::new(e)))?;
-        Ok(Runtime { engine, linker, limits, cache_dir, stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+            stop,
+        })
     }
 
     pub fn limits(&self) -> &Limits {
@@ -144,19 +193,36 @@ impl Runtime {
     /// Compile (or load from the cache) and link a guest. Refuses, naming
     /// the import, a guest that needs anything the host does not provide.
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Guest, RuntimeError> {
-        let (component, digest) = cache::component(&self.engine, self.cache_dir.as_deref(), name, wasm)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Refused { guest: name.into(), message: format!("{e:#}") })?;
+        let (component, digest) =
+            cache::component(&self.engine, self.cache_dir.as_deref(), name, wasm)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Refused {
+                guest: name.into(),
+                message: format!("{e:#}"),
+            })?;
         let pre = PluginPre::new(pre).map_err(|e| RuntimeError::Refused {
             guest: name.into(),
             message: format!("it does not export the netshim driver world ({WIT_PACKAGE}): {e:#}"),
         })?;
-        Ok(Guest { name: name.into(), digest, pre })
+        Ok(Guest {
+            name: name.into(),
+            digest,
+            pre,
+        })
     }
 
     /// Load a guest from a file.
     pub fn load_file(&self, path: &Path) -> Result<Guest, RuntimeError> {
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "guest".into());
-        let wasm = std::fs::read(path).map_err(|e| RuntimeError::Invalid { guest: path.display().to_string(), message: e.to_string() })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "guest".into());
+        let wasm = std::fs::read(path).map_err(|e| RuntimeError::Invalid {
+            guest: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         self.load(&name, &wasm)
     }
 
@@ -178,24 +244,51 @@ impl Runtime {
                 Err(e) => return self.failed(host, guest, call, e, started),
             }
         }
-        let data = CallData { host, wasi: deny_all_wasi(), wasi_table: ResourceTable::new() };
+        let cap = MemoryCap {
+            bytes: self.limits.memory_bytes,
+            hit: false,
+        };
+        let data = CallData {
+            host,
+            wasi: deny_all_wasi(),
+            wasi_table: ResourceTable::new(),
+            cap,
+        };
         let mut store = Store::new(&self.engine, data);
+        store.limiter(|d| &mut d.cap);
         let ticks = (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let instance = guest.pre.instantiate(&mut store);
         let instantiate_time = started.elapsed();
         let result = instance.and_then(|plugin| f(&plugin, &mut store, &handles));
         let wasm_time = started.elapsed();
-        let CallData { host, .. } = store.into_data();
+        let CallData { host, cap, .. } = store.into_data();
         let (kv, journal) = host.finish();
-        let result = result.map_err(|e| self.explain(guest, call, e, wasm_time));
-        CallOutcome { result, store: kv, journal, wasm_time, instantiate_time }
+        let result = result.map_err(|e| self.explain(guest, call, e, wasm_time, cap.hit));
+        CallOutcome {
+            result,
+            store: kv,
+            journal,
+            wasm_time,
+            instantiate_time,
+        }
     }
 
-    fn failed<R>(&self, host: HostState, guest: &Guest, call: &str, e: wasmtime::Error, started: Instant) -> CallOutcome<R> {
+    fn failed<R>(
+        &self,
+        host: HostState,
+        guest: &Guest,
+        call: &str,
+        e: wasmtime::Error,
+        started: Instant,
+    ) -> CallOutcome<R> {
         let (kv, journal) = host.finish();
         CallOutcome {
-            result: Err(RuntimeError::Trap { guest: guest.name.clone(), call: call.into(), message: format!("{e:#}") }),
+            result: Err(RuntimeError::Trap {
+                guest: guest.name.clone(),
+                call: call.into(),
+                message: format!("{e:#}"),
+            }),
             store: kv,
             journal,
             wasm_time: started.elapsed(),
@@ -204,21 +297,35 @@ impl Runtime {
     }
 
     /// Turn a trap into a message that says what the guest did.
-    fn explain(&self, guest: &Guest, call: &str, e: wasmtime::Error, elapsed: Duration) -> RuntimeError {
+    fn explain(
+        &self,
+        guest: &Guest,
+        call: &str,
+        e: wasmtime::Error,
+        elapsed: Duration,
+        memory_cap_hit: bool,
+    ) -> RuntimeError {
         let message = match e.downcast_ref::<wasmtime::Trap>() {
+            _ if memory_cap_hit => format!(
+                "exceeded its memory cap of {} MiB and was stopped",
+                self.limits.memory_bytes >> 20
+            ),
             Some(wasmtime::Trap::Interrupt) => format!(
                 "stopped at its deadline of {} ms (after {} ms)",
                 self.limits.deadline.as_millis(),
                 elapsed.as_millis()
             ),
-            Some(wasmtime::Trap::UnreachableCodeReached) => format!(
-                "aborted (a panic, or memory exhausted at the {} MiB cap): {e:#}",
-                self.limits.memory_bytes >> 20
-            ),
+            Some(wasmtime::Trap::UnreachableCodeReached) => {
+                format!("aborted (a panic in the guest): {e:#}")
+            }
             Some(trap) => format!("trapped: {trap}: {e:#}"),
             None => format!("failed: {e:#}"),
         };
-        RuntimeError::Trap { guest: guest.name.clone(), call: call.into(), message }
+        RuntimeError::Trap {
+            guest: guest.name.clone(),
+            call: call.into(),
+            message,
+        }
     }
 }
 
@@ -226,5 +333,9 @@ impl Runtime {
 /// behind it: no preopened directories, no environment, no arguments, no
 /// network, stdio going nowhere. Guests log through the `log` import.
 fn deny_all_wasi() -> WasiCtx {
-    WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build()
+    WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }

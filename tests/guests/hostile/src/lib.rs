@@ -36,17 +36,28 @@ use netshim::plugin::types::{Error, IpAddress, IpPrefix};
 const DEFAULT_BRIDGE: &str = "hostile0";
 
 fn option<'a>(net: &'a Network, key: &str) -> Option<&'a str> {
-    net.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    net.options
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn prefix(a: u8, b: u8, c: u8, d: u8, len: u8) -> IpPrefix {
-    IpPrefix { address: IpAddress::Ipv4((a, b, c, d)), prefix_len: len }
+    IpPrefix {
+        address: IpAddress::Ipv4((a, b, c, d)),
+        prefix_len: len,
+    }
 }
 
 /// The fixture's bridge, with 10.99.0.1/24 on it.
 fn make_bridge(net: &Network) -> Result<Link, Error> {
     let name = option(net, "bridge").unwrap_or(DEFAULT_BRIDGE).to_string();
-    let br = link::create_bridge(&BridgeSpec { name, mtu: None, mac: None })?;
+    let br = link::create_bridge(&BridgeSpec {
+        name,
+        mtu: None,
+        mac: None,
+    })?;
     br.add_address(prefix(10, 99, 0, 1, 24))?;
     Ok(br)
 }
@@ -76,14 +87,20 @@ struct Hostile;
 
 impl Driver for Hostile {
     fn get_capabilities() -> Capabilities {
-        Capabilities { scope: Scope::Local, connectivity_scope: Scope::Local }
+        Capabilities {
+            scope: Scope::Local,
+            connectivity_scope: Scope::Local,
+        }
     }
 
     fn create_network(net: Network) -> Result<(), Error> {
         let Some(mode) = option(&net, "hostile") else {
             return Ok(());
         };
-        log(Level::Warn, &format!("hostile guest: create-network in mode {mode:?}"));
+        log(
+            Level::Warn,
+            &format!("hostile guest: create-network in mode {mode:?}"),
+        );
         match mode {
             "loop" => spin(),
             "membomb" => membomb(),
@@ -138,8 +155,16 @@ impl Driver for Hostile {
         Ok(())
     }
 
-    fn create_endpoint(_net: Network, _ep: EndpointRequest, _sb: Option<&Sandbox>) -> Result<EndpointInfo, Error> {
-        Ok(EndpointInfo { ipv4: None, ipv6: None, mac: None })
+    fn create_endpoint(
+        _net: Network,
+        _ep: EndpointRequest,
+        _sb: Option<&Sandbox>,
+    ) -> Result<EndpointInfo, Error> {
+        Ok(EndpointInfo {
+            ipv4: None,
+            ipv6: None,
+            mac: None,
+        })
     }
 
     fn delete_endpoint(_net: Network, _endpoint_id: String) -> Result<(), Error> {
@@ -162,7 +187,10 @@ impl Driver for Hostile {
         Ok(())
     }
 
-    fn endpoint_oper_info(_net: Network, _endpoint_id: String) -> Result<Vec<(String, String)>, Error> {
+    fn endpoint_oper_info(
+        _net: Network,
+        _endpoint_id: String,
+    ) -> Result<Vec<(String, String)>, Error> {
         Ok(Vec::new())
     }
 
@@ -178,7 +206,11 @@ impl Driver for Hostile {
 impl Ipam for Hostile {
     fn request_pool(req: PoolRequest) -> Result<Pool, Error> {
         let pool = req.pool.unwrap_or(prefix(10, 99, 0, 0, 24));
-        Ok(Pool { id: "p".into(), pool, gateway: None })
+        Ok(Pool {
+            id: "p".into(),
+            pool,
+            gateway: None,
+        })
     }
 
     fn release_pool(_pool_id: String) -> Result<(), Error> {
@@ -192,7 +224,10 @@ impl Ipam for Hostile {
         _options: Vec<(String, String)>,
     ) -> Result<IpPrefix, Error> {
         Ok(match address {
-            Some(address) => IpPrefix { address, prefix_len: 24 },
+            Some(address) => IpPrefix {
+                address,
+                prefix_len: 24,
+            },
             None => prefix(10, 99, 0, 1, 24),
         })
     }

@@ -1,0 +1,461 @@
+//! The bridge driver on the real kernel: traffic between sandboxes, out
+//! through NAT, isolation, internal networks, teardown, concurrency and
+//! restarts. Every test builds its own node; nothing touches the host.
+
+use netshim_tests::{can_run, Node, Ns, NODE_ADDR, OUTSIDE_ADDR};
+
+fn attach(node: &Node, net: &str, sb: &Ns) -> serde_json::Value {
+    node.json(&[
+        "attach",
+        "--network",
+        net,
+        "--netns",
+        sb.path.to_str().unwrap(),
+    ])
+}
+
+fn ipv4_of(ep: &serde_json::Value) -> String {
+    ep["ipv4"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn two_sandboxes_ping_and_talk_tcp() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("pair");
+    node.ok(&["network", "create", "net1", "--subnet", "10.77.0.0/24"]);
+    let (c1, c2) = (Ns::new("pair-c1"), Ns::new("pair-c2"));
+    let e1 = attach(&node, "net1", &c1);
+    let e2 = attach(&node, "net1", &c2);
+    assert_eq!(ipv4_of(&e1), "10.77.0.2");
+    assert_eq!(ipv4_of(&e2), "10.77.0.3");
+    assert!(c1.ping("10.77.0.3"), "c1 cannot ping c2");
+    assert!(c2.ping("10.77.0.2"), "c2 cannot ping c1");
+    assert!(c1.ping("10.77.0.1"), "c1 cannot ping its gateway");
+    let listener = c2.accept_one("10.77.0.3:7000");
+    c1.connect("10.77.0.3:7000").expect("TCP c1 -> c2");
+    let peer = listener.join().unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        "10.77.0.2",
+        "c2 saw the connection from {peer}"
+    );
+    // Docker's MAC derivation: 02:42 + the IPv4 address.
+    assert!(c1
+        .ip(&["link", "show", "eth0"])
+        .contains("02:42:0a:4d:00:02"));
+    node.ok(&[
+        "detach",
+        "--network",
+        "net1",
+        "--netns",
+        c1.path.to_str().unwrap(),
+    ]);
+    node.ok(&[
+        "detach",
+        "--network",
+        "net1",
+        "--netns",
+        c2.path.to_str().unwrap(),
+    ]);
+    node.ok(&["network", "rm", "net1"]);
+}
+
+#[test]
+fn masquerade_to_outside_and_internal_has_no_way_out() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("nat");
+    node.ok(&["network", "create", "pub", "--subnet", "10.78.0.0/24"]);
+    node.ok(&[
+        "network",
+        "create",
+        "priv",
+        "--subnet",
+        "10.79.0.0/24",
+        "--internal",
+    ]);
+    let (c1, c2) = (Ns::new("nat-c1"), Ns::new("nat-c2"));
+    attach(&node, "pub", &c1);
+    let internal = attach(&node, "priv", &c2);
+    assert!(
+        internal["gateway"].is_null(),
+        "an internal network gives no default gateway: {internal}"
+    );
+    assert_eq!(node.node.sysctl("net/ipv4/ip_forward"), "1");
+
+    assert!(
+        c1.ping(OUTSIDE_ADDR),
+        "container cannot reach the outside host"
+    );
+    let listener = node.outside.accept_one(&format!("{OUTSIDE_ADDR}:8080"));
+    c1.connect(&format!("{OUTSIDE_ADDR}:8080"))
+        .expect("TCP to the outside host");
+    let peer = listener.join().unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        NODE_ADDR,
+        "the outside host must see the node's address (masquerade)"
+    );
+
+    assert!(
+        !c2.ping(OUTSIDE_ADDR),
+        "an internal network reached the outside"
+    );
+    assert!(
+        c2.connect(&format!("{OUTSIDE_ADDR}:8080")).is_err(),
+        "an internal network opened a TCP connection out"
+    );
+    node.ok(&[
+        "detach",
+        "--network",
+        "pub",
+        "--netns",
+        c1.path.to_str().unwrap(),
+    ]);
+    node.ok(&[
+        "detach",
+        "--network",
+        "priv",
+        "--netns",
+        c2.path.to_str().unwrap(),
+    ]);
+    node.ok(&["network", "rm", "pub", "priv"]);
+}
+
+#[test]
+fn two_bridge_networks_cannot_reach_each_other() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("iso");
+    node.ok(&["network", "create", "a", "--subnet", "10.80.0.0/24"]);
+    node.ok(&["network", "create", "b", "--subnet", "10.81.0.0/24"]);
+    let (ca, cb, ca2) = (Ns::new("iso-a"), Ns::new("iso-b"), Ns::new("iso-a2"));
+    attach(&node, "a", &ca);
+    attach(&node, "a", &ca2);
+    let eb = attach(&node, "b", &cb);
+    assert!(ca.ping("10.80.0.3"), "same-network traffic must flow");
+    assert!(
+        ca.ping(OUTSIDE_ADDR),
+        "network a must still reach the outside"
+    );
+    assert!(!ca.ping(&ipv4_of(&eb)), "network a reached network b");
+    assert!(!cb.ping("10.80.0.2"), "network b reached network a");
+    for (net, sb) in [("a", &ca), ("a", &ca2), ("b", &cb)] {
+        node.ok(&[
+            "detach",
+            "--network",
+            net,
+            "--netns",
+            sb.path.to_str().unwrap(),
+        ]);
+    }
+    node.ok(&["network", "rm", "a", "b"]);
+}
+
+#[test]
+fn detach_and_rm_leave_nothing_behind() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("clean");
+    let (links, addrs, routes) = node.baseline();
+    node.ok(&[
+        "network",
+        "create",
+        "net1",
+        "--subnet",
+        "10.82.0.0/24",
+        "-o",
+        "mtu=1400",
+    ]);
+    let c1 = Ns::new("clean-c1");
+    let c1_links = c1.links();
+    attach(&node, "net1", &c1);
+    assert_eq!(
+        c1.ip(&["-o", "link", "show", "eth0"]).contains("mtu 1400"),
+        true,
+        "MTU option must reach the veth"
+    );
+    assert!(node.node.links().len() > links.len());
+    assert!(node.node.nft_ruleset().contains("masquerade"));
+
+    node.ok(&[
+        "detach",
+        "--network",
+        "net1",
+        "--netns",
+        c1.path.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        c1.links(),
+        c1_links,
+        "the sandbox keeps an interface after detach"
+    );
+    // The bridge stays while the network exists; the veth is gone.
+    assert!(
+        !node.node.links().iter().any(|l| l.starts_with("veth")),
+        "a veth is left: {:?}",
+        node.node.links()
+    );
+    node.ok(&["network", "rm", "net1"]);
+
+    assert_eq!(node.node.links(), links, "links left behind");
+    assert_eq!(node.node.addresses(), addrs, "addresses left behind");
+    assert_eq!(node.node.routes(), routes, "routes left behind");
+    assert_eq!(
+        node.node.nft_ruleset().trim(),
+        "",
+        "nftables objects left behind"
+    );
+    let state = node.state_json();
+    assert!(
+        state["spaces"].as_object().is_none_or(|m| m.is_empty()),
+        "state or IP allocations left behind: {state}"
+    );
+}
+
+#[test]
+fn thirty_two_concurrent_attaches_get_distinct_addresses() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("burst");
+    node.ok(&["network", "create", "net1", "--subnet", "10.83.0.0/24"]);
+    let sandboxes: Vec<Ns> = (0..32).map(|i| Ns::new(&format!("burst-{i}"))).collect();
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .map(|sb| s.spawn(|| attach(&node, "net1", sb)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addrs: Vec<String> = results.iter().map(ipv4_of).collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 32, "addresses were given twice: {addrs:?}");
+    for sb in &sandboxes {
+        let ip = sb.ip(&["-o", "-4", "addr", "show", "eth0"]);
+        assert!(
+            ip.contains("10.83.0."),
+            "sandbox {} has no address: {ip}",
+            sb.name
+        );
+    }
+    assert!(sandboxes[0].ping(&addrs[31]) && sandboxes[31].ping(&addrs[0]));
+    let inspect = node.json(&["network", "inspect", "net1"]);
+    assert_eq!(inspect["endpoints"].as_array().unwrap().len(), 32);
+    std::thread::scope(|s| {
+        for sb in &sandboxes {
+            s.spawn(|| {
+                node.ok(&[
+                    "detach",
+                    "--network",
+                    "net1",
+                    "--netns",
+                    sb.path.to_str().unwrap(),
+                ])
+            });
+        }
+    });
+    node.ok(&["network", "rm", "net1"]);
+    assert!(!node
+        .node
+        .links()
+        .iter()
+        .any(|l| l.starts_with("veth") || l.starts_with("br-")));
+}
+
+#[test]
+fn state_survives_a_restart() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("restart");
+    node.ok(&["network", "create", "net1", "--subnet", "10.84.0.0/24"]);
+    let c1 = Ns::new("restart-c1");
+    let ep = attach(&node, "net1", &c1);
+    // Every netshim call is a new process: this one knows only the state dir.
+    let inspect = node.json(&["network", "inspect", "net1"]);
+    let eps = inspect["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0]["id"], ep["id"]);
+    assert_eq!(eps[0]["netns"], c1.path.to_str().unwrap());
+    // Attaching again is idempotent: same endpoint, no second interface.
+    let again = attach(&node, "net1", &c1);
+    assert_eq!(again["id"], ep["id"]);
+    node.ok(&["detach", "--endpoint", ep["id"].as_str().unwrap()]);
+    assert!(c1.ip(&["-o", "link"]).lines().all(|l| !l.contains("eth0")));
+    node.ok(&["network", "rm", "net1"]);
+}
+
+#[test]
+fn detach_works_when_the_sandbox_is_gone() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("gone");
+    let (links, _, _) = node.baseline();
+    node.ok(&["network", "create", "net1", "--subnet", "10.85.0.0/24"]);
+    let c1 = Ns::new("gone-c1");
+    let path = c1.path.to_str().unwrap().to_string();
+    attach(&node, "net1", &c1);
+    drop(c1);
+    node.ok(&["detach", "--network", "net1", "--netns", &path]);
+    // The address is free again: the next attach gets .2 back.
+    let c2 = Ns::new("gone-c2");
+    assert_eq!(ipv4_of(&attach(&node, "net1", &c2)), "10.85.0.2");
+    node.ok(&[
+        "detach",
+        "--network",
+        "net1",
+        "--netns",
+        c2.path.to_str().unwrap(),
+    ]);
+    node.ok(&["network", "rm", "net1"]);
+    assert_eq!(node.node.links(), links);
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("bad");
+    let (links, addrs, routes) = node.baseline();
+    let err = |args: &[&str]| {
+        let out = node.netshim(args);
+        assert!(
+            !out.status.success(),
+            "netshim {} should fail",
+            args.join(" ")
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(err(&["network", "create", "bad name"]).contains("invalid network name"));
+    assert!(err(&["network", "create", "x", "--driver", "nope"]).contains("unknown driver"));
+    assert!(err(&[
+        "network",
+        "create",
+        "x",
+        "--subnet",
+        "10.86.0.0/24",
+        "-o",
+        "mtu=9"
+    ])
+    .contains("mtu"));
+    assert!(err(&[
+        "network",
+        "create",
+        "x",
+        "--subnet",
+        "10.86.0.0/24",
+        "-o",
+        "colour=blue"
+    ])
+    .contains("colour"));
+    assert!(err(&[
+        "network",
+        "create",
+        "x",
+        "--subnet",
+        "10.86.0.0/24",
+        "--gateway",
+        "10.1.1.1"
+    ])
+    .contains("not inside subnet"));
+    assert_eq!(node.node.links(), links, "a refused create left a link");
+    assert_eq!(node.node.nft_ruleset().trim(), "");
+
+    node.ok(&["network", "create", "net1", "--subnet", "10.86.0.0/24"]);
+    assert!(err(&["network", "create", "net1"]).contains("already exists"));
+    assert!(
+        err(&["network", "create", "net2", "--subnet", "10.86.0.0/25"]).contains("10.86.0.0/24"),
+        "overlapping pool must be refused"
+    );
+    let c1 = Ns::new("bad-c1");
+    let c2 = Ns::new("bad-c2");
+    node.ok(&[
+        "attach",
+        "--network",
+        "net1",
+        "--netns",
+        c1.path.to_str().unwrap(),
+        "--ip",
+        "10.86.0.9",
+    ]);
+    let before = node.node.links();
+    let msg = err(&[
+        "attach",
+        "--network",
+        "net1",
+        "--netns",
+        c2.path.to_str().unwrap(),
+        "--ip",
+        "10.86.0.9",
+    ]);
+    assert!(msg.contains("already in use"), "{msg}");
+    assert!(err(&[
+        "attach",
+        "--network",
+        "net1",
+        "--netns",
+        c2.path.to_str().unwrap(),
+        "--ip",
+        "10.99.0.9"
+    ])
+    .contains("10.86.0.0/24"));
+    assert!(err(&[
+        "attach",
+        "--network",
+        "nope",
+        "--netns",
+        c2.path.to_str().unwrap()
+    ])
+    .contains("not found"));
+    assert!(err(&[
+        "attach",
+        "--network",
+        "net1",
+        "--netns",
+        "/run/netns/does-not-exist"
+    ])
+    .contains("does not exist"));
+    assert_eq!(node.node.links(), before, "a refused attach left a link");
+    assert_eq!(
+        c2.links(),
+        vec!["lo".to_string()],
+        "a refused attach left an interface in the sandbox"
+    );
+    assert!(err(&["network", "rm", "net1"]).contains("detach them first"));
+    node.ok(&[
+        "detach",
+        "--network",
+        "net1",
+        "--netns",
+        c1.path.to_str().unwrap(),
+    ]);
+    // The refused attempts reserved nothing: the next address is .2.
+    assert_eq!(ipv4_of(&attach(&node, "net1", &c2)), "10.86.0.2");
+    node.ok(&[
+        "detach",
+        "--network",
+        "net1",
+        "--netns",
+        c2.path.to_str().unwrap(),
+    ]);
+    node.ok(&["network", "rm", "net1"]);
+    assert_eq!(
+        (node.node.links(), node.node.addresses(), node.node.routes()),
+        (links, addrs, routes)
+    );
+}
