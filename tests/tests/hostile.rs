@@ -184,8 +184,19 @@ fn unknown_import_is_refused_at_load() {
         "the error must name the import: {err}"
     );
     // The same runtime still loads a good guest.
-    rt.load_file(&hostile_wasm())
+    let good = rt
+        .load_file(&hostile_wasm())
         .expect("a valid guest after a refused one");
+    assert!(
+        good.exports
+            .contains(&"netshim:plugin/driver@0.1.0".to_string()),
+        "{:?}",
+        good.exports
+    );
+    let allowed = |i: &String| {
+        i.starts_with("netshim:plugin/") || i.starts_with("wasi:io/") || i.starts_with("wasi:cli/")
+    };
+    assert!(good.imports.iter().all(allowed), "{:?}", good.imports);
 }
 
 fn rss_kib() -> u64 {

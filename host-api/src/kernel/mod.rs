@@ -4,6 +4,7 @@
 //! CNM core and guests can be tested without root.
 
 pub mod fake;
+pub mod metered;
 pub mod netlink;
 pub mod nft;
 

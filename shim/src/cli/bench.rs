@@ -168,7 +168,7 @@ pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
     line("detach (in-process)", args.count, &stats(detach));
     let inst = stats(inst);
     println!(
-        "wasm share of attach: {:.1} % (guest calls incl. instantiation; instantiate p50 {:.0} µs per operation)",
+        "wasm share of attach: {:.1} % (instantiation + guest code, kernel calls excluded; instantiation p50 {:.0} µs per attach, 3 guest calls)",
         100.0 * wasm.as_secs_f64() / attach_total.as_secs_f64().max(1e-9),
         inst.p50.as_secs_f64() * 1e6
     );

@@ -194,16 +194,22 @@ impl Output {
     }
 
     pub fn guest_check(&self, file: &Path, g: &Guest) {
-        let exports = [
-            "netshim:plugin/driver",
-            "netshim:plugin/ipam",
-            "netshim:plugin/reconcile",
-        ];
-        let value = json!({"file": file.display().to_string(), "ok": true, "wit": WIT_PACKAGE, "exports": exports, "sha256": g.digest});
+        // The WIT version is the one on the netshim interfaces it exports.
+        let wit = g
+            .exports
+            .iter()
+            .find_map(|e| {
+                e.strip_prefix("netshim:plugin/")
+                    .and_then(|r| r.split_once('@'))
+                    .map(|(_, v)| format!("netshim:plugin@{v}"))
+            })
+            .unwrap_or_else(|| WIT_PACKAGE.to_string());
+        let value = json!({"file": file.display().to_string(), "ok": true, "wit": wit, "exports": g.exports, "imports": g.imports, "sha256": g.digest});
         let text = format!(
-            "{}: ok\nWIT:      {WIT_PACKAGE}\nexports:  {}\nsha256:   {}",
+            "{}: ok\nWIT:      {wit}\nexports:  {}\nimports:  {}\nsha256:   {}",
             file.display(),
-            exports.join(", "),
+            g.exports.join(", "),
+            g.imports.join(", "),
             g.digest
         );
         self.emit(value, text);

@@ -109,11 +109,13 @@ impl<'a> Calls<'a> {
             .take()
             .expect("store session is present between calls");
         let host = HostState::new(self.core.kernel.clone(), store, grant, name);
+        let in_kernel = self.core.meter.elapsed();
         let out = self
             .core
             .runtime
             .call(&self.guest, host, name, sandboxes, f);
-        self.timing.wasm += out.wasm_time;
+        let in_kernel = self.core.meter.elapsed().saturating_sub(in_kernel);
+        self.timing.wasm += out.wasm_time.saturating_sub(in_kernel);
         self.timing.instantiate += out.instantiate_time;
         self.store = Some(out.store);
         let failure = match out.result {

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use netshim_host_api::host::{self, Grant};
 use netshim_host_api::journal::Journal;
+use netshim_host_api::kernel::metered::Metered;
 use netshim_host_api::kernel::{Kernel, KernelError, LinkRef, NsId, MAIN_TABLE};
 use netshim_host_api::store::{Condition, LocalStore, Store, StoreError};
 
@@ -74,6 +75,8 @@ pub enum DetachTarget {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timing {
     pub total: Duration,
+    /// In wasm: instantiation and guest code, without the kernel calls the
+    /// guest made (those are the network work itself).
     pub wasm: Duration,
     pub instantiate: Duration,
 }
@@ -81,6 +84,7 @@ pub struct Timing {
 pub struct Core {
     runtime: Runtime,
     kernel: Arc<dyn Kernel>,
+    meter: Arc<Metered>,
     store: LocalStore,
     guest_dirs: Vec<PathBuf>,
     loaded: Mutex<BTreeMap<String, Guest>>,
@@ -157,9 +161,11 @@ impl Core {
         state_dir: &Path,
         guest_dirs: Vec<PathBuf>,
     ) -> CnmResult<Core> {
+        let meter = Arc::new(Metered::new(kernel));
         Ok(Core {
             runtime,
-            kernel,
+            kernel: meter.clone(),
+            meter,
             store: LocalStore::open(state_dir)?,
             guest_dirs,
             loaded: Mutex::new(BTreeMap::new()),

@@ -112,6 +112,9 @@ impl WasiView for CallData {
 pub struct Guest {
     pub name: String,
     pub digest: String,
+    /// Interfaces the component imports and exports, as it declares them.
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
     pre: PluginPre<CallData>,
 }
 
@@ -195,20 +198,33 @@ impl Runtime {
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<Guest, RuntimeError> {
         let (component, digest) =
             cache::component(&self.engine, self.cache_dir.as_deref(), name, wasm)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let refused = |message: String| RuntimeError::Refused {
+            guest: name.into(),
+            message,
+        };
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| RuntimeError::Refused {
-                guest: name.into(),
-                message: format!("{e:#}"),
-            })?;
-        let pre = PluginPre::new(pre).map_err(|e| RuntimeError::Refused {
-            guest: name.into(),
-            message: format!("it does not export the netshim driver world ({WIT_PACKAGE}): {e:#}"),
+            .map_err(|e| refused(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            refused(format!(
+                "it does not export the netshim driver world ({WIT_PACKAGE}): {e:#}"
+            ))
         })?;
         Ok(Guest {
             name: name.into(),
             digest,
+            imports,
+            exports,
             pre,
         })
     }
