@@ -4,7 +4,7 @@
 # drive, and the wasm target the drivers are built for.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 iputils-ping python3)
+pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 iputils-ping python3 strace)
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -78,14 +78,6 @@ impl Journal {
         self.irreversible.push(what);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.irreversible.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// Undo everything, newest first. Keeps going past failures and returns
     /// them all; a missing object counts as undone (something else already
     /// removed it, e.g. the sandbox went away with its end of a veth).

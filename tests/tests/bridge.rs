@@ -459,3 +459,48 @@ fn bad_input_is_refused_and_leaves_nothing() {
         (links, addrs, routes)
     );
 }
+
+#[test]
+fn attach_and_detach_start_no_process() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("noexec");
+    node.ok(&["network", "create", "net1", "--subnet", "10.87.0.0/24"]);
+    let c1 = Ns::new("noexec-c1");
+    let netns = c1.path.to_str().unwrap();
+    for verb in ["attach", "detach"] {
+        let log = node.state.0.join(format!("{verb}.strace"));
+        let out = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=execve,execveat,vfork", "-o"])
+            .arg(&log)
+            .arg(netshim_tests::netshim_bin())
+            .args([
+                "--state-dir",
+                node.state.0.to_str().unwrap(),
+                "--node-netns",
+                node.node.path.to_str().unwrap(),
+            ])
+            .args(["--cache-dir", netshim_tests::cache_dir().to_str().unwrap()])
+            .args([verb, "--network", "net1", "--netns", netns])
+            .output()
+            .expect("strace is installed by scripts/deps.sh");
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let trace = std::fs::read_to_string(&log).unwrap();
+        let execs: Vec<&str> = trace
+            .lines()
+            .filter(|l| l.contains("execve") || l.contains("vfork"))
+            .collect();
+        assert_eq!(
+            execs.len(),
+            1,
+            "{verb} must exec nothing but netshim itself: {execs:#?}"
+        );
+        assert!(execs[0].contains("netshim"), "{execs:?}");
+    }
+    node.ok(&["network", "rm", "net1"]);
+}

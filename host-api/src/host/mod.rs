@@ -14,7 +14,6 @@ mod netfilter;
 mod routes;
 mod sysctl;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -146,7 +145,7 @@ pub struct HostState {
     pub(crate) grant: Grant,
     pub(crate) journal: Journal,
     pub(crate) table: ResourceTable,
-    /// Guest log lines, so failures can be reported with context.
+    /// The export being called, to tag the guest's log lines.
     pub(crate) call: String,
 }
 
@@ -239,11 +238,4 @@ pub fn ns_label(ns: NsId) -> &'static str {
     } else {
         "sandbox"
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<HostState>();
-    let _ = PathBuf::new();
 }

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ipnet::IpNet;
 use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
 use netshim_host_api::bindings::netshim::plugin::types::Error as WitError;
 use netshim_host_api::bindings::Plugin;
@@ -15,7 +14,7 @@ use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::Store;
 use wasmtime::component::Resource;
 
-use super::{CnmError, CnmResult, Core, Network, Pool, Timing};
+use super::{CnmError, CnmResult, Core, Network, Timing};
 use crate::runtime::{CallData, Guest};
 
 pub struct Calls<'a> {
@@ -42,15 +41,6 @@ pub fn describe(e: &WitError) -> String {
 
 pub fn is_not_found(e: &CnmError) -> bool {
     matches!(e, CnmError::Driver { message, .. } if message.starts_with("not found"))
-}
-
-/// The pool record a network keeps, from IPAM's answer.
-pub fn pool_of(id: String, subnet: IpNet, gateway: Option<IpNet>) -> Pool {
-    Pool {
-        id,
-        subnet,
-        gateway,
-    }
 }
 
 pub fn wit_network(n: &Network) -> wit::Network {

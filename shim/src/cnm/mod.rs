@@ -326,8 +326,6 @@ impl Core {
     }
 }
 
-pub use calls::pool_of;
-
 /// Deletes what is left of a driver when its last network goes: its nft table.
 fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
     let table = host::nft_table(driver);

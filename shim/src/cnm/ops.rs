@@ -10,7 +10,7 @@ use netshim_host_api::store::{Condition, Store};
 use wasmtime::component::Resource;
 
 use super::calls::{is_not_found, wit_network, Calls};
-use super::model::{self, Endpoint, Network, SPACE};
+use super::model::{self, Endpoint, Network, Pool, SPACE};
 use super::{
     check_name, drop_driver_table, get_json, now, put_json, random_id, Attach, CnmError, CnmResult,
     Core, CreateNetwork, DetachTarget,
@@ -112,7 +112,11 @@ impl Core {
             driver: driver.clone(),
             internal: req.internal,
             options: req.options.clone(),
-            ipv4: vec![super::pool_of(pool.id.clone(), subnet, Some(gateway))],
+            ipv4: vec![Pool {
+                id: pool.id.clone(),
+                subnet,
+                gateway: Some(gateway),
+            }],
             created: now(),
         };
         let wnet = wit_network(&net);
