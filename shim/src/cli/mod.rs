@@ -205,12 +205,11 @@ impl Global {
     pub fn core(&self) -> Result<Core, CliError> {
         let mut dirs = self.guest_dirs.clone();
         dirs.extend(crate::guests::default_dirs());
-        Ok(Core::new(
-            self.runtime()?,
-            self.kernel()?,
-            &self.state_dir,
-            dirs,
-        )?)
+        let runtime = self.runtime()?;
+        tracing::debug!("wasm runtime ready");
+        let kernel = self.kernel()?;
+        tracing::debug!("netlink ready");
+        Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?)
     }
 }
 

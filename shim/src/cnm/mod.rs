@@ -221,6 +221,7 @@ impl Core {
                 )));
             }
         };
+        tracing::debug!(driver, "guest loaded");
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -148,12 +148,16 @@ pub struct CallOutcome<R> {
 impl Runtime {
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime, RuntimeError> {
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(64)
-            .total_core_instances(256)
-            .total_memories(64)
-            .total_tables(256)
-            .total_stacks(64)
-            .max_memory_size(limits.memory_bytes);
+        pool.total_component_instances(16)
+            .total_core_instances(64)
+            .total_memories(16)
+            .total_tables(64)
+            .total_stacks(16)
+            .max_memory_size(limits.memory_bytes)
+            // A driver call touches well under a few MiB: resetting that much
+            // with memset is cheaper than madvise + page faults next call.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -163,6 +167,7 @@ impl Runtime {
             .memory_reservation_for_growth(0)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
+        tracing::debug!("engine ready");
         let mut linker = Linker::new(&engine);
         Plugin::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
             .map_err(RuntimeError::Engine)?;
