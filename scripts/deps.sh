@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Everything netshim needs on a fresh Debian 12 machine with rustup: the C
-# libraries of the nftables netlink client, the tools the tests and the demo
-# drive, and the wasm target the drivers are built for.
+# libraries of the nftables netlink client, the tools the demo drives, and
+# the wasm target the drivers are built for. `deps.sh test` adds what the
+# tests drive: real OCI runtimes (runc, crun from Debian; youki from
+# crates.io, kept in ~/.cargo/bin between runs), busybox for container
+# images, strace.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 iputils-ping python3 strace)
+pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 iputils-ping python3)
+if [ "${1:-}" = test ]; then
+  pkgs+=(strace runc crun busybox-static util-linux)
+fi
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -13,3 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+if [ "${1:-}" = test ] && ! command -v youki >/dev/null && [ ! -x "$HOME/.cargo/bin/youki" ]; then
+  # This machine's cgroups are v1 (hybrid): youki's default features leave v1 out.
+  cargo install youki@0.7.0 --locked --no-default-features --features v1,v2
+fi

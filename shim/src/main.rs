@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         )
         .init();
     let json = cli.global.output == Format::Json;
+    // A runtime shows a failing hook's stderr to the user: one line, no hints.
+    let hook = matches!(cli.command, cli::Command::OciHook { .. });
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -20,7 +22,7 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::json!({ "error": e.to_string() }));
             }
             eprintln!("netshim: error: {e}");
-            if let Some(h) = cli::hint(&e) {
+            if let Some(h) = cli::hint(&e).filter(|_| !hook) {
                 eprintln!("netshim: hint: {h}");
             }
             ExitCode::FAILURE

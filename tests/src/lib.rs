@@ -305,3 +305,108 @@ pub fn hostile_wasm() -> PathBuf {
 pub fn unknown_import_wat() -> PathBuf {
     PathBuf::from(env!("UNKNOWN_IMPORT_WAT"))
 }
+
+/// An OCI runtime from the machine, run inside a node namespace (its netns
+/// only: `ip netns exec` would remount /sys and hide the cgroup mounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Runc,
+    Crun,
+    Youki,
+}
+
+impl Runtime {
+    pub fn binary(self) -> PathBuf {
+        let name = match self {
+            Runtime::Runc => "runc",
+            Runtime::Crun => "crun",
+            Runtime::Youki => "youki",
+        };
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let candidates = [
+            format!("/usr/sbin/{name}"),
+            format!("/usr/bin/{name}"),
+            format!("{home}/.cargo/bin/{name}"),
+            format!("/usr/local/bin/{name}"),
+        ];
+        candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{name} is not installed: run `bash scripts/deps.sh test`"))
+    }
+
+    /// `<runtime> --root ROOT args…` in the node's network namespace.
+    pub fn cmd(self, node: &Ns, root: &Path, args: &[&str]) -> Output {
+        let bin = self.binary();
+        // A runtime that hangs must fail the test, not the whole run.
+        let mut c = Command::new("timeout");
+        c.args(["-k", "5", "60"]);
+        if self == Runtime::Crun {
+            // crun refuses this machine's hybrid cgroup layout unless the
+            // unified hierarchy is out of sight: a private mount namespace.
+            c.args([
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"",
+                "sh",
+            ]);
+        }
+        c.arg("nsenter");
+        c.arg(format!("--net={}", node.path.display()))
+            .arg(bin)
+            .arg("--root")
+            .arg(root)
+            .args(args);
+        // Files, not pipes: a detached container inherits the runtime's
+        // stdio and would hold a pipe open for as long as it runs.
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let out_path = root.join(format!(".out{n}"));
+        let err_path = root.join(format!(".err{n}"));
+        let status = c
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .expect("run the OCI runtime");
+        let stdout = std::fs::read(&out_path).unwrap_or_default();
+        let stderr = std::fs::read(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// A container id unique to this test run.
+    pub fn id(tag: &str) -> String {
+        format!("nst{}-{tag}", std::process::id())
+    }
+}
+
+/// A busybox-static root filesystem, made once per test binary.
+pub fn busybox_rootfs() -> PathBuf {
+    static ROOTFS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOTFS
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("netshim-rootfs-{}", std::process::id()));
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            for d in ["proc", "sys", "dev", "tmp", "etc"] {
+                std::fs::create_dir_all(dir.join(d)).unwrap();
+            }
+            std::fs::copy("/bin/busybox", bin.join("busybox"))
+                .expect("busybox-static is installed (scripts/deps.sh test)");
+            for tool in [
+                "sh", "sleep", "ping", "ip", "nc", "cat", "echo", "httpd", "wget",
+            ] {
+                std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+            }
+            dir
+        })
+        .clone()
+}

@@ -141,12 +141,7 @@ pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
     let mut attach_total = Duration::ZERO;
     for sb in &sandboxes[..args.count] {
         let t = Instant::now();
-        core.attach(Attach {
-            network: "bench".into(),
-            netns: sb.clone(),
-            ip: None,
-            ifname: "eth0".into(),
-        })?;
+        core.attach(Attach::new("bench", sb.clone()))?;
         let d = t.elapsed();
         let timing = core.last_timing();
         attach.push(d);

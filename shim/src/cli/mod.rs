@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use netshim_host_api::kernel::netlink::Netlink;
 use netshim_host_api::kernel::Kernel;
 
-use crate::cnm::{Attach, CnmError, Core, CreateNetwork, DetachTarget};
+use crate::cnm::{Attach, CnmError, Core, CreateNetwork, DetachTarget, PortMapping};
+use crate::oci;
 use crate::runtime::{Limits, Runtime, RuntimeError};
 use output::Output;
 
@@ -92,6 +93,42 @@ pub enum Command {
     /// Measure attach/detach latency.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// OCI runtime hook: reads the container state on stdin; createRuntime
+    /// attaches, poststop detaches (the stage defaults from the status).
+    OciHook {
+        /// createRuntime (or prestart) | poststop
+        stage: Option<String>,
+    },
+    /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
+    #[command(subcommand)]
+    Oci(OciCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OciCmd {
+    /// Add netshim's createRuntime and poststop hooks (and the network
+    /// annotations) to BUNDLE/config.json.
+    InstallHook {
+        bundle: PathBuf,
+        /// Network to attach to (repeat for more; default: the "netshim" network).
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        /// Static address on a network: NETWORK=IP.
+        #[arg(long = "ip", value_parser = parse_kv)]
+        ips: Vec<(String, String)>,
+        /// Publish a port on the first network: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/proto].
+        #[arg(long, short = 'p')]
+        publish: Vec<PortMapping>,
+        /// Name of the first interface (default eth0).
+        #[arg(long)]
+        ifname: Option<String>,
+    },
+    /// Print an oci-hooks(5) JSON file for CRI-O and Podman (hooks.d).
+    HooksD {
+        /// Attach every container, not only those with a netshim.networks annotation.
+        #[arg(long)]
+        always: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +175,9 @@ pub struct AttachArgs {
     /// Interface name inside the namespace.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
+    /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp].
+    #[arg(long, short = 'p')]
+    pub publish: Vec<PortMapping>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +212,8 @@ pub enum CliError {
     Cnm(#[from] CnmError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -179,6 +221,27 @@ pub enum CliError {
 }
 
 impl Global {
+    /// The global options a hook must repeat, as absolute paths: a runtime
+    /// runs hooks in the bundle with an environment of its choosing.
+    pub fn hook_args(&self) -> Result<Vec<String>, CliError> {
+        let abs = |p: &PathBuf| {
+            std::path::absolute(p)
+                .map(|p| p.display().to_string())
+                .map_err(|e| CliError::Other(format!("{}: {e}", p.display())))
+        };
+        let mut args = vec!["--state-dir".to_string(), abs(&self.state_dir)?];
+        if let Some(c) = &self.cache_dir {
+            args.extend(["--cache-dir".to_string(), abs(c)?]);
+        }
+        if let Some(n) = &self.node_netns {
+            args.extend(["--node-netns".to_string(), abs(n)?]);
+        }
+        for d in &self.guest_dirs {
+            args.extend(["--guest-dir".to_string(), abs(d)?]);
+        }
+        Ok(args)
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             deadline: Duration::from_millis(self.guest_deadline_ms),
@@ -220,10 +283,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Attach(a) => {
             let core = cli.global.core()?;
             let ep = core.attach(Attach {
-                network: a.network,
-                netns: a.netns,
                 ip: a.ip,
                 ifname: a.ifname,
+                ports: a.publish,
+                ..Attach::new(a.network, a.netns)
             })?;
             out.endpoint(&ep);
             Ok(())
@@ -256,6 +319,52 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
+        Command::OciHook { stage } => {
+            let state = oci::read_state(std::io::stdin().lock())?;
+            let core = cli.global.core()?;
+            match oci::run(&core, stage.as_deref(), state)? {
+                oci::Outcome::Attached(eps) => {
+                    for ep in eps {
+                        tracing::info!(endpoint = %ep.id, ifname = %ep.ifname, ipv4 = ?ep.ipv4, "attached");
+                    }
+                }
+                oci::Outcome::Detached(eps) => tracing::info!(endpoints = eps.len(), "detached"),
+            }
+            Ok(())
+        }
+        Command::Oci(OciCmd::InstallHook {
+            bundle,
+            networks,
+            ips,
+            publish,
+            ifname,
+        }) => {
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::Other(format!("cannot find the netshim binary: {e}")))?;
+            let want = oci::install::Install {
+                networks,
+                ips,
+                ports: publish,
+                ifname,
+            };
+            let path = oci::install::install(&bundle, &exe, &cli.global.hook_args()?, &want)?;
+            out.installed(&path);
+            Ok(())
+        }
+        Command::Oci(OciCmd::HooksD { always }) => {
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::Other(format!("cannot find the netshim binary: {e}")))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&oci::install::hooks_d(
+                    &exe,
+                    &cli.global.hook_args()?,
+                    always
+                ))
+                .unwrap_or_default()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -162,6 +162,13 @@ impl Output {
         self.emit(value, text);
     }
 
+    pub fn installed(&self, config: &Path) {
+        self.emit(
+            json!({"installed": config.display().to_string()}),
+            format!("netshim hooks installed in {}", config.display()),
+        );
+    }
+
     pub fn removed(&self, name: &str) {
         self.emit(json!({"removed": name}), name.to_string());
     }

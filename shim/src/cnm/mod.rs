@@ -23,7 +23,7 @@ use crate::guests::{self, Source};
 use crate::runtime::{Guest, Runtime, RuntimeError};
 use crate::sandbox;
 use model::SPACE;
-pub use model::{Endpoint, Network, Pool};
+pub use model::{Endpoint, Network, Pool, PortMapping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CnmError {
@@ -63,6 +63,22 @@ pub struct Attach {
     pub netns: PathBuf,
     pub ip: Option<IpAddr>,
     pub ifname: String,
+    /// The container the sandbox belongs to, when the caller knows it.
+    pub container: Option<String>,
+    pub ports: Vec<PortMapping>,
+}
+
+impl Attach {
+    pub fn new(network: impl Into<String>, netns: impl Into<PathBuf>) -> Attach {
+        Attach {
+            network: network.into(),
+            netns: netns.into(),
+            ip: None,
+            ifname: "eth0".into(),
+            container: None,
+            ports: Vec::new(),
+        }
+    }
 }
 
 /// Which endpoint to detach.

@@ -37,6 +37,59 @@ pub struct Endpoint {
     pub mac: Option<String>,
     pub gateway: Option<IpAddr>,
     pub created: u64,
+    /// The container this endpoint belongs to (OCI hooks, Docker), so it
+    /// can be found when its namespace is already gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+}
+
+/// A published port: traffic to the node's `host_port` goes to the
+/// endpoint's `container_port`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMapping {
+    /// "tcp", "udp" or "sctp".
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+impl std::str::FromStr for PortMapping {
+    type Err = String;
+
+    /// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]`, as `docker run -p`.
+    fn from_str(s: &str) -> Result<PortMapping, String> {
+        let bad = || {
+            format!(
+                "port mapping {s:?}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp]"
+            )
+        };
+        let (spec, protocol) = match s.rsplit_once('/') {
+            Some((spec, p)) if ["tcp", "udp", "sctp"].contains(&p) => (spec, p.to_string()),
+            Some(_) => return Err(bad()),
+            None => (s, "tcp".to_string()),
+        };
+        let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
+        let (container_port, host_port, host_ip) = match parts.as_slice() {
+            [c, h] => (port(c)?, port(h)?, None),
+            [c, h, ip] => (
+                port(c)?,
+                port(h)?,
+                Some(ip.trim_matches(['[', ']']).parse().map_err(|_| bad())?),
+            ),
+            _ => return Err(bad()),
+        };
+        Ok(PortMapping {
+            protocol,
+            host_ip,
+            host_port,
+            container_port,
+        })
+    }
 }
 
 pub const SPACE: &str = "cnm";
@@ -56,4 +109,9 @@ pub fn endpoint_key(id: &str) -> String {
 /// Index: which endpoint a network has in a sandbox.
 pub fn sandbox_key(network_id: &str, netns: &str) -> String {
     format!("sandboxes/{network_id}{netns}")
+}
+
+/// Index: a container's endpoint on a network.
+pub fn container_key(container: &str, network_id: &str) -> String {
+    format!("containers/{container}/{network_id}")
 }

@@ -10,7 +10,7 @@ use netshim_host_api::store::{Condition, Store};
 use wasmtime::component::Resource;
 
 use super::calls::{is_not_found, wit_network, Calls};
-use super::model::{self, Endpoint, Network, Pool, SPACE};
+use super::model::{self, Endpoint, Network, Pool, PortMapping, SPACE};
 use super::{
     check_name, drop_driver_table, get_json, now, put_json, random_id, Attach, CnmError, CnmResult,
     Core, CreateNetwork, DetachTarget,
@@ -26,6 +26,15 @@ struct OpenNs<'a> {
 impl Drop for OpenNs<'_> {
     fn drop(&mut self) {
         self.core.kernel.close_ns(self.ns);
+    }
+}
+
+fn wit_port(p: &PortMapping) -> wit::PortBinding {
+    wit::PortBinding {
+        protocol: p.protocol.clone(),
+        container_port: p.container_port,
+        host_ip: p.host_ip.map(from_ip),
+        host_port: p.host_port,
     }
 }
 
@@ -215,11 +224,34 @@ impl Core {
         }
         let mut s = self.store.session()?;
         let net = self.find_network(&mut s, &req.network)?;
-        if let Some(id) = s.get(SPACE, &model::sandbox_key(&net.id, &netns))? {
-            let id = String::from_utf8_lossy(&id.value).into_owned();
-            if let Some(ep) = get_json::<Endpoint>(&mut s, &model::endpoint_key(&id))? {
-                return Ok(ep);
+        // Attaching what is already attached returns it (idempotent). An
+        // endpoint of the same sandbox path for another container, or of the
+        // same container in another sandbox, is stale: a runtime died before
+        // poststop and a path (/proc/PID/ns/net) or an id was reused.
+        let mut stale = Vec::new();
+        let mut keys = vec![model::sandbox_key(&net.id, &netns)];
+        keys.extend(
+            req.container
+                .iter()
+                .map(|c| model::container_key(c, &net.id)),
+        );
+        for key in keys {
+            if let Some(ep) = self.endpoint_at(&mut s, &key)? {
+                if ep.netns == netns && ep.container == req.container {
+                    return Ok(ep);
+                }
+                stale.push(ep.id);
             }
+        }
+        if !stale.is_empty() {
+            drop(s);
+            for id in stale {
+                tracing::info!(endpoint = %id, "removing a stale endpoint before attaching");
+                if let Err(e) = self.detach(DetachTarget::Endpoint(id)) {
+                    tracing::warn!(error = %e, "stale endpoint teardown was incomplete");
+                }
+            }
+            s = self.store.session()?;
         }
         let ns = OpenNs {
             core: self,
@@ -277,7 +309,7 @@ impl Core {
             mac: None,
             ifname: req.ifname.clone(),
             options: Vec::new(),
-            ports: Vec::new(),
+            ports: req.ports.iter().map(wit_port).collect(),
         };
         let wnet = wit_network(net);
         let sb: [(NsId, &Path); 1] = [(ns, req.netns.as_path())];
@@ -319,8 +351,30 @@ impl Core {
             mac,
             gateway,
             created: now(),
+            container: req.container.clone(),
+            ports: req.ports.clone(),
         };
+        if !req.ports.is_empty() {
+            calls.call(
+                self.grant(net, false),
+                "program-external-connectivity",
+                &[],
+                |p, st, _| {
+                    p.netshim_plugin_driver()
+                        .call_program_external_connectivity(st, &wnet, &ep_req)
+                },
+            )?;
+        }
         let s = calls.store();
+        if let Some(cid) = &ep.container {
+            s.put(
+                SPACE,
+                &model::container_key(cid, &net.id),
+                ep.id.as_bytes(),
+                Condition::None,
+                None,
+            )?;
+        }
         put_json(s, &model::endpoint_key(&ep.id), &ep)?;
         s.put(
             SPACE,
@@ -330,6 +384,52 @@ impl Core {
             None,
         )?;
         Ok(ep)
+    }
+
+    /// The endpoint an index key points at, if both exist.
+    fn endpoint_at(&self, s: &mut dyn Store, index: &str) -> CnmResult<Option<Endpoint>> {
+        match s.get(SPACE, index)? {
+            None => Ok(None),
+            Some(id) => {
+                get_json::<Endpoint>(s, &model::endpoint_key(&String::from_utf8_lossy(&id.value)))
+            }
+        }
+    }
+
+    /// Every endpoint of a container, on any network.
+    pub fn container_endpoints(&self, container: &str) -> CnmResult<Vec<Endpoint>> {
+        let mut s = self.store.session()?;
+        let mut eps = Vec::new();
+        for e in s.list(SPACE, &format!("containers/{container}/"))? {
+            if let Some(ep) = get_json::<Endpoint>(
+                &mut s,
+                &model::endpoint_key(&String::from_utf8_lossy(&e.value)),
+            )? {
+                eps.push(ep);
+            }
+        }
+        Ok(eps)
+    }
+
+    /// Detach a container from every network it is on, newest first;
+    /// keeps going past errors and reports them all.
+    pub fn detach_container(&self, container: &str) -> CnmResult<Vec<Endpoint>> {
+        let mut eps = self.container_endpoints(container)?;
+        eps.sort_by_key(|e| std::cmp::Reverse(e.created));
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for ep in eps {
+            match self.detach(DetachTarget::Endpoint(ep.id.clone())) {
+                Ok(ep) => done.push(ep),
+                Err(CnmError::Teardown(e)) => errors.extend(e),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(done)
+        } else {
+            Err(CnmError::Teardown(errors))
+        }
     }
 
     /// Detach: best effort and complete. Works when the sandbox is already
@@ -369,6 +469,28 @@ impl Core {
         let mut errors = Vec::new();
         let wnet = wit_network(&net);
         let grant = self.grant(&net, false);
+        let revoke = if ep.ports.is_empty() {
+            Ok(())
+        } else {
+            let ep_req = wit::EndpointRequest {
+                id: ep.id.clone(),
+                ipv4: ep.ipv4.map(from_prefix),
+                ipv6: None,
+                mac: None,
+                ifname: ep.ifname.clone(),
+                options: Vec::new(),
+                ports: ep.ports.iter().map(wit_port).collect(),
+            };
+            calls.call(
+                grant.clone(),
+                "revoke-external-connectivity",
+                &[],
+                |p, st, _| {
+                    p.netshim_plugin_driver()
+                        .call_revoke_external_connectivity(st, &wnet, &ep_req)
+                },
+            )
+        };
         let leave = calls.call(grant.clone(), "leave", &[], |p, st, _| {
             p.netshim_plugin_driver().call_leave(st, &wnet, &ep.id)
         });
@@ -376,7 +498,10 @@ impl Core {
             p.netshim_plugin_driver()
                 .call_delete_endpoint(st, &wnet, &ep.id)
         });
-        for e in [leave.err(), delete.err()].into_iter().flatten() {
+        for e in [revoke.err(), leave.err(), delete.err()]
+            .into_iter()
+            .flatten()
+        {
             // The sandbox may be gone and taken its end of the pair with it.
             if !is_not_found(&e) {
                 errors.push(e.to_string());
@@ -398,6 +523,9 @@ impl Core {
         }
         let s = calls.store();
         s.delete(SPACE, &model::endpoint_key(&ep.id), Condition::None)?;
+        if let Some(cid) = &ep.container {
+            s.delete(SPACE, &model::container_key(cid, &net.id), Condition::None)?;
+        }
         s.delete(
             SPACE,
             &model::sandbox_key(&net.id, &ep.netns),

@@ -54,10 +54,8 @@ impl Fixture {
 
     fn attach(&self, net: &str, sb: &PathBuf, ip: Option<&str>) -> CnmResult<Endpoint> {
         self.core.attach(Attach {
-            network: net.into(),
-            netns: sb.clone(),
             ip: ip.map(|i| i.parse().unwrap()),
-            ifname: "eth0".into(),
+            ..Attach::new(net, sb.clone())
         })
     }
 }

@@ -1,0 +1,132 @@
+//! The OCI runtime hook front-end: `createRuntime` attaches the container
+//! to the networks its annotations ask for, `poststop` detaches it. It reads
+//! the state JSON on stdin and the bundle's config.json, needs no daemon and
+//! no environment, and is idempotent: running it again, or after it was
+//! killed halfway, converges on the same state.
+
+pub mod install;
+pub mod spec;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::cnm::{Attach, CnmError, Core, CreateNetwork, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Cnm(#[from] CnmError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// createRuntime (and the deprecated prestart): attach.
+    Create,
+    /// poststop: detach.
+    Poststop,
+}
+
+impl Stage {
+    pub fn parse(name: Option<&str>, status: &str) -> Result<Stage, OciError> {
+        match name.unwrap_or(match status {
+            "creating" | "created" => "createRuntime",
+            "stopped" => "poststop",
+            other => {
+                return Err(OciError::Input(format!(
+                    "no hook stage given and the container status {other:?} does not tell; run `netshim oci-hook createRuntime` or `netshim oci-hook poststop`"
+                )))
+            }
+        }) {
+            "createRuntime" | "prestart" => Ok(Stage::Create),
+            "poststop" => Ok(Stage::Poststop),
+            other => Err(OciError::Input(format!("unsupported hook stage {other:?}: netshim runs as createRuntime (or prestart) and poststop"))),
+        }
+    }
+}
+
+/// What the hook did, for the log.
+pub enum Outcome {
+    Attached(Vec<Endpoint>),
+    Detached(Vec<Endpoint>),
+}
+
+/// Read at most this much state JSON: a hook's stdin is small.
+const MAX_STATE: u64 = 1 << 20;
+
+pub fn read_state(input: impl Read) -> Result<spec::State, OciError> {
+    let mut text = String::new();
+    input
+        .take(MAX_STATE)
+        .read_to_string(&mut text)
+        .map_err(|e| OciError::Input(format!("reading the OCI state from stdin: {e}")))?;
+    spec::parse_state(&text)
+}
+
+pub fn run(core: &Core, stage_name: Option<&str>, state: spec::State) -> Result<Outcome, OciError> {
+    match Stage::parse(stage_name, &state.status)? {
+        Stage::Poststop => Ok(Outcome::Detached(core.detach_container(&state.id)?)),
+        Stage::Create => create(core, &state).map(Outcome::Attached),
+    }
+}
+
+fn create(core: &Core, state: &spec::State) -> Result<Vec<Endpoint>, OciError> {
+    // runc and youki run hooks in the bundle; crun passes it in the state.
+    let bundle = state.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
+    let config = spec::Bundle::load(&bundle)?;
+    let request = spec::request(&config.annotations(state))?;
+    let netns = config.netns(state)?;
+    if request.default {
+        ensure_default_network(core)?;
+    }
+    let names = spec::ifnames(&request.ifname, request.networks.len());
+    let mut attached = Vec::new();
+    for (i, network) in request.networks.iter().enumerate() {
+        let req = Attach {
+            ip: request.ips.get(network).copied(),
+            ifname: names[i].clone(),
+            container: Some(state.id.clone()),
+            ports: if i == 0 {
+                request.ports.clone()
+            } else {
+                Vec::new()
+            },
+            ..Attach::new(network.clone(), netns.clone())
+        };
+        match core.attach(req) {
+            Ok(ep) => attached.push(ep),
+            Err(e) => {
+                // Leave nothing: the runtime aborts the container on our error.
+                if let Err(undo) = core.detach_container(&state.id) {
+                    tracing::error!(error = %undo, "undoing the networks attached before the failure");
+                }
+                return Err(OciError::Input(format!(
+                    "container {}: network {network}: {e}",
+                    state.id
+                )));
+            }
+        }
+    }
+    Ok(attached)
+}
+
+/// The default network exists from the first container that needs it, like
+/// Docker's `bridge` or Podman's `podman`: a bridge on a free private subnet.
+fn ensure_default_network(core: &Core) -> Result<(), OciError> {
+    let req = CreateNetwork {
+        name: spec::DEFAULT_NETWORK.into(),
+        driver: "bridge".into(),
+        subnet: None,
+        gateway: None,
+        internal: false,
+        options: Vec::new(),
+    };
+    match core.network_create(req) {
+        Ok(_) | Err(CnmError::Exists(_)) => Ok(()),
+        Err(e) => Err(OciError::Input(format!(
+            "creating the default network {:?}: {e}",
+            spec::DEFAULT_NETWORK
+        ))),
+    }
+}
