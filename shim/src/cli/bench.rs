@@ -1,9 +1,13 @@
-//! `netshim bench attach`: attach and detach N fresh namespaces on one
-//! bridge network, in-process and as one `netshim` process per operation,
-//! and the reference CNI bridge plugin the same way when it is installed.
-//! Everything happens in namespaces the benchmark makes and removes.
+//! `netshim bench`: latency of attach and detach, measured side by side
+//! with the reference CNI bridge plugin and netavark invoked the way their
+//! callers invoke them (one process per operation, in the same node
+//! namespace). Everything happens in namespaces the benchmark makes and
+//! removes; peers that are not installed are reported as missing.
 
+use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use netshim_host_api::kernel::netlink::Netlink;
 use netshim_host_api::kernel::Kernel;
+use serde_json::json;
 
 use super::{CliError, Global};
 use crate::cnm::{Attach, Core, CreateNetwork, DetachTarget};
@@ -19,45 +24,43 @@ use crate::netns;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
-    /// Attach/detach latency, attaches per second, share of time in wasm.
+    /// Attach/detach latency in-process and per process, attaches per
+    /// second, share of time in wasm, against the CNI bridge plugin.
     Attach(BenchAttach),
+    /// The OCI hook's own time per container (createRuntime, poststop)
+    /// against the CNI bridge plugin and netavark, one process each.
+    Hook(BenchHook),
 }
 
 #[derive(Debug, Args)]
 pub struct BenchAttach {
-    /// Namespaces to attach and detach.
+    /// Namespaces attached and detached in-process.
     #[arg(long, default_value_t = 100)]
     pub count: usize,
     /// Operations measured as separate processes (netshim and peers).
     #[arg(long, default_value_t = 30)]
     pub process_count: usize,
+    #[command(flatten)]
+    pub peers: Peers,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchHook {
+    /// Containers (namespaces) per tool.
+    #[arg(long, default_value_t = 30)]
+    pub count: usize,
+    #[command(flatten)]
+    pub peers: Peers,
+}
+
+#[derive(Debug, Args)]
+pub struct Peers {
     /// Where the reference CNI plugins live.
     #[arg(long, default_value = "/usr/lib/cni")]
     pub cni_path: PathBuf,
-}
-
-struct Cleanup {
-    names: Vec<String>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in self.names.iter().rev() {
-            let _ = netns::delete(n);
-        }
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    /// The netavark binary.
+    #[arg(long, default_value = "/usr/lib/podman/netavark")]
+    pub netavark: PathBuf,
 }
 
 struct Stats {
@@ -74,152 +77,114 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     } else {
         samples.len() as f64 / total.as_secs_f64()
     };
+    let at = |p: f64| {
+        samples
+            .get(((samples.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     Stats {
-        p50: percentile(&samples, 0.5),
-        p99: percentile(&samples, 0.99),
+        p50: at(0.5),
+        p99: at(0.99),
         per_sec,
     }
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn line(label: &str, n: usize, s: &Stats) {
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
-        "{label:<28} n={n:<5} p50={:>9}  p99={:>9}  ops/s={:>7.0}",
+        "{label:<30} n={n:<5} p50={:>9}  p99={:>9}  ops/s={:>7.0}",
         ms(s.p50),
         ms(s.p99),
         s.per_sec
     );
 }
 
-pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
-    let BenchCmd::Attach(args) = cmd;
-    let pid = std::process::id();
-    let tmp = std::env::temp_dir().join(format!("netshim-bench-{pid}"));
-    let mut cleanup = Cleanup {
-        names: Vec::new(),
-        dirs: vec![tmp.clone()],
-    };
-    let fail = |e: netns::NetnsError| CliError::Other(e.to_string());
-
-    let node_name = format!("nsbench-{pid}-node");
-    let node = netns::create(&node_name).map_err(fail)?;
-    cleanup.names.push(node_name);
-    let state_dir = tmp.join("state");
-    let kernel: Arc<dyn Kernel> =
-        Arc::new(Netlink::new(Some(&node)).map_err(|e| CliError::Other(e.to_string()))?);
-    // The compiled-guest cache is shared with the normal state directory so
-    // the benchmark measures steady state, not Cranelift.
-    let runtime = crate::runtime::Runtime::new(g.limits(), Some(g.cache_dir()))?;
-    let core = Core::new(runtime, kernel, &state_dir, Vec::new())?;
-    core.network_create(CreateNetwork {
-        name: "bench".into(),
-        driver: "bridge".into(),
-        subnet: Some("10.200.0.0/16".parse().unwrap()),
-        gateway: None,
-        internal: false,
-        options: Vec::new(),
-    })?;
-
-    let total = args.count + args.process_count;
-    let mut sandboxes = Vec::with_capacity(total);
-    for i in 0..total {
-        let name = format!("nsbench-{pid}-c{i}");
-        sandboxes.push(netns::create(&name).map_err(fail)?);
-        cleanup.names.push(name);
-    }
+fn ratio(label: &str, ours: &Stats, theirs: &Stats) {
     println!(
-        "netshim bench attach: {} in-process, {} per process; kernel {}",
-        args.count,
-        args.process_count,
-        kernel_release()
+        "{label:<30} p50 ratio {:.2} (netshim {:.2} ms / peer {:.2} ms)",
+        ours.p50.as_secs_f64() / theirs.p50.as_secs_f64(),
+        ours.p50.as_secs_f64() * 1e3,
+        theirs.p50.as_secs_f64() * 1e3
     );
+}
 
-    let (mut attach, mut wasm, mut inst) = (Vec::new(), Duration::ZERO, Vec::new());
-    let mut attach_total = Duration::ZERO;
-    for sb in &sandboxes[..args.count] {
-        let t = Instant::now();
-        core.attach(Attach::new("bench", sb.clone()))?;
-        let d = t.elapsed();
-        let timing = core.last_timing();
-        attach.push(d);
-        attach_total += d;
-        wasm += timing.wasm;
-        inst.push(timing.instantiate);
+fn other(e: impl std::fmt::Display) -> CliError {
+    CliError::Other(e.to_string())
+}
+
+/// A node namespace with one bridge network ("bench", with NAT) and `n`
+/// empty container namespaces; all removed on drop.
+struct Bench {
+    names: Vec<String>,
+    tmp: PathBuf,
+    node: PathBuf,
+    state_dir: PathBuf,
+    core: Core,
+    sandboxes: Vec<PathBuf>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = netns::delete(n);
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
     }
-    let mut detach = Vec::new();
-    for sb in &sandboxes[..args.count] {
-        let t = Instant::now();
-        core.detach(DetachTarget::Sandbox {
-            network: "bench".into(),
-            netns: sb.clone(),
+}
+
+impl Bench {
+    fn new(g: &Global, sandboxes: usize) -> Result<Bench, CliError> {
+        let pid = std::process::id();
+        let tmp = std::env::temp_dir().join(format!("netshim-bench-{pid}"));
+        std::fs::create_dir_all(&tmp).map_err(other)?;
+        let node_name = format!("nsbench-{pid}-node");
+        let node = netns::create(&node_name).map_err(other)?;
+        let state_dir = tmp.join("state");
+        let kernel: Arc<dyn Kernel> = Arc::new(Netlink::new(Some(&node)).map_err(other)?);
+        // The compiled-guest cache is the normal one: steady state, not Cranelift.
+        let runtime = crate::runtime::Runtime::new(g.limits(), Some(g.cache_dir()))?;
+        let core = Core::new(runtime, kernel, &state_dir, Vec::new())?;
+        let mut bench = Bench {
+            names: vec![node_name],
+            tmp,
+            node,
+            state_dir,
+            core,
+            sandboxes: Vec::new(),
+        };
+        for i in 0..sandboxes {
+            let name = format!("nsbench-{pid}-c{i}");
+            bench.sandboxes.push(netns::create(&name).map_err(other)?);
+            bench.names.push(name);
+        }
+        bench.core.network_create(CreateNetwork {
+            name: "bench".into(),
+            driver: "bridge".into(),
+            subnet: Some("10.200.0.0/16".parse().unwrap()),
+            gateway: None,
+            internal: false,
+            options: Vec::new(),
         })?;
-        detach.push(t.elapsed());
-    }
-    let a = stats(attach);
-    line("attach (in-process)", args.count, &a);
-    line("detach (in-process)", args.count, &stats(detach));
-    let inst = stats(inst);
-    println!(
-        "wasm share of attach: {:.1} % (instantiation + guest code, kernel calls excluded; instantiation p50 {:.0} µs per attach, 3 guest calls)",
-        100.0 * wasm.as_secs_f64() / attach_total.as_secs_f64().max(1e-9),
-        inst.p50.as_secs_f64() * 1e6
-    );
-
-    let procs = &sandboxes[args.count..];
-    let mut p_attach = Vec::new();
-    let mut p_detach = Vec::new();
-    let exe = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
-    for sb in procs {
-        let netns_arg = sb.display().to_string();
-        let cache = g.cache_dir();
-        let base = [
-            "--state-dir",
-            state_dir.to_str().unwrap_or_default(),
-            "--node-netns",
-            node.to_str().unwrap_or_default(),
-            "--cache-dir",
-            cache.to_str().unwrap_or_default(),
-        ];
-        p_attach.push(time_process(Command::new(&exe).args(base).args([
-            "attach",
-            "--network",
-            "bench",
-            "--netns",
-            &netns_arg,
-        ]))?);
-        p_detach.push(time_process(Command::new(&exe).args(base).args([
-            "detach",
-            "--network",
-            "bench",
-            "--netns",
-            &netns_arg,
-        ]))?);
-    }
-    let pa = stats(p_attach);
-    let pd = stats(p_detach);
-    line("attach (netshim process)", procs.len(), &pa);
-    line("detach (netshim process)", procs.len(), &pd);
-
-    let bridge = args.cni_path.join("bridge");
-    if bridge.exists() {
-        let (ca, cd) = cni_peer(&args.cni_path, &node, procs, &tmp)?;
-        line("cni bridge ADD (process)", procs.len(), &ca);
-        line("cni bridge DEL (process)", procs.len(), &cd);
         println!(
-            "ratio attach p50 netshim/cni: in-process {:.2}, process {:.2}; detach p50 process {:.2}",
-            a.p50.as_secs_f64() / ca.p50.as_secs_f64(),
-            pa.p50.as_secs_f64() / ca.p50.as_secs_f64(),
-            pd.p50.as_secs_f64() / cd.p50.as_secs_f64()
+            "kernel {}, {} namespaces, bridge network with NAT",
+            kernel_release(),
+            sandboxes
         );
-    } else {
-        println!("cni bridge: not installed at {} (apt-get install containernetworking-plugins); no peer ratio", bridge.display());
+        Ok(bench)
     }
-    core.network_rm("bench")?;
-    drop(cleanup);
-    Ok(())
+
+    /// netshim as a separate process, with this node and state.
+    fn netshim(&self, g: &Global) -> Result<Command, CliError> {
+        let mut c = Command::new(std::env::current_exe().map_err(other)?);
+        c.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--node-netns")
+            .arg(&self.node)
+            .arg("--cache-dir")
+            .arg(g.cache_dir());
+        Ok(c)
+    }
 }
 
 fn kernel_release() -> String {
@@ -228,86 +193,245 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-fn time_process(cmd: &mut Command) -> Result<Duration, CliError> {
+/// Time one process from spawn to exit, feeding `stdin`. With `netns`, the
+/// child enters that namespace itself before exec (no `ip netns exec`
+/// cost is added to a peer).
+fn time_process(
+    cmd: &mut Command,
+    stdin: &[u8],
+    netns: Option<&File>,
+) -> Result<Duration, CliError> {
+    if let Some(f) = netns {
+        let fd = f.as_fd().try_clone_to_owned().map_err(other)?;
+        // SAFETY: setns is async-signal-safe; the fd stays open until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
     let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .spawn()
+        .map_err(other)?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(stdin);
+    }
+    let out = child.wait_with_output().map_err(other)?;
     let d = t.elapsed();
     if !out.status.success() {
         return Err(CliError::Other(format!(
-            "benchmark step failed: {}",
+            "benchmark step {:?} failed: {}{}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(d)
 }
 
-/// The reference CNI bridge plugin, one process per ADD/DEL as a runtime
-/// runs it, inside the benchmark's node namespace (entered by the child
-/// itself before exec, so no `ip netns exec` cost is added).
-fn cni_peer(
-    cni_path: &Path,
-    node: &Path,
+pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
+    match cmd {
+        BenchCmd::Attach(a) => attach(g, a),
+        BenchCmd::Hook(h) => hook(g, h),
+    }
+}
+
+fn attach(g: &Global, args: BenchAttach) -> Result<(), CliError> {
+    let b = Bench::new(g, args.count + 2 * args.process_count)?;
+    let (mut attach, mut detach, mut inst) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wasm, mut total) = (Duration::ZERO, Duration::ZERO);
+    for sb in &b.sandboxes[..args.count] {
+        let t = Instant::now();
+        b.core.attach(Attach::new("bench", sb.clone()))?;
+        let d = t.elapsed();
+        let timing = b.core.last_timing();
+        attach.push(d);
+        total += d;
+        wasm += timing.wasm;
+        inst.push(timing.instantiate);
+    }
+    for sb in &b.sandboxes[..args.count] {
+        let t = Instant::now();
+        b.core.detach(DetachTarget::Sandbox {
+            network: "bench".into(),
+            netns: sb.clone(),
+        })?;
+        detach.push(t.elapsed());
+    }
+    let a = stats(attach);
+    line("attach (in-process)", args.count, &a);
+    line("detach (in-process)", args.count, &stats(detach));
+    println!(
+        "wasm share of attach: {:.1} % (instantiation + guest code, kernel calls excluded; instantiation p50 {:.0} µs per attach, 3 guest calls)",
+        100.0 * wasm.as_secs_f64() / total.as_secs_f64().max(1e-9),
+        stats(inst).p50.as_secs_f64() * 1e6
+    );
+
+    let procs = &b.sandboxes[args.count..args.count + args.process_count];
+    let (mut pa, mut pd) = (Vec::new(), Vec::new());
+    for sb in procs {
+        let ns = sb.to_str().unwrap_or_default();
+        pa.push(time_process(
+            b.netshim(g)?
+                .args(["attach", "--network", "bench", "--netns", ns]),
+            b"",
+            None,
+        )?);
+        pd.push(time_process(
+            b.netshim(g)?
+                .args(["detach", "--network", "bench", "--netns", ns]),
+            b"",
+            None,
+        )?);
+    }
+    let (pa, pd) = (stats(pa), stats(pd));
+    line("attach (netshim process)", procs.len(), &pa);
+    line("detach (netshim process)", procs.len(), &pd);
+
+    let peer_sbs = &b.sandboxes[args.count + args.process_count..];
+    if let Some((ca, cd)) = cni(&args.peers, &b, peer_sbs)? {
+        ratio("attach in-process vs cni ADD", &a, &ca);
+        ratio("attach process vs cni ADD", &pa, &ca);
+        ratio("detach process vs cni DEL", &pd, &cd);
+    }
+    b.core.network_rm("bench")?;
+    Ok(())
+}
+
+fn hook(g: &Global, args: BenchHook) -> Result<(), CliError> {
+    let n = args.count;
+    let b = Bench::new(g, 3 * n)?;
+    // One bundle per container: the network by annotation, the namespace by path.
+    let mut bundles = Vec::new();
+    for (i, sb) in b.sandboxes[..n].iter().enumerate() {
+        let dir = b.tmp.join(format!("bundle{i}"));
+        std::fs::create_dir_all(&dir).map_err(other)?;
+        let config = json!({"annotations": {"netshim.networks": "bench"}, "linux": {"namespaces": [{"type": "network", "path": sb}]}});
+        std::fs::write(dir.join("config.json"), config.to_string()).map_err(other)?;
+        bundles.push(dir);
+    }
+    let state = |i: usize, status: &str, bundle: &Path| {
+        json!({"ociVersion": "1.0.2", "id": format!("bench{i}"), "status": status, "pid": 0, "bundle": bundle}).to_string()
+    };
+    let (mut ha, mut hd) = (Vec::new(), Vec::new());
+    for (i, bundle) in bundles.iter().enumerate() {
+        ha.push(time_process(
+            b.netshim(g)?
+                .args(["oci-hook", "createRuntime"])
+                .env_clear(),
+            state(i, "creating", bundle).as_bytes(),
+            None,
+        )?);
+    }
+    for (i, bundle) in bundles.iter().enumerate() {
+        hd.push(time_process(
+            b.netshim(g)?.args(["oci-hook", "poststop"]).env_clear(),
+            state(i, "stopped", bundle).as_bytes(),
+            None,
+        )?);
+    }
+    let (ha, hd) = (stats(ha), stats(hd));
+    line("netshim oci-hook createRuntime", n, &ha);
+    line("netshim oci-hook poststop", n, &hd);
+    if let Some((ca, cd)) = cni(&args.peers, &b, &b.sandboxes[n..2 * n])? {
+        ratio("hook createRuntime vs cni ADD", &ha, &ca);
+        ratio("hook poststop vs cni DEL", &hd, &cd);
+    }
+    if let Some((na, nd)) = netavark(&args.peers, &b, &b.sandboxes[2 * n..])? {
+        ratio("hook createRuntime vs netavark", &ha, &na);
+        ratio("hook poststop vs netavark", &hd, &nd);
+    }
+    b.core.network_rm("bench")?;
+    Ok(())
+}
+
+/// The reference CNI bridge plugin (with host-local IPAM and, when
+/// iptables is installed, ipMasq), one process per ADD and DEL.
+fn cni(
+    peers: &Peers,
+    b: &Bench,
     sandboxes: &[PathBuf],
-    tmp: &Path,
-) -> Result<(Stats, Stats), CliError> {
-    use std::io::Write;
-    use std::os::unix::process::CommandExt;
-    let masq = Path::new("/usr/sbin/iptables").exists();
-    let conf = serde_json::json!({
+) -> Result<Option<(Stats, Stats)>, CliError> {
+    let bridge = peers.cni_path.join("bridge");
+    if !bridge.exists() {
+        println!("cni bridge: not installed at {} (NETSHIM_BENCH_PEERS=1 bash scripts/deps.sh); no ratio", bridge.display());
+        return Ok(None);
+    }
+    let conf = json!({
         "cniVersion": "1.0.0", "name": "benchcni", "type": "bridge", "bridge": "cnibench0",
-        "isGateway": true, "ipMasq": masq,
-        "ipam": {"type": "host-local", "subnet": "10.201.0.0/16", "dataDir": tmp.join("cni-ipam")}
+        "isGateway": true, "ipMasq": Path::new("/usr/sbin/iptables").exists(),
+        "ipam": {"type": "host-local", "subnet": "10.201.0.0/16", "dataDir": b.tmp.join("cni-ipam")}
     })
     .to_string();
-    let node_file = std::fs::File::open(node).map_err(|e| CliError::Other(e.to_string()))?;
-    let mut add = Vec::new();
-    let mut del = Vec::new();
+    let node = File::open(&b.node).map_err(other)?;
+    let (mut add, mut del) = (Vec::new(), Vec::new());
     for (i, sb) in sandboxes.iter().enumerate() {
         for (op, samples) in [("ADD", &mut add), ("DEL", &mut del)] {
-            let fd = node_file
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| CliError::Other(e.to_string()))?;
-            let mut cmd = Command::new(cni_path.join("bridge"));
+            let mut cmd = Command::new(&bridge);
             cmd.env_clear()
                 .env("CNI_COMMAND", op)
                 .env("CNI_CONTAINERID", format!("bench{i}"))
                 .env("CNI_NETNS", sb)
                 .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", cni_path)
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            // SAFETY: setns is async-signal-safe; the fd stays open until exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)
-                });
-            }
-            let t = Instant::now();
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| CliError::Other(format!("cni bridge: {e}")))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(conf.as_bytes());
-            }
-            let out = child
-                .wait_with_output()
-                .map_err(|e| CliError::Other(e.to_string()))?;
-            samples.push(t.elapsed());
-            if !out.status.success() {
-                return Err(CliError::Other(format!(
-                    "cni bridge {op} failed: {}",
-                    String::from_utf8_lossy(&out.stdout).trim()
-                )));
-            }
+                .env("CNI_PATH", &peers.cni_path)
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            samples.push(time_process(&mut cmd, conf.as_bytes(), Some(&node))?);
         }
     }
-    Ok((stats(add), stats(del)))
+    let (a, d) = (stats(add), stats(del));
+    line("cni bridge ADD (process)", sandboxes.len(), &a);
+    line("cni bridge DEL (process)", sandboxes.len(), &d);
+    Ok(Some((a, d)))
+}
+
+/// netavark (Podman's network stack) with a bridge network and NAT, one
+/// process per setup and teardown; it takes static addresses from its
+/// caller, so the benchmark hands them out.
+fn netavark(
+    peers: &Peers,
+    b: &Bench,
+    sandboxes: &[PathBuf],
+) -> Result<Option<(Stats, Stats)>, CliError> {
+    if !peers.netavark.exists() {
+        println!(
+            "netavark: not installed at {} (apt-get install netavark); no ratio",
+            peers.netavark.display()
+        );
+        return Ok(None);
+    }
+    let node = File::open(&b.node).map_err(other)?;
+    let config = b.tmp.join("netavark");
+    let (mut setup, mut teardown) = (Vec::new(), Vec::new());
+    for (i, sb) in sandboxes.iter().enumerate() {
+        let opts = json!({
+            "container_id": format!("{:064x}", i + 1), "container_name": format!("bench{i}"),
+            "networks": {"benchnv": {"static_ips": [format!("10.202.{}.{}", (i + 2) / 250, (i + 2) % 250 + 2)], "interface_name": "eth0"}},
+            "network_info": {"benchnv": {
+                "name": "benchnv", "id": format!("{:064x}", 0xbe),
+                "driver": "bridge", "network_interface": "nvbench0",
+                "subnets": [{"subnet": "10.202.0.0/16", "gateway": "10.202.0.1"}],
+                "ipv6_enabled": false, "internal": false, "dns_enabled": false, "ipam_options": {"driver": "host-local"}
+            }}
+        })
+        .to_string();
+        for (op, samples) in [("setup", &mut setup), ("teardown", &mut teardown)] {
+            let mut cmd = Command::new(&peers.netavark);
+            cmd.env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .arg("--config")
+                .arg(&config)
+                .arg(op)
+                .arg(sb);
+            samples.push(time_process(&mut cmd, opts.as_bytes(), Some(&node))?);
+        }
+    }
+    let (s, t) = (stats(setup), stats(teardown));
+    line("netavark setup (process)", sandboxes.len(), &s);
+    line("netavark teardown (process)", sandboxes.len(), &t);
+    Ok(Some((s, t)))
 }
