@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod cnm;
+pub mod docker;
 pub mod guests;
 pub mod netns;
 pub mod oci;

@@ -99,6 +99,15 @@ pub enum Command {
         /// createRuntime (or prestart) | poststop
         stage: Option<String>,
     },
+    /// Serve Docker's remote network and IPAM driver protocols.
+    Daemon {
+        /// Where dockerd looks for plugin sockets.
+        #[arg(long, default_value = crate::docker::DEFAULT_PLUGIN_DIR)]
+        plugin_dir: PathBuf,
+        /// Plugin names are PREFIX + driver (netshim-bridge).
+        #[arg(long, default_value = "netshim-")]
+        plugin_prefix: String,
+    },
     /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
     #[command(subcommand)]
     Oci(OciCmd),
@@ -319,6 +328,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Bench(cmd) => bench::run(&cli.global, cmd),
+        Command::Daemon {
+            plugin_dir,
+            plugin_prefix,
+        } => {
+            let signals =
+                crate::docker::block_signals().map_err(|e| CliError::Other(e.to_string()))?;
+            let core = std::sync::Arc::new(cli.global.core()?);
+            crate::docker::serve(core, &plugin_dir, &plugin_prefix, signals)
+                .map_err(|e| CliError::Other(e.to_string()))
+        }
         Command::OciHook { stage } => {
             let state = oci::read_state(std::io::stdin().lock())?;
             let core = cli.global.core()?;

@@ -108,6 +108,11 @@ pub struct Core {
     timing: Mutex<Timing>,
 }
 
+/// Seconds since the epoch, as records keep them.
+pub fn now_seconds() -> u64 {
+    now()
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -361,6 +366,8 @@ fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
 }
 
 mod ops;
+mod steps;
+pub use steps::PoolGrant;
 
 #[cfg(test)]
 mod tests;

@@ -29,7 +29,7 @@ impl Drop for OpenNs<'_> {
     }
 }
 
-fn wit_port(p: &PortMapping) -> wit::PortBinding {
+pub(super) fn wit_port(p: &PortMapping) -> wit::PortBinding {
     wit::PortBinding {
         protocol: p.protocol.clone(),
         container_port: p.container_port,
