@@ -9,14 +9,22 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 iputils-ping python3)
 if [ "${1:-}" = test ]; then
-  pkgs+=(strace runc crun busybox-static util-linux)
+  pkgs+=(strace runc crun busybox-static util-linux docker.io)
 fi
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
+  # Packages like docker.io start their service on install; the tests start
+  # their own dockerd in a namespace and nothing may touch this machine's
+  # network, so service starts are denied while installing.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 if [ "${1:-}" = test ] && ! command -v youki >/dev/null && [ ! -x "$HOME/.cargo/bin/youki" ]; then

@@ -410,3 +410,41 @@ pub fn busybox_rootfs() -> PathBuf {
         })
         .clone()
 }
+
+/// A process started by a test, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub name: &'static str,
+}
+
+impl Daemon {
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Wait for a path (a socket) to appear.
+pub fn wait_for(path: &Path, what: &str) {
+    for _ in 0..300 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not appear at {}", path.display());
+}

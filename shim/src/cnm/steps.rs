@@ -345,7 +345,12 @@ impl Core {
         ports: Vec<PortMapping>,
     ) -> CnmResult<()> {
         let mut s = self.store.session()?;
-        let net = self.network_by_id(&mut s, network_id)?;
+        // Withdrawing from what does not exist is done already.
+        let net = match get_json::<Network>(&mut s, &model::network_key(network_id))? {
+            Some(n) => n,
+            None if ports.is_empty() => return Ok(()),
+            None => return Err(CnmError::NotFound(format!("network {network_id} not found"))),
+        };
         let Some(mut ep) = get_json::<Endpoint>(&mut s, &model::endpoint_key(endpoint_id))? else {
             return if ports.is_empty() {
                 Ok(())
