@@ -194,17 +194,21 @@ impl LocalSession {
     }
 
     fn check(&self, space: &str, key: &str, cond: Condition) -> Result<(), StoreError> {
-        let current = self.live(space, key).map(|r| r.revision);
-        let ok = match cond {
-            Condition::None => true,
-            Condition::Absent => current.is_none(),
-            Condition::Revision(r) => current == Some(r),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!("{space}/{key}")))
-        }
+        check(space, key, self.live(space, key).map(|r| r.revision), cond)
+    }
+}
+
+/// Whether a write under `cond` may go ahead, given the key's current revision.
+fn check(space: &str, key: &str, current: Option<u64>, cond: Condition) -> Result<(), StoreError> {
+    let ok = match cond {
+        Condition::None => true,
+        Condition::Absent => current.is_none(),
+        Condition::Revision(r) => current == Some(r),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!("{space}/{key}")))
     }
 }
 
@@ -349,14 +353,7 @@ impl Store for MemoryStore {
             .get(space)
             .and_then(|m| m.get(key))
             .map(|r| r.revision);
-        let ok = match cond {
-            Condition::None => true,
-            Condition::Absent => current.is_none(),
-            Condition::Revision(r) => current == Some(r),
-        };
-        if !ok {
-            return Err(StoreError::Conflict(format!("{space}/{key}")));
-        }
+        check(space, key, current, cond)?;
         self.doc.revision += 1;
         let rec = Record {
             value: base64::engine::general_purpose::STANDARD.encode(value),
@@ -382,14 +379,7 @@ impl Store for MemoryStore {
             .get(space)
             .and_then(|m| m.get(key))
             .map(|r| r.revision);
-        let ok = match cond {
-            Condition::None => true,
-            Condition::Absent => current.is_none(),
-            Condition::Revision(r) => current == Some(r),
-        };
-        if !ok {
-            return Err(StoreError::Conflict(format!("{space}/{key}")));
-        }
+        check(space, key, current, cond)?;
         let old = self.doc.spaces.get_mut(space).and_then(|m| m.remove(key));
         Ok(old.map(|r| entry(key, &r)))
     }

@@ -128,12 +128,18 @@ impl Core {
             }],
             created: now(),
         };
-        let wnet = wit_network(&net);
-        calls.call(self.grant(&net, true), "create-network", &[], |p, st, _| {
+        self.create_network_call(calls, &net)?;
+        Ok(net)
+    }
+
+    /// The driver's create-network, then the network's records.
+    pub(super) fn create_network_call(&self, calls: &mut Calls, net: &Network) -> CnmResult<()> {
+        let wnet = wit_network(net);
+        calls.call(self.grant(net, true), "create-network", &[], |p, st, _| {
             p.netshim_plugin_driver().call_create_network(st, &wnet)
         })?;
         let s = calls.store();
-        put_json(s, &model::network_key(&net.id), &net)?;
+        put_json(s, &model::network_key(&net.id), net)?;
         s.put(
             SPACE,
             &model::name_key(&net.name),
@@ -141,7 +147,18 @@ impl Core {
             Condition::Absent,
             None,
         )?;
-        Ok(net)
+        Ok(())
+    }
+
+    /// Remove a network's records; true when other networks of its driver
+    /// remain (so the driver's nftables table must stay).
+    pub(super) fn forget_network(s: &mut dyn Store, net: &Network) -> CnmResult<bool> {
+        s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
+        s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
+        Ok(s.list(SPACE, "networks/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())
+            .any(|n| n.driver == net.driver))
     }
 
     /// Remove a network that has no endpoints. Keeps going past driver
@@ -190,14 +207,7 @@ impl Core {
                 errors.push(e.to_string());
             }
         }
-        let s = calls.store();
-        s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
-        s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
-        let others = s
-            .list(SPACE, "networks/")?
-            .into_iter()
-            .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())
-            .any(|n| n.driver == net.driver);
+        let others = Core::forget_network(calls.store(), &net)?;
         calls.commit()?;
         if !others {
             errors.extend(drop_driver_table(self.kernel.as_ref(), &net.driver));

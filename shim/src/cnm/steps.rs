@@ -160,19 +160,7 @@ impl Core {
         }
         let driver = net.driver.clone();
         self.step(&driver, |c| {
-            let wnet = wit_network(&net);
-            c.call(self.grant(&net, true), "create-network", &[], |p, st, _| {
-                p.netshim_plugin_driver().call_create_network(st, &wnet)
-            })?;
-            let s = c.store();
-            put_json(s, &model::network_key(&net.id), &net)?;
-            s.put(
-                SPACE,
-                &model::name_key(&net.name),
-                net.id.as_bytes(),
-                Condition::Absent,
-                None,
-            )?;
+            self.create_network_call(c, &net)?;
             Ok(net)
         })
     }
@@ -192,14 +180,7 @@ impl Core {
             let r = c.call(self.grant(&net, true), "delete-network", &[], |p, st, _| {
                 p.netshim_plugin_driver().call_delete_network(st, &wnet)
             });
-            let s = c.store();
-            s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
-            s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
-            let others = s
-                .list(SPACE, "networks/")?
-                .into_iter()
-                .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())
-                .any(|n| n.driver == net.driver);
+            let others = Core::forget_network(c.store(), &net)?;
             Ok((r, others))
         });
         let (r, others) = result?;
@@ -349,7 +330,11 @@ impl Core {
         let net = match get_json::<Network>(&mut s, &model::network_key(network_id))? {
             Some(n) => n,
             None if ports.is_empty() => return Ok(()),
-            None => return Err(CnmError::NotFound(format!("network {network_id} not found"))),
+            None => {
+                return Err(CnmError::NotFound(format!(
+                    "network {network_id} not found"
+                )))
+            }
         };
         let Some(mut ep) = get_json::<Endpoint>(&mut s, &model::endpoint_key(endpoint_id))? else {
             return if ports.is_empty() {
