@@ -51,6 +51,24 @@ pub fn clear_stale(
     }
 }
 
+/// Remove an interface netshim was making when it was interrupted; absent
+/// is fine.
+pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str) -> Result<(), SandboxError> {
+    match kernel
+        .link_by_name(ns, ifname)
+        .map_err(k(format!("looking up {ifname}")))?
+    {
+        None => Ok(()),
+        Some(l) => match kernel.delete_link(l.link_ref()) {
+            Ok(()) | Err(KernelError::NotFound(_)) => Ok(()),
+            Err(e) => Err(SandboxError::Kernel {
+                what: format!("removing {ifname}"),
+                source: e,
+            }),
+        },
+    }
+}
+
 pub fn configure(
     kernel: &dyn Kernel,
     ns: NsId,

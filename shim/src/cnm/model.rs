@@ -115,3 +115,15 @@ pub fn sandbox_key(network_id: &str, netns: &str) -> String {
 pub fn container_key(container: &str, network_id: &str) -> String {
     format!("containers/{container}/{network_id}")
 }
+
+/// An attach in progress, committed before any kernel work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Intent {
+    pub endpoint_id: String,
+    pub ifname: String,
+}
+
+/// Index: an attach in progress of a sandbox to a network.
+pub fn intent_key(network_id: &str, netns: &str) -> String {
+    format!("intents/{network_id}{netns}")
+}

@@ -263,20 +263,41 @@ impl Core {
             }
             s = self.store.session()?;
         }
+        // Intent first, durably: if this process dies halfway (a runtime's
+        // hook timeout, SIGKILL), the next attach of this sandbox knows which
+        // endpoint it was making and removes what was made of it. Kernel
+        // objects may lack their ownership mark then (the kernel takes a
+        // link's alias only after creating it).
+        let intent_key = model::intent_key(&net.id, &netns);
+        let unfinished: Option<model::Intent> = get_json(&mut s, &intent_key)?;
+        let intent = model::Intent {
+            endpoint_id: random_id(),
+            ifname: req.ifname.clone(),
+        };
+        put_json(&mut s, &intent_key, &intent)?;
+        s.commit()?;
+
         let ns = OpenNs {
             core: self,
             ns: self.kernel.open_ns(&req.netns)?,
         };
-        sandbox::clear_stale(
-            self.kernel.as_ref(),
-            ns.ns,
-            &req.ifname,
-            &ownership_mark(&net.id),
-        )?;
-
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
-        match self.attach_steps(&mut calls, &net, &req, &netns, ns.ns) {
+        let result = match &unfinished {
+            Some(old) => self.finish_unfinished(&mut calls, &net, old, ns.ns),
+            None => sandbox::clear_stale(
+                self.kernel.as_ref(),
+                ns.ns,
+                &req.ifname,
+                &ownership_mark(&net.id),
+            )
+            .map_err(CnmError::from),
+        }
+        .and_then(|_| {
+            self.attach_steps(&mut calls, &net, &req, &netns, ns.ns, &intent.endpoint_id)
+        });
+        match result {
             Ok(ep) => {
+                calls.store().delete(SPACE, &intent_key, Condition::None)?;
                 calls.commit()?;
                 Ok(ep)
             }
@@ -284,9 +305,41 @@ impl Core {
                 for r in calls.abort() {
                     tracing::error!(error = %r, "rollback of attach is incomplete");
                 }
+                let mut s = self.store.session()?;
+                s.delete(SPACE, &intent_key, Condition::None)?;
+                s.commit()?;
                 Err(e)
             }
         }
+    }
+
+    /// Remove what an interrupted attach made: the driver's endpoint (its
+    /// veth, its port rules) and the interface it was putting into the
+    /// sandbox, marked or not. Nothing of it was committed, so IPAM is clean.
+    fn finish_unfinished(
+        &self,
+        calls: &mut Calls,
+        net: &Network,
+        old: &model::Intent,
+        ns: NsId,
+    ) -> CnmResult<()> {
+        tracing::info!(endpoint = %old.endpoint_id, "cleaning up an attach that was interrupted");
+        let wnet = wit_network(net);
+        if let Err(e) = calls.call(
+            self.grant(net, false),
+            "delete-endpoint",
+            &[],
+            |p, st, _| {
+                p.netshim_plugin_driver()
+                    .call_delete_endpoint(st, &wnet, &old.endpoint_id)
+            },
+        ) {
+            // An unmarked veth is not the driver's to delete; the sandbox
+            // end below takes it with it.
+            tracing::debug!(error = %e, "driver cleanup of the interrupted endpoint");
+        }
+        sandbox::remove(self.kernel.as_ref(), ns, &old.ifname)?;
+        Ok(())
     }
 
     fn attach_steps(
@@ -296,6 +349,7 @@ impl Core {
         req: &Attach,
         netns: &str,
         ns: NsId,
+        endpoint_id: &str,
     ) -> CnmResult<Endpoint> {
         let pool = net
             .ipv4
@@ -313,7 +367,7 @@ impl Core {
         )?;
         let ipv4 = to_prefix(&address).map_err(to_cnm)?;
         let ep_req = wit::EndpointRequest {
-            id: random_id(),
+            id: endpoint_id.to_string(),
             ipv4: Some(address),
             ipv6: None,
             mac: None,
