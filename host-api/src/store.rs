@@ -68,6 +68,12 @@ pub trait Store {
     fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError>;
     /// Make every write of this session durable.
     fn commit(&mut self) -> Result<(), StoreError>;
+    /// Make the writes so far visible to other sessions and safe from this
+    /// process dying, but not from the machine losing power: for records
+    /// about kernel objects, which a power loss takes away as well.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.commit()
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -185,6 +191,46 @@ pub struct LocalSession {
 }
 
 impl LocalSession {
+    /// Replace the state file atomically; with `durable`, also survive a
+    /// power loss (fsync the file and the directory entry).
+    fn write(&mut self, durable: bool) -> Result<(), StoreError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let t = now();
+        for map in self.doc.spaces.values_mut() {
+            map.retain(|_, r| r.expires.is_none_or(|e| e > t));
+        }
+        self.doc.spaces.retain(|_, m| !m.is_empty());
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let io = |source| StoreError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let text = serde_json::to_vec(&self.doc).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&text).map_err(io)?;
+        if durable {
+            f.sync_data().map_err(io)?;
+        }
+        fs::rename(&tmp, &path).map_err(io)?;
+        if durable {
+            // The rename is durable only once the directory entry is.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
     fn live(&self, space: &str, key: &str) -> Option<&Record> {
         let rec = self.doc.spaces.get(space)?.get(key)?;
         match rec.expires {
@@ -284,37 +330,11 @@ impl Store for LocalSession {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        if !self.dirty {
-            return Ok(());
-        }
-        let t = now();
-        for map in self.doc.spaces.values_mut() {
-            map.retain(|_, r| r.expires.is_none_or(|e| e > t));
-        }
-        self.doc.spaces.retain(|_, m| !m.is_empty());
-        let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |source| StoreError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let text = serde_json::to_vec(&self.doc).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
-        // The rename is durable only once the directory entry is.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-        self.dirty = false;
-        Ok(())
+        self.write(true)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.write(false)
     }
 }
 

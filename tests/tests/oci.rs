@@ -388,7 +388,9 @@ fn sigkill_in_the_middle_of_attach_then_rerun_converges() {
     let config = json!({"annotations": {"netshim.networks": "net"}, "linux": {"namespaces": [{"type": "network", "path": sandbox.path}]}});
     std::fs::write(bundle.0.join("config.json"), config.to_string()).unwrap();
     let links = node.node.links();
-    for delay_us in [0u64, 300, 700, 1200, 2000, 2600, 3200, 3800, 4500, 5200, 6000, 7000, 8500, 11000, 15000] {
+    for delay_us in [
+        0u64, 300, 700, 1200, 2000, 2600, 3200, 3800, 4500, 5200, 6000, 7000, 8500, 11000, 15000,
+    ] {
         let mut child = hook(&node, &bundle.0, "kill-me", "createRuntime");
         std::thread::sleep(Duration::from_micros(delay_us));
         let _ = child.kill();

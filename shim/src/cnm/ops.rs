@@ -263,7 +263,7 @@ impl Core {
             }
             s = self.store.session()?;
         }
-        // Intent first, durably: if this process dies halfway (a runtime's
+        // Intent first: if this process dies halfway (a runtime's
         // hook timeout, SIGKILL), the next attach of this sandbox knows which
         // endpoint it was making and removes what was made of it. Kernel
         // objects may lack their ownership mark then (the kernel takes a
@@ -275,7 +275,7 @@ impl Core {
             ifname: req.ifname.clone(),
         };
         put_json(&mut s, &intent_key, &intent)?;
-        s.commit()?;
+        s.checkpoint()?;
 
         let ns = OpenNs {
             core: self,
