@@ -13,6 +13,8 @@ pub enum SandboxError {
     Missing(String),
     #[error("sandbox: interface {0:?} already exists in the sandbox and is not netshim's; pick another --ifname")]
     Taken(String),
+    #[error("sandbox: the driver named interface {0:?}, which its network did not create")]
+    NotOurs(String),
     #[error("sandbox: the driver left the interface in the node namespace; this front-end needs it created in the sandbox")]
     NotInSandbox,
     #[error("sandbox: {what}: {source}")]
@@ -53,12 +55,14 @@ pub fn clear_stale(
 
 /// Remove an interface netshim was making when it was interrupted; absent
 /// is fine.
-pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str) -> Result<(), SandboxError> {
+pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str, mark: &str) -> Result<(), SandboxError> {
     match kernel
         .link_by_name(ns, ifname)
         .map_err(k(format!("looking up {ifname}")))?
     {
         None => Ok(()),
+        // Marked by another network: not the one that was interrupted.
+        Some(l) if l.alias.as_deref().is_some_and(|a| a != mark) => Ok(()),
         Some(l) => match kernel.delete_link(l.link_ref()) {
             Ok(()) | Err(KernelError::NotFound(_)) => Ok(()),
             Err(e) => Err(SandboxError::Kernel {
@@ -72,6 +76,7 @@ pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str) -> Result<(), Sandbox
 pub fn configure(
     kernel: &dyn Kernel,
     ns: NsId,
+    mark: &str,
     join: &JoinInfo,
     ifname: &str,
     address: Option<IpNet>,
@@ -83,6 +88,10 @@ pub fn configure(
         .link_by_name(ns, &join.src_name)
         .map_err(k(format!("looking up {}", join.src_name)))?
         .ok_or_else(|| SandboxError::Missing(join.src_name.clone()))?;
+    // The driver names the interface; only one its network made is taken.
+    if link.alias.as_deref() != Some(mark) {
+        return Err(SandboxError::NotOurs(join.src_name.clone()));
+    }
     let link_ref = link.link_ref();
     if link.name != ifname {
         kernel
@@ -129,9 +138,20 @@ pub fn configure(
         });
         route.gateway = Some(gw);
         route.oif = Some(link_ref.index);
-        kernel
-            .add_route(ns, &route, false)
-            .map_err(k(format!("adding default route via {gw}")))?;
+        // One default route per sandbox: the first network with a gateway
+        // provides it (Docker's gateway endpoint); later ones add none.
+        match kernel.add_route(ns, &route, false) {
+            Ok(()) => {}
+            Err(KernelError::Exists(_)) => {
+                tracing::debug!(ifname, "the sandbox has a default route already")
+            }
+            Err(e) => {
+                return Err(SandboxError::Kernel {
+                    what: format!("adding default route via {gw}"),
+                    source: e,
+                })
+            }
+        }
     }
     Ok(())
 }

@@ -504,3 +504,60 @@ fn attach_and_detach_start_no_process() {
     }
     node.ok(&["network", "rm", "net1"]);
 }
+
+#[test]
+fn one_sandbox_on_two_networks() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("two");
+    node.ok(&["network", "create", "a", "--subnet", "10.88.1.0/24"]);
+    node.ok(&["network", "create", "b", "--subnet", "10.88.2.0/24"]);
+    let (c1, c2) = (Ns::new("two-c1"), Ns::new("two-c2"));
+    attach(&node, "a", &c1);
+    node.json(&[
+        "attach",
+        "--network",
+        "b",
+        "--netns",
+        c1.path.to_str().unwrap(),
+        "--ifname",
+        "eth1",
+    ]);
+    attach(&node, "b", &c2);
+    let routes = c1.ip(&["route"]);
+    assert_eq!(routes.matches("default").count(), 1, "{routes}");
+    assert!(
+        routes.contains("default via 10.88.1.1 dev eth0"),
+        "the first network gives the default route: {routes}"
+    );
+    assert!(
+        c1.ping("10.88.2.3"),
+        "c1 reaches c2 over its second interface"
+    );
+    assert!(c1.ping(OUTSIDE_ADDR));
+    node.ok(&[
+        "detach",
+        "--network",
+        "b",
+        "--netns",
+        c1.path.to_str().unwrap(),
+    ]);
+    assert!(!c1.links().contains(&"eth1".to_string()));
+    assert!(c1.ping("10.88.1.1"), "eth0 still works");
+    node.ok(&[
+        "detach",
+        "--network",
+        "a",
+        "--netns",
+        c1.path.to_str().unwrap(),
+    ]);
+    node.ok(&[
+        "detach",
+        "--network",
+        "b",
+        "--netns",
+        c2.path.to_str().unwrap(),
+    ]);
+    node.ok(&["network", "rm", "a", "b"]);
+}

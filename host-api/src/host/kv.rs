@@ -50,6 +50,14 @@ impl Host for HostState {
         ttl_seconds: Option<u32>,
     ) -> HostResult<u64> {
         check_key(&key)?;
+        let cost = key.len() + value.len();
+        if cost > self.store_budget {
+            return Err(HostError::invalid(format!(
+                "store write of {key:?} exceeds what one call may write ({} bytes)",
+                super::STORE_BUDGET_PER_CALL
+            )));
+        }
+        self.store_budget -= cost;
         if value.len() > MAX_VALUE {
             return Err(HostError::invalid(format!(
                 "store value for {key:?} is {} bytes; the limit is {MAX_VALUE}",

@@ -381,7 +381,9 @@ impl Host for HostState {
                 s.path
             ))
         })?;
-        self.push_link(&info, true)
+        // Inside the lent sandbox, too, only what this network made is its own.
+        let owned = info.alias.as_deref() == Some(self.mark("open-in-sandbox")?.as_str());
+        self.push_link(&info, owned)
     }
 
     fn underlay(&mut self) -> wasmtime::Result<Option<Resource<LinkHandle>>> {

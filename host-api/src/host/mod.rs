@@ -147,7 +147,13 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     /// The export being called, to tag the guest's log lines.
     pub(crate) call: String,
+    /// Bytes this call may still write to the store.
+    pub(crate) store_budget: usize,
 }
+
+/// What one call may write to the store: the state is loaded and rewritten
+/// by every later operation, so a guest must not be able to bloat it.
+pub const STORE_BUDGET_PER_CALL: usize = 4 << 20;
 
 impl HostState {
     pub fn new(
@@ -163,6 +169,7 @@ impl HostState {
             journal: Journal::default(),
             table: ResourceTable::new(),
             call: call.to_string(),
+            store_budget: STORE_BUDGET_PER_CALL,
         }
     }
 

@@ -39,6 +39,8 @@ struct Model {
     calls: Vec<String>,
     /// Make the next create_link of this kind fail as unsupported.
     unsupported_kinds: BTreeSet<&'static str>,
+    /// Operations that fail, to test what happens after a failure.
+    failing: BTreeSet<&'static str>,
 }
 
 /// The fake kernel. `FakeKernel::new()` has a node namespace with `lo` and
@@ -115,6 +117,15 @@ impl FakeKernel {
 
     pub fn clear_calls(&self) {
         self.lock().calls.clear();
+    }
+
+    /// Make every later call of `op` ("add_route", …) fail.
+    pub fn fail(&self, op: &'static str) {
+        self.lock().failing.insert(op);
+    }
+
+    pub fn clear_failures(&self) {
+        self.lock().failing.clear();
     }
 
     pub fn make_unsupported(&self, kind: &'static str) {
@@ -439,6 +450,12 @@ impl Kernel for FakeKernel {
     }
 
     fn add_route(&self, ns: NsId, route: &Route, replace: bool) -> KResult<()> {
+        if self.lock().failing.contains("add_route") {
+            return Err(KernelError::Other(format!(
+                "injected failure adding route {}",
+                route.destination
+            )));
+        }
         let mut m = self.lock();
         let routes = m.routes.entry(ns).or_default();
         let same = |r: &Route| {

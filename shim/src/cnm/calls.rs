@@ -24,6 +24,7 @@ pub struct Calls<'a> {
     journals: Vec<Journal>,
     started: Instant,
     timing: Timing,
+    teardown: bool,
 }
 
 /// How a driver's error reads: its kind, then its own words.
@@ -72,6 +73,7 @@ impl<'a> Calls<'a> {
             journals: Vec::new(),
             started: Instant::now(),
             timing: Timing::default(),
+            teardown: false,
         })
     }
 
@@ -119,6 +121,12 @@ impl<'a> Calls<'a> {
             },
             Err(trap) => CnmError::Runtime(trap),
         };
+        if self.teardown {
+            // Teardown goes forward: what a failed call did remove stays
+            // removed; its error is reported.
+            self.journals.push(out.journal);
+            return Err(failure);
+        }
         let errors = out
             .journal
             .rollback(self.core.kernel.as_ref(), self.store());
@@ -126,6 +134,11 @@ impl<'a> Calls<'a> {
             tracing::error!(call = name, error = %e, "rollback after a failed guest call is incomplete");
         }
         Err(failure)
+    }
+
+    /// While on, calls are teardown: best effort, never rolled back.
+    pub fn teardown(&mut self, on: bool) {
+        self.teardown = on;
     }
 
     /// Undo every call that succeeded, newest first; the session is

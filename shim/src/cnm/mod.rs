@@ -323,15 +323,14 @@ impl Core {
         Ok((net, eps))
     }
 
+    /// Every endpoint of a network, whichever front-end made it (Docker's
+    /// have no sandbox index until they join).
     fn endpoints_of(&self, s: &mut dyn Store, network_id: &str) -> CnmResult<Vec<Endpoint>> {
-        let mut eps = Vec::new();
-        for e in s.list(SPACE, &format!("sandboxes/{network_id}/"))? {
-            let id = String::from_utf8_lossy(&e.value).into_owned();
-            if let Some(ep) = get_json::<Endpoint>(s, &model::endpoint_key(&id))? {
-                eps.push(ep);
-            }
-        }
-        Ok(eps)
+        Ok(s.list(SPACE, "endpoints/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice::<Endpoint>(&e.value).ok())
+            .filter(|ep| ep.network_id == network_id)
+            .collect())
     }
 
     /// Roll back the journals of the calls that succeeded before a failure.

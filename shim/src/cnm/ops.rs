@@ -176,6 +176,7 @@ impl Core {
             )));
         }
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
+        calls.teardown(true);
         let mut errors = Vec::new();
         let wnet = wit_network(&net);
         if let Err(e) = calls.call(self.grant(&net, true), "delete-network", &[], |p, st, _| {
@@ -247,7 +248,13 @@ impl Core {
         );
         for key in keys {
             if let Some(ep) = self.endpoint_at(&mut s, &key)? {
-                if ep.netns == netns && ep.container == req.container {
+                // A /proc/PID path names a process: another container there
+                // means the PID was reused. A named namespace may be shared
+                // (a pod): its endpoint serves every container in it.
+                let reused_pid = netns.starts_with("/proc/")
+                    && ep.container.is_some()
+                    && ep.container != req.container;
+                if ep.netns == netns && !reused_pid {
                     return Ok(ep);
                 }
                 stale.push(ep.id);
@@ -268,6 +275,12 @@ impl Core {
         // endpoint it was making and removes what was made of it. Kernel
         // objects may lack their ownership mark then (the kernel takes a
         // link's alias only after creating it).
+        // What can fail before any kernel work fails before the intent.
+        self.guest(&net.driver)?;
+        let ns = OpenNs {
+            core: self,
+            ns: self.kernel.open_ns(&req.netns)?,
+        };
         let intent_key = model::intent_key(&net.id, &netns);
         let unfinished: Option<model::Intent> = get_json(&mut s, &intent_key)?;
         let intent = model::Intent {
@@ -277,10 +290,6 @@ impl Core {
         put_json(&mut s, &intent_key, &intent)?;
         s.checkpoint()?;
 
-        let ns = OpenNs {
-            core: self,
-            ns: self.kernel.open_ns(&req.netns)?,
-        };
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
         let result = match &unfinished {
             Some(old) => self.finish_unfinished(&mut calls, &net, old, ns.ns),
@@ -325,7 +334,8 @@ impl Core {
     ) -> CnmResult<()> {
         tracing::info!(endpoint = %old.endpoint_id, "cleaning up an attach that was interrupted");
         let wnet = wit_network(net);
-        if let Err(e) = calls.call(
+        calls.teardown(true);
+        let cleanup = calls.call(
             self.grant(net, false),
             "delete-endpoint",
             &[],
@@ -333,12 +343,19 @@ impl Core {
                 p.netshim_plugin_driver()
                     .call_delete_endpoint(st, &wnet, &old.endpoint_id)
             },
-        ) {
+        );
+        calls.teardown(false);
+        if let Err(e) = cleanup {
             // An unmarked veth is not the driver's to delete; the sandbox
             // end below takes it with it.
             tracing::debug!(error = %e, "driver cleanup of the interrupted endpoint");
         }
-        sandbox::remove(self.kernel.as_ref(), ns, &old.ifname)?;
+        sandbox::remove(
+            self.kernel.as_ref(),
+            ns,
+            &old.ifname,
+            &ownership_mark(&net.id),
+        )?;
         Ok(())
     }
 
@@ -399,7 +416,14 @@ impl Core {
             )
         })?;
         let gateway = join.gateway.as_ref().map(to_ip);
-        sandbox::configure(self.kernel.as_ref(), ns, &join, &req.ifname, Some(ipv4))?;
+        sandbox::configure(
+            self.kernel.as_ref(),
+            ns,
+            &ownership_mark(&net.id),
+            &join,
+            &req.ifname,
+            Some(ipv4),
+        )?;
         let mac = info.mac.map(|m| {
             format!(
                 "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -530,6 +554,7 @@ impl Core {
             })?;
 
         let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
+        calls.teardown(true);
         let mut errors = Vec::new();
         let wnet = wit_network(&net);
         let grant = self.grant(&net, false);

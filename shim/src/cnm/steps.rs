@@ -177,6 +177,7 @@ impl Core {
         };
         let wnet = wit_network(&net);
         let result = self.step(&net.driver, |c| {
+            c.teardown(true);
             let r = c.call(self.grant(&net, true), "delete-network", &[], |p, st, _| {
                 p.netshim_plugin_driver().call_delete_network(st, &wnet)
             });
@@ -214,10 +215,15 @@ impl Core {
         };
         let wnet = wit_network(&net);
         self.step(&net.driver, |c| {
-            if get_json::<Endpoint>(c.store(), &model::endpoint_key(endpoint_id))?.is_some() {
-                return Err(CnmError::Exists(format!(
-                    "endpoint {endpoint_id} already exists"
-                )));
+            // dockerd resends a request after a transport error: a second
+            // CreateEndpoint of the same endpoint answers like the first.
+            if let Some(ep) = get_json::<Endpoint>(c.store(), &model::endpoint_key(endpoint_id))? {
+                if ep.network_id != net.id {
+                    return Err(CnmError::Exists(format!(
+                        "endpoint {endpoint_id} exists on another network"
+                    )));
+                }
+                return Ok(if mac.is_none() { ep.mac } else { None });
             }
             let info = c.call(
                 self.grant(&net, false),
@@ -299,7 +305,10 @@ impl Core {
         }
         drop(s);
         let wnet = wit_network(&net);
-        self.step(&net.driver, |c| {
+        // Docker only logs a failed DeleteEndpoint and never asks again:
+        // the record goes either way, the error is reported.
+        let r = self.step(&net.driver, |c| {
+            c.teardown(true);
             let r = c.call(
                 self.grant(&net, false),
                 "delete-endpoint",
@@ -311,11 +320,12 @@ impl Core {
             );
             c.store()
                 .delete(SPACE, &model::endpoint_key(endpoint_id), Condition::None)?;
-            match r {
-                Err(e) if super::calls::is_not_found(&e) => Ok(()),
-                other => other,
-            }
-        })
+            Ok(r)
+        })?;
+        match r {
+            Err(e) if super::calls::is_not_found(&e) => Ok(()),
+            other => other,
+        }
     }
 
     /// Publish (or, with an empty list, withdraw) an endpoint's ports.

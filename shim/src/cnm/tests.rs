@@ -195,12 +195,8 @@ fn a_failure_after_the_veth_exists_rolls_the_veth_back() {
     let f = fixture("rollback");
     f.create("net1", Some("10.77.0.0/24"), false).unwrap();
     let links = f.fake.link_names(NsId::NODE);
-    // The fake numbers namespaces in opening order: the attach below opens
-    // NsId(1). A default route already there makes the configurator fail
-    // after the driver has made the veth.
-    let mut r = Route::new("0.0.0.0/0".parse().unwrap());
-    r.gateway = Some("192.0.2.1".parse().unwrap());
-    f.fake.add_route(NsId(1), &r, false).unwrap();
+    // The sandbox configurator's route fails after the driver made the veth.
+    f.fake.fail("add_route");
     let sb = f.sandbox("c1");
     let err = f.attach("net1", &sb, None).unwrap_err().to_string();
     assert!(err.contains("default route"), "{err}");
@@ -216,6 +212,7 @@ fn a_failure_after_the_veth_exists_rolls_the_veth_back() {
         links,
         "the node end of the veth is left"
     );
+    f.fake.clear_failures();
     assert_eq!(
         f.fake.link_names(NsId(1)),
         vec!["lo".to_string()],
@@ -273,4 +270,22 @@ fn networks_are_listed_and_names_are_unique() {
         .unwrap_err()
         .to_string()
         .contains("not found"));
+}
+
+#[test]
+fn a_sandbox_on_two_networks_gets_one_default_route() {
+    let f = fixture("two");
+    f.create("a", Some("10.1.0.0/24"), false).unwrap();
+    f.create("b", Some("10.2.0.0/24"), false).unwrap();
+    let sb = f.sandbox("c1");
+    f.attach("a", &sb, None).unwrap();
+    let second = f
+        .core
+        .attach(Attach {
+            ifname: "eth1".into(),
+            ..Attach::new("b", sb.clone())
+        })
+        .unwrap();
+    assert_eq!(second.ipv4, Some("10.2.0.2/24".parse().unwrap()));
+    assert_eq!(second.ifname, "eth1");
 }

@@ -76,7 +76,13 @@ fn create(core: &Core, state: &spec::State) -> Result<Vec<Endpoint>, OciError> {
     let bundle = state.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
     let config = spec::Bundle::load(&bundle)?;
     let request = spec::request(&config.annotations(state))?;
-    let netns = config.netns(state)?;
+    let netns = match config.netns(state) {
+        Ok(n) => n,
+        // A hooks.d file may apply netshim to every container: one that
+        // asked for nothing and uses the host's network is left alone.
+        Err(_) if request.default && config.shares_host_network() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     if request.default {
         ensure_default_network(core)?;
     }

@@ -99,6 +99,15 @@ impl Bundle {
         a
     }
 
+    /// No network namespace of its own: the container uses the runtime's.
+    pub fn shares_host_network(&self) -> bool {
+        !self
+            .config
+            .linux
+            .as_ref()
+            .is_some_and(|l| l.namespaces.iter().any(|n| n.kind == "network"))
+    }
+
     /// The container's network namespace: a path the container joins, or
     /// the new one of its init process. None: it shares the runtime's.
     pub fn netns(&self, state: &State) -> Result<PathBuf, OciError> {
