@@ -89,6 +89,7 @@ impl HostState {
             kind,
         };
         let links = self.kernel.create_link(&spec)?;
+        self.created.extend(links.iter().map(LinkInfo::link_ref));
         if let Some(first) = links.first() {
             self.journal.record(Undo::DeleteLink {
                 link: first.link_ref(),
@@ -119,6 +120,11 @@ impl HostState {
         change: LinkChange,
     ) -> HostResult<()> {
         let h = self.owned_link(r, what)?;
+        if self.created.contains(&h.link) {
+            // Undone by deleting the link: nothing to remember.
+            self.kernel.set_link(h.link, &change)?;
+            return Ok(());
+        }
         let before = self
             .kernel
             .link_by_index(h.link)?

@@ -149,6 +149,9 @@ pub struct HostState {
     pub(crate) call: String,
     /// Bytes this call may still write to the store.
     pub(crate) store_budget: usize,
+    /// Links this call created: their undo is their deletion, so changes to
+    /// them need no read-back for the journal.
+    pub(crate) created: Vec<LinkRef>,
 }
 
 /// What one call may write to the store: the state is loaded and rewritten
@@ -170,6 +173,7 @@ impl HostState {
             table: ResourceTable::new(),
             call: call.to_string(),
             store_budget: STORE_BUDGET_PER_CALL,
+            created: Vec::new(),
         }
     }
 

@@ -14,7 +14,11 @@ use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::Store;
 use wasmtime::component::Resource;
 
-use super::{CnmError, CnmResult, Core, Network, Timing};
+use std::net::IpAddr;
+
+use netshim_host_api::host::from_ip;
+
+use super::{CnmError, CnmResult, Core, Endpoint, Network, PortMapping, Timing};
 use crate::runtime::{CallData, Guest};
 
 pub struct Calls<'a> {
@@ -42,6 +46,28 @@ pub fn describe(e: &WitError) -> String {
 
 pub fn is_not_found(e: &CnmError) -> bool {
     matches!(e, CnmError::Driver { message, .. } if message.starts_with("not found"))
+}
+
+pub fn wit_port(p: &PortMapping) -> wit::PortBinding {
+    wit::PortBinding {
+        protocol: p.protocol.clone(),
+        container_port: p.container_port,
+        host_ip: p.host_ip.map(from_ip),
+        host_port: p.host_port,
+    }
+}
+
+/// What the driver is told of a stored endpoint, with these ports.
+pub fn wit_endpoint(ep: &Endpoint, ports: &[PortMapping]) -> wit::EndpointRequest {
+    wit::EndpointRequest {
+        id: ep.id.clone(),
+        ipv4: ep.ipv4.map(from_prefix),
+        ipv6: None,
+        mac: None,
+        ifname: ep.ifname.clone(),
+        options: Vec::new(),
+        ports: ports.iter().map(wit_port).collect(),
+    }
 }
 
 pub fn wit_network(n: &Network) -> wit::Network {
@@ -134,6 +160,45 @@ impl<'a> Calls<'a> {
             tracing::error!(call = name, error = %e, "rollback after a failed guest call is incomplete");
         }
         Err(failure)
+    }
+
+    /// IPAM's release-address: no network is involved.
+    pub fn release_address(
+        &mut self,
+        driver: &str,
+        pool_id: &str,
+        address: IpAddr,
+    ) -> CnmResult<()> {
+        let a = from_ip(address);
+        self.call(
+            Core::ipam_grant(driver),
+            "release-address",
+            &[],
+            |p, st, _| p.netshim_plugin_ipam().call_release_address(st, pool_id, a),
+        )
+    }
+
+    /// Publish (program-external-connectivity) or withdraw (revoke-…) the
+    /// ports in `ep`.
+    pub fn ports(
+        &mut self,
+        net: &Network,
+        ep: &wit::EndpointRequest,
+        publish: bool,
+    ) -> CnmResult<()> {
+        let wnet = wit_network(net);
+        let grant = self.core.grant(net, false);
+        if publish {
+            self.call(grant, "program-external-connectivity", &[], |p, st, _| {
+                p.netshim_plugin_driver()
+                    .call_program_external_connectivity(st, &wnet, ep)
+            })
+        } else {
+            self.call(grant, "revoke-external-connectivity", &[], |p, st, _| {
+                p.netshim_plugin_driver()
+                    .call_revoke_external_connectivity(st, &wnet, ep)
+            })
+        }
     }
 
     /// While on, calls are teardown: best effort, never rolled back.

@@ -9,8 +9,8 @@ use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
 use wasmtime::component::Resource;
 
-use super::calls::{is_not_found, wit_network, Calls};
-use super::model::{self, Endpoint, Network, Pool, PortMapping, SPACE};
+use super::calls::{is_not_found, wit_endpoint, wit_network, wit_port, Calls};
+use super::model::{self, Endpoint, Network, Pool, SPACE};
 use super::{
     check_name, drop_driver_table, get_json, now, put_json, random_id, Attach, CnmError, CnmResult,
     Core, CreateNetwork, DetachTarget,
@@ -26,15 +26,6 @@ struct OpenNs<'a> {
 impl Drop for OpenNs<'_> {
     fn drop(&mut self) {
         self.core.kernel.close_ns(self.ns);
-    }
-}
-
-pub(super) fn wit_port(p: &PortMapping) -> wit::PortBinding {
-    wit::PortBinding {
-        protocol: p.protocol.clone(),
-        container_port: p.container_port,
-        host_ip: p.host_ip.map(from_ip),
-        host_port: p.host_port,
     }
 }
 
@@ -186,16 +177,7 @@ impl Core {
         }
         for pool in &net.ipv4 {
             if let Some(gw) = pool.gateway {
-                let addr = from_ip(gw.addr());
-                if let Err(e) = calls.call(
-                    Core::ipam_grant(&net.driver),
-                    "release-address",
-                    &[],
-                    |p, st, _| {
-                        p.netshim_plugin_ipam()
-                            .call_release_address(st, &pool.id, addr)
-                    },
-                ) {
+                if let Err(e) = calls.release_address(&net.driver, &pool.id, gw.addr()) {
                     errors.push(e.to_string());
                 }
             }
@@ -443,15 +425,7 @@ impl Core {
             ports: req.ports.clone(),
         };
         if !req.ports.is_empty() {
-            calls.call(
-                self.grant(net, false),
-                "program-external-connectivity",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_driver()
-                        .call_program_external_connectivity(st, &wnet, &ep_req)
-                },
-            )?;
+            calls.ports(net, &ep_req, true)?;
         }
         let s = calls.store();
         if let Some(cid) = &ep.container {
@@ -561,24 +535,7 @@ impl Core {
         let revoke = if ep.ports.is_empty() {
             Ok(())
         } else {
-            let ep_req = wit::EndpointRequest {
-                id: ep.id.clone(),
-                ipv4: ep.ipv4.map(from_prefix),
-                ipv6: None,
-                mac: None,
-                ifname: ep.ifname.clone(),
-                options: Vec::new(),
-                ports: ep.ports.iter().map(wit_port).collect(),
-            };
-            calls.call(
-                grant.clone(),
-                "revoke-external-connectivity",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_driver()
-                        .call_revoke_external_connectivity(st, &wnet, &ep_req)
-                },
-            )
+            calls.ports(&net, &wit_endpoint(&ep, &ep.ports), false)
         };
         let leave = calls.call(grant.clone(), "leave", &[], |p, st, _| {
             p.netshim_plugin_driver().call_leave(st, &wnet, &ep.id)
@@ -597,16 +554,7 @@ impl Core {
             }
         }
         if let (Some(addr), Some(pool)) = (ep.ipv4, net.ipv4.first()) {
-            let a = from_ip(addr.addr());
-            if let Err(e) = calls.call(
-                Core::ipam_grant(&net.driver),
-                "release-address",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_ipam()
-                        .call_release_address(st, &pool.id, a)
-                },
-            ) {
+            if let Err(e) = calls.release_address(&net.driver, &pool.id, addr.addr()) {
                 errors.push(e.to_string());
             }
         }

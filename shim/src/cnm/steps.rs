@@ -12,9 +12,8 @@ use netshim_host_api::bindings::netshim::plugin::types::MacAddress;
 use netshim_host_api::host::{from_ip, from_prefix, to_prefix};
 use netshim_host_api::store::{Condition, Store};
 
-use super::calls::{wit_network, Calls};
+use super::calls::{wit_endpoint, wit_network, Calls};
 use super::model::{self, Endpoint, Network, PortMapping, SPACE};
-use super::ops::wit_port;
 use super::{drop_driver_table, get_json, now, put_json, CnmError, CnmResult, Core};
 
 /// An IPAM pool as IPAM answered.
@@ -132,15 +131,7 @@ impl Core {
         pool_id: &str,
         address: IpAddr,
     ) -> CnmResult<()> {
-        let a = from_ip(address);
-        self.step(driver, |c| {
-            c.call(
-                Core::ipam_grant(driver),
-                "release-address",
-                &[],
-                |p, st, _| p.netshim_plugin_ipam().call_release_address(st, pool_id, a),
-            )
-        })
+        self.step(driver, |c| c.release_address(driver, pool_id, address))
     }
 
     /// A network whose IPAM the caller already did (Docker's CreateNetwork).
@@ -262,15 +253,7 @@ impl Core {
         let net = self.network_by_id(&mut s, network_id)?;
         let ep = self.endpoint_by_id(&mut s, endpoint_id)?;
         drop(s);
-        let req = wit::EndpointRequest {
-            id: ep.id.clone(),
-            ipv4: ep.ipv4.map(from_prefix),
-            ipv6: None,
-            mac: None,
-            ifname: ep.ifname.clone(),
-            options: Vec::new(),
-            ports: Vec::new(),
-        };
+        let req = wit_endpoint(&ep, &[]);
         let wnet = wit_network(&net);
         self.step(&net.driver, |c| {
             let join = c.call(self.grant(&net, false), "join", &[], |p, st, _| {
@@ -365,38 +348,9 @@ impl Core {
         } else {
             ports.clone()
         };
-        let req = wit::EndpointRequest {
-            id: ep.id.clone(),
-            ipv4: ep.ipv4.map(from_prefix),
-            ipv6: None,
-            mac: None,
-            ifname: ep.ifname.clone(),
-            options: Vec::new(),
-            ports: list.iter().map(wit_port).collect(),
-        };
-        let wnet = wit_network(&net);
+        let req = wit_endpoint(&ep, &list);
         self.step(&net.driver, |c| {
-            if revoke {
-                c.call(
-                    self.grant(&net, false),
-                    "revoke-external-connectivity",
-                    &[],
-                    |p, st, _| {
-                        p.netshim_plugin_driver()
-                            .call_revoke_external_connectivity(st, &wnet, &req)
-                    },
-                )?;
-            } else {
-                c.call(
-                    self.grant(&net, false),
-                    "program-external-connectivity",
-                    &[],
-                    |p, st, _| {
-                        p.netshim_plugin_driver()
-                            .call_program_external_connectivity(st, &wnet, &req)
-                    },
-                )?;
-            }
+            c.ports(&net, &req, !revoke)?;
             ep.ports = ports;
             put_json(c.store(), &model::endpoint_key(&ep.id), &ep)?;
             Ok(())
