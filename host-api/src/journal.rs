@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::bindings::netshim::plugin::netfilter::Op as NftOp;
+use crate::model::nft::Op as NftOp;
 use crate::kernel::{Kernel, KernelError, LinkChange, LinkRef, Mac, NsId, Route};
 use crate::store::{Condition, Entry, Store};
 

@@ -6,4 +6,5 @@ pub mod bindings;
 pub mod host;
 pub mod journal;
 pub mod kernel;
+pub mod model;
 pub mod store;

@@ -11,6 +11,7 @@ mod kv;
 mod links;
 mod log;
 mod netfilter;
+mod nft_v01;
 mod routes;
 mod sysctl;
 

@@ -2,7 +2,8 @@
 //! `inet` table; the journal keeps the inverse batch.
 
 use super::{HostError, HostResult, HostState};
-use crate::bindings::netshim::plugin::netfilter::{Host, Op};
+use crate::bindings::netshim::plugin::netfilter::{Host, Op as WitOp};
+use crate::model::nft::Op;
 use crate::journal::Undo;
 use crate::kernel::NsId;
 
@@ -19,24 +20,27 @@ fn check_name(kind: &str, name: &str) -> HostResult<()> {
 
 fn validate(op: &Op) -> HostResult<()> {
     match op {
-        Op::AddChain((c, _)) | Op::DeleteChain(c) | Op::FlushChain(c) => check_name("chain", c),
-        Op::AddRule((c, r)) => {
-            check_name("chain", c)?;
-            check_name("rule id", &r.id)
+        Op::AddChain { name: c, .. } | Op::DeleteChain(c) | Op::FlushChain(c) => {
+            check_name("chain", c)
         }
-        Op::DeleteRule((c, id)) => {
-            check_name("chain", c)?;
+        Op::AddRule { chain, rule } => {
+            check_name("chain", chain)?;
+            check_name("rule id", &rule.id)
+        }
+        Op::DeleteRule { chain, id } => {
+            check_name("chain", chain)?;
             check_name("rule id", id)
         }
-        Op::AddSet((s, _)) | Op::DeleteSet(s) => check_name("set", s),
-        Op::AddElement((s, _)) | Op::DeleteElement((s, _)) => check_name("set", s),
+        Op::AddSet { name, .. } | Op::DeleteSet(name) => check_name("set", name),
+        Op::AddElement { set, .. } | Op::DeleteElement { set, .. } => check_name("set", set),
         Op::DeleteTable => Ok(()),
     }
 }
 
 impl Host for HostState {
-    fn apply(&mut self, batch: Vec<Op>) -> HostResult<()> {
+    fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
         self.network("netfilter apply")?;
+        let batch: Vec<Op> = batch.iter().map(super::nft_v01::op).collect::<HostResult<_>>()?;
         for op in &batch {
             validate(op)?;
         }
@@ -62,16 +66,23 @@ impl Host for HostState {
         let mut inverse = Vec::new();
         for op in batch.iter().rev() {
             match op {
-                Op::AddChain((name, _)) if !chains_before.contains(name) => {
+                Op::AddChain { name, .. } if !chains_before.contains(name) => {
                     inverse.push(Op::DeleteChain(name.clone()))
                 }
-                Op::AddRule((chain, rule)) => {
-                    inverse.push(Op::DeleteRule((chain.clone(), rule.id.clone())))
-                }
-                Op::AddElement(e) => inverse.push(Op::DeleteElement(e.clone())),
-                Op::DeleteElement(e) => inverse.push(Op::AddElement(e.clone())),
+                Op::AddRule { chain, rule } => inverse.push(Op::DeleteRule {
+                    chain: chain.clone(),
+                    id: rule.id.clone(),
+                }),
+                Op::AddElement { set, elem } => inverse.push(Op::DeleteElement {
+                    set: set.clone(),
+                    elem: elem.clone(),
+                }),
+                Op::DeleteElement { set, elem } => inverse.push(Op::AddElement {
+                    set: set.clone(),
+                    elem: elem.clone(),
+                }),
                 // An empty set or an existing chain left in place is harmless.
-                Op::AddChain(_) | Op::AddSet(_) => {}
+                Op::AddChain { .. } | Op::AddSet { .. } => {}
                 other => self
                     .journal
                     .irreversible(format!("nftables {other:?} in table {table}")),

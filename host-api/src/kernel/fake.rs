@@ -14,7 +14,7 @@ use super::{
     KResult, Kernel, KernelError, LinkChange, LinkInfo, LinkKind, LinkRef, Mac, NewLink, NsId,
     Route,
 };
-use crate::bindings::netshim::plugin::netfilter::Op as NftOp;
+use crate::model::nft::Op as NftOp;
 
 #[derive(Debug, Default, Clone)]
 struct Table {
@@ -557,7 +557,7 @@ impl Kernel for FakeKernel {
         let mut delete_table = false;
         for op in ops {
             match op {
-                NftOp::AddChain((c, _)) => {
+                NftOp::AddChain { name: c, .. } => {
                     t.chains.entry(c.clone()).or_default();
                 }
                 NftOp::DeleteChain(c) => {
@@ -581,7 +581,7 @@ impl Kernel for FakeKernel {
                     .get_mut(c)
                     .ok_or_else(|| KernelError::NotFound(format!("chain {c}")))?
                     .clear(),
-                NftOp::AddRule((c, r)) => {
+                NftOp::AddRule { chain: c, rule: r } => {
                     if let Some(set) = set_refs(r).into_iter().find(|s| !t.sets.contains_key(s)) {
                         return Err(KernelError::NotFound(format!(
                             "set {set} in table inet {table}"
@@ -594,7 +594,7 @@ impl Kernel for FakeKernel {
                         })?
                         .push(r.id.clone())
                 }
-                NftOp::DeleteRule((c, id)) => {
+                NftOp::DeleteRule { chain: c, id } => {
                     let rules = t
                         .chains
                         .get_mut(c)
@@ -605,7 +605,7 @@ impl Kernel for FakeKernel {
                         .ok_or_else(|| KernelError::NotFound(format!("rule {id} in chain {c}")))?;
                     rules.remove(pos);
                 }
-                NftOp::AddSet((s, _)) => {
+                NftOp::AddSet { name: s, .. } => {
                     t.sets.entry(s.clone()).or_default();
                 }
                 NftOp::DeleteSet(s) => {
@@ -613,18 +613,18 @@ impl Kernel for FakeKernel {
                         .remove(s)
                         .ok_or_else(|| KernelError::NotFound(format!("set {s}")))?;
                 }
-                NftOp::AddElement((s, e)) => {
+                NftOp::AddElement { set: s, elem: e } => {
                     t.sets
                         .get_mut(s)
                         .ok_or_else(|| KernelError::NotFound(format!("set {s}")))?
-                        .insert(e.clone());
+                        .insert(e.to_string());
                 }
-                NftOp::DeleteElement((s, e)) => {
+                NftOp::DeleteElement { set: s, elem: e } => {
                     if !t
                         .sets
                         .get_mut(s)
                         .ok_or_else(|| KernelError::NotFound(format!("set {s}")))?
-                        .remove(e)
+                        .remove(&e.to_string())
                     {
                         return Err(KernelError::NotFound(format!("element {e} in set {s}")));
                     }
@@ -675,15 +675,9 @@ impl Kernel for FakeKernel {
     }
 }
 
-fn set_refs(r: &crate::bindings::netshim::plugin::netfilter::Rule) -> Vec<String> {
-    use crate::bindings::netshim::plugin::netfilter::Match;
+fn set_refs(r: &crate::model::nft::Rule) -> Vec<String> {
     r.matches
         .iter()
-        .filter_map(|m| match m {
-            Match::SaddrIn(s) | Match::DaddrIn(s) | Match::IifnameIn(s) | Match::OifnameIn(s) => {
-                Some(s.clone())
-            }
-            _ => None,
-        })
+        .filter_map(|m| m.set().map(str::to_string))
         .collect()
 }

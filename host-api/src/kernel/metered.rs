@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use super::{KResult, Kernel, LinkChange, LinkInfo, LinkRef, Mac, NewLink, NsId, Route};
-use crate::bindings::netshim::plugin::netfilter::Op as NftOp;
+use crate::model::nft::Op as NftOp;
 
 pub struct Metered {
     inner: Arc<dyn Kernel>,

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::bindings::netshim::plugin::netfilter::Op as NftOp;
+pub use crate::model::nft::Op as NftOp;
 
 /// A network namespace known to the backend. `NODE` is the namespace the
 /// backend was opened for (the node's own, or the one given to it).

@@ -355,7 +355,7 @@ fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
             .nft_apply(
                 NsId::NODE,
                 &table,
-                &[netshim_host_api::bindings::netshim::plugin::netfilter::Op::DeleteTable],
+                &[netshim_host_api::model::nft::Op::DeleteTable],
             )
             .err()
             .map(|e| format!("removing nftables table inet {table}: {e}")),
