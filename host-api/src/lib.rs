@@ -3,6 +3,7 @@
 //! capability checks and a per-call journal that undoes a failed call.
 
 pub mod bindings;
+pub mod guard;
 pub mod host;
 pub mod journal;
 pub mod kernel;

@@ -79,6 +79,12 @@ impl HostState {
         let alias = self.mark(what)?;
         check_name(name)?;
         check_mtu(mtu)?;
+        if self.created.len() >= crate::guard::limits::LINKS_PER_CALL {
+            return Err(HostError::denied(format!(
+                "{what} {name:?}: one call may create at most {} links (quota)",
+                crate::guard::limits::LINKS_PER_CALL
+            )));
+        }
         let spec = NewLink {
             ns: NsId::NODE,
             name: name.to_string(),
@@ -95,6 +101,9 @@ impl HostState {
                 link: first.link_ref(),
                 name: first.name.clone(),
             });
+        }
+        for l in links.iter().filter(|l| l.ns == NsId::NODE) {
+            self.admit_link(l.index)?;
         }
         Ok(links)
     }
@@ -347,6 +356,9 @@ impl Host for HostState {
     fn delete(&mut self, l: Resource<LinkHandle>) -> HostResult<()> {
         let h = self.owned_link(&l, "delete")?;
         self.kernel.delete_link(h.link)?;
+        if h.link.ns == NsId::NODE {
+            self.forget_link(h.link.index);
+        }
         self.journal
             .irreversible(format!("link {:?} deleted", h.name));
         self.table.delete(l)?;

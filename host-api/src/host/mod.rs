@@ -116,6 +116,11 @@ pub struct Grant {
     /// Destinations the network may route: its pools and any cluster
     /// prefixes the operator granted.
     pub route_prefixes: Vec<IpNet>,
+    /// The network's pools, checked by the host: what its NAT may cover.
+    pub pools: Vec<IpNet>,
+    /// Ports the call publishes (program-external-connectivity): the only
+    /// DNAT a driver may add.
+    pub published: Vec<crate::guard::netfilter::Published>,
     /// The node's underlay link, lent read-only.
     pub underlay: Option<LinkRef>,
 }

@@ -1,61 +1,54 @@
 //! `netfilter` imports: one atomic batch at a time into the driver's own
-//! `inet` table; the journal keeps the inverse batch.
+//! `inet` table, scoped by the guard to the driver's networks' traffic;
+//! the journal keeps the inverse batch.
 
 use super::{HostError, HostResult, HostState};
 use crate::bindings::netshim::plugin::netfilter::{Host, Op as WitOp};
-use crate::model::nft::Op;
+use crate::guard::netfilter::{self as guard, Refusal, Scope, TableView};
 use crate::journal::Undo;
 use crate::kernel::NsId;
+use crate::model::nft::{Element, Op};
 
-const MAX_NAME: usize = 64;
-
-fn check_name(kind: &str, name: &str) -> HostResult<()> {
-    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(|c| c.is_control()) {
-        return Err(HostError::invalid(format!(
-            "{kind} name {name:?} must be 1 to {MAX_NAME} printable characters"
-        )));
-    }
-    Ok(())
-}
-
-fn validate(op: &Op) -> HostResult<()> {
-    match op {
-        Op::AddChain { name: c, .. } | Op::DeleteChain(c) | Op::FlushChain(c) => {
-            check_name("chain", c)
+impl From<Refusal> for HostError {
+    fn from(r: Refusal) -> HostError {
+        match r {
+            Refusal::Denied(m) => HostError::denied(m),
+            Refusal::Invalid(m) => HostError::invalid(m),
         }
-        Op::AddRule { chain, rule } => {
-            check_name("chain", chain)?;
-            check_name("rule id", &rule.id)
-        }
-        Op::DeleteRule { chain, id } => {
-            check_name("chain", chain)?;
-            check_name("rule id", id)
-        }
-        Op::AddSet { name, .. } | Op::DeleteSet(name) => check_name("set", name),
-        Op::AddElement { set, .. } | Op::DeleteElement { set, .. } => check_name("set", set),
-        Op::DeleteTable => Ok(()),
     }
 }
 
-impl Host for HostState {
-    fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
-        self.network("netfilter apply")?;
-        let batch: Vec<Op> = batch.iter().map(super::nft_v01::op).collect::<HostResult<_>>()?;
-        for op in &batch {
-            validate(op)?;
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
+impl HostState {
+    /// The driver's table as it is now; rule counts only when `count_rules`.
+    fn table_view(&self, count_rules: bool) -> HostResult<TableView> {
         let table = self.grant.nft_table();
-        let existed = self.kernel.nft_tables(NsId::NODE)?.contains(&table);
-        let chains_before = if existed {
-            self.kernel.nft_chains(NsId::NODE, &table)?
-        } else {
-            Vec::new()
+        let mut view = TableView {
+            exists: self.kernel.nft_tables(NsId::NODE)?.contains(&table),
+            ..TableView::default()
         };
-        self.kernel.nft_apply(NsId::NODE, &table, &batch)?;
-        if !existed {
+        if !view.exists {
+            return Ok(view);
+        }
+        view.chains = self.kernel.nft_chains(NsId::NODE, &table)?;
+        for c in &view.chains {
+            let host = c.starts_with(guard::RESERVED_PREFIX);
+            if !host && !count_rules {
+                continue;
+            }
+            let ids = self.kernel.nft_rules(NsId::NODE, &table, c)?;
+            view.rules += ids.len();
+            if host {
+                view.dispatch.insert(c.clone(), ids);
+            }
+        }
+        Ok(view)
+    }
+
+    /// Apply host-checked ops and journal their inverse.
+    fn nft_journaled(&mut self, ops: Vec<Op>, view: &TableView) -> HostResult<()> {
+        let table = self.grant.nft_table();
+        self.kernel.nft_apply(NsId::NODE, &table, &ops)?;
+        if !view.exists {
             self.journal.record(Undo::Nft {
                 ns: NsId::NODE,
                 table,
@@ -64,9 +57,9 @@ impl Host for HostState {
             return Ok(());
         }
         let mut inverse = Vec::new();
-        for op in batch.iter().rev() {
+        for op in ops.iter().rev() {
             match op {
-                Op::AddChain { name, .. } if !chains_before.contains(name) => {
+                Op::AddChain { name, .. } if !view.chains.contains(name) => {
                     inverse.push(Op::DeleteChain(name.clone()))
                 }
                 Op::AddRule { chain, rule } => inverse.push(Op::DeleteRule {
@@ -98,8 +91,61 @@ impl Host for HostState {
         Ok(())
     }
 
+    /// Put a node-side link the network just created in the scope of the
+    /// driver's rules (the dispatch set).
+    pub(crate) fn admit_link(&mut self, index: u32) -> HostResult<()> {
+        let view = self.table_view(false)?;
+        self.nft_journaled(guard::admit_link(index), &view)
+    }
+
+    /// Take a deleted link out of the dispatch set (best effort: the table
+    /// may be gone already).
+    pub(crate) fn forget_link(&mut self, index: u32) {
+        let table = self.grant.nft_table();
+        let op = Op::DeleteElement {
+            set: guard::IFS_SET.into(),
+            elem: Element::Ifindex(index),
+        };
+        if let Err(e) = self.kernel.nft_apply(NsId::NODE, &table, &[op]) {
+            tracing::debug!(table, index, error = %e, "link not in the dispatch set");
+        }
+    }
+}
+
+impl Host for HostState {
+    fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
+        self.network("netfilter apply")?;
+        if batch.len() > crate::guard::limits::NFT_BATCH_OPS {
+            return Err(HostError::invalid(format!(
+                "a netfilter batch of {} operations is more than the {} allowed",
+                batch.len(),
+                crate::guard::limits::NFT_BATCH_OPS
+            )));
+        }
+        let batch: Vec<Op> = batch
+            .iter()
+            .map(super::nft_v01::op)
+            .collect::<HostResult<_>>()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let adds_rules = batch.iter().any(|o| matches!(o, Op::AddRule { .. }));
+        let view = self.table_view(adds_rules)?;
+        let scope = Scope {
+            pools: &self.grant.pools,
+            published: &self.grant.published,
+        };
+        let ops = guard::scope_batch(batch, &view, &scope)?;
+        self.nft_journaled(ops, &view)
+    }
+
     fn list_rules(&mut self, chain: String) -> HostResult<Vec<String>> {
-        check_name("chain", &chain)?;
+        if chain.is_empty() || chain.len() > crate::guard::limits::NFT_NAME_BYTES {
+            return Err(HostError::invalid(format!(
+                "chain name must be 1 to {} bytes",
+                crate::guard::limits::NFT_NAME_BYTES
+            )));
+        }
         let table = self.grant.nft_table();
         Ok(self.kernel.nft_rules(NsId::NODE, &table, &chain)?)
     }

@@ -187,8 +187,9 @@ impl<'a> Calls<'a> {
         publish: bool,
     ) -> CnmResult<()> {
         let wnet = wit_network(net);
-        let grant = self.core.grant(net, false);
+        let mut grant = self.core.grant(net, false);
         if publish {
+            grant.published = published(ep);
             self.call(grant, "program-external-connectivity", &[], |p, st, _| {
                 p.netshim_plugin_driver()
                     .call_program_external_connectivity(st, &wnet, ep)
@@ -233,4 +234,31 @@ impl<'a> Calls<'a> {
         self.timing.total = self.started.elapsed();
         self.core.record_timing(self.timing);
     }
+}
+
+/// The DNAT a publishing call may add: each binding to the endpoint's own
+/// address. Bindings the host cannot read are left out (the driver's DNAT
+/// for them is then refused).
+fn published(ep: &wit::EndpointRequest) -> Vec<netshim_host_api::guard::netfilter::Published> {
+    use netshim_host_api::model::nft::Protocol;
+    let Some(target) = ep.ipv4.as_ref().map(|p| netshim_host_api::host::to_ip(&p.address)) else {
+        return Vec::new();
+    };
+    ep.ports
+        .iter()
+        .filter_map(|b| {
+            let protocol = match b.protocol.to_ascii_lowercase().as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "sctp" => Protocol::Sctp,
+                _ => return None,
+            };
+            Some(netshim_host_api::guard::netfilter::Published {
+                protocol,
+                host_port: b.host_port,
+                target,
+                container_port: b.container_port,
+            })
+        })
+        .collect()
 }

@@ -269,6 +269,8 @@ impl Core {
             driver: net.driver.clone(),
             network_id: Some(net.id.clone()),
             route_prefixes: net.ipv4.iter().map(|p| p.subnet).collect(),
+            pools: net.ipv4.iter().map(|p| p.subnet).collect(),
+            published: Vec::new(),
             underlay: if with_underlay { self.underlay() } else { None },
         }
     }

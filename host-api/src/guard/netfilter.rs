@@ -1,0 +1,648 @@
+//! Scoping of a driver's netfilter rules: a driver's rules see only its own
+//! networks' traffic.
+//!
+//! The host owns every base chain (hook, priority, policy). A chain a
+//! driver asks to hook becomes a regular chain of its table, and the host
+//! adds a base chain of its own (`netshim-<type>-<hook>`) whose dispatch
+//! rules jump into it only for packets of the driver's networks: in or out
+//! through one of their interfaces (the host-maintained ifindex set
+//! `netshim-ifs`), or, for NAT at prerouting and output, to a node-local
+//! address — where only DNAT of ports published on the network's endpoints
+//! may stand. This is Calico's dispatch-chain shape: the driver writes
+//! policy; where it applies is the host's decision.
+//!
+//! The rules themselves are checked too: masquerade only with a source
+//! match inside the network's pools, no SNAT, DNAT only to the endpoint and
+//! port being published in this very call, and every name and size bounded
+//! (see [`super::limits`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::limits;
+use crate::model::nft::{Action, BaseChain, ChainType, Element, Hook, Match, Op, Protocol, Rule, SetType};
+
+/// Names the host keeps for itself in a driver's table.
+pub const RESERVED_PREFIX: &str = "netshim-";
+/// The ifindexes of every node-side link of the driver's networks.
+pub const IFS_SET: &str = "netshim-ifs";
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Outside what the driver may do.
+    #[error("{0}")]
+    Denied(String),
+    /// Malformed or over a size limit.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Checked<T> = Result<T, Refusal>;
+
+fn denied(s: impl Into<String>) -> Refusal {
+    Refusal::Denied(s.into())
+}
+fn invalid(s: impl Into<String>) -> Refusal {
+    Refusal::Invalid(s.into())
+}
+
+/// A port published on an endpoint of the network, in the call that
+/// publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub protocol: Protocol,
+    pub host_port: u16,
+    pub target: IpAddr,
+    pub container_port: u16,
+}
+
+/// What the call acting on the table is entitled to.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub pools: &'a [IpNet],
+    pub published: &'a [Published],
+}
+
+/// The driver's table as the kernel has it before the batch.
+#[derive(Debug, Clone, Default)]
+pub struct TableView {
+    pub exists: bool,
+    pub chains: Vec<String>,
+    /// Rule ids of the host's base chains, by chain.
+    pub dispatch: HashMap<String, Vec<String>>,
+    /// Rules in the whole table.
+    pub rules: usize,
+}
+
+/// The host's base chain for a hook.
+pub fn host_chain(t: ChainType, h: Hook) -> String {
+    format!("{RESERVED_PREFIX}{}-{}", t.name(), h.name())
+}
+
+fn parse_host_chain(name: &str) -> Option<(ChainType, Hook)> {
+    let rest = name.strip_prefix(RESERVED_PREFIX)?;
+    let (t, h) = rest.split_once('-')?;
+    let t = [ChainType::Filter, ChainType::Nat].into_iter().find(|x| x.name() == t)?;
+    let h = Hook::ALL.into_iter().find(|x| x.name() == h)?;
+    Some((t, h))
+}
+
+/// Where the host hooks its base chains: the kernel's usual places, so a
+/// driver's rules run where iptables users expect them.
+fn host_priority(t: ChainType, h: Hook) -> i32 {
+    match (t, h) {
+        (ChainType::Nat, Hook::Prerouting | Hook::Output) => -100,
+        (ChainType::Nat, _) => 100,
+        (ChainType::Filter, _) => 0,
+    }
+}
+
+/// The dispatch rules (id, matches) that send a packet of the driver's
+/// networks from the host's base chain into the driver's chain.
+fn dispatch(t: ChainType, h: Hook, chain: &str) -> Checked<Vec<(String, Vec<Match>)>> {
+    let ifs = || IFS_SET.to_string();
+    let d = |scope: &str, m: Vec<Match>| (format!("{scope}>{chain}"), m);
+    Ok(match (t, h) {
+        (ChainType::Filter, Hook::Prerouting | Hook::Input) => vec![d("iif", vec![Match::IifIn(ifs())])],
+        (ChainType::Filter, Hook::Forward) => vec![
+            d("iif", vec![Match::IifIn(ifs())]),
+            d("oif", vec![Match::IifNotIn(ifs()), Match::OifIn(ifs())]),
+        ],
+        (ChainType::Filter, Hook::Output | Hook::Postrouting) => vec![d("oif", vec![Match::OifIn(ifs())])],
+        (ChainType::Nat, Hook::Prerouting | Hook::Output) => vec![d("local", vec![Match::DaddrLocal])],
+        (ChainType::Nat, Hook::Postrouting) => {
+            vec![d("leaving", vec![Match::IifIn(ifs()), Match::OifNotIn(ifs())])]
+        }
+        (ChainType::Nat, Hook::Input | Hook::Forward) => {
+            return Err(denied(format!(
+                "chain {chain}: NAT at the {} hook is not available to drivers",
+                h.name()
+            )))
+        }
+    })
+}
+
+fn check_name(kind: &str, name: &str) -> Checked<()> {
+    if name.is_empty() || name.len() > limits::NFT_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{kind} name {:?} must be 1 to {} bytes of printable characters",
+            limits::truncate(name, 80),
+            limits::NFT_NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// A name the guest writes to: its own, never the host's.
+fn check_own(kind: &str, name: &str) -> Checked<()> {
+    check_name(kind, name)?;
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(denied(format!(
+            "{kind} {name}: names starting with {RESERVED_PREFIX:?} belong to the host"
+        )));
+    }
+    Ok(())
+}
+
+/// The roles (host base chains dispatching into it) of each driver chain.
+struct Roles(HashMap<String, BTreeSet<(u8, u8)>>);
+
+fn key(t: ChainType, h: Hook) -> (u8, u8) {
+    (t as u8, h as u8)
+}
+
+impl Roles {
+    fn of(view: &TableView) -> Roles {
+        let mut m: HashMap<String, BTreeSet<(u8, u8)>> = HashMap::new();
+        for (hc, ids) in &view.dispatch {
+            let Some((t, h)) = parse_host_chain(hc) else { continue };
+            for id in ids {
+                if let Some((_, c)) = id.split_once('>') {
+                    m.entry(c.to_string()).or_default().insert(key(t, h));
+                }
+            }
+        }
+        Roles(m)
+    }
+
+    fn has(&self, chain: &str, t: ChainType, h: Hook) -> bool {
+        self.0.get(chain).is_some_and(|s| s.contains(&key(t, h)))
+    }
+
+    /// Dispatched for traffic to node-local addresses: DNAT only.
+    fn local_nat(&self, chain: &str) -> bool {
+        self.has(chain, ChainType::Nat, Hook::Prerouting) || self.has(chain, ChainType::Nat, Hook::Output)
+    }
+}
+
+fn rule_where(chain: &str, r: &Rule) -> String {
+    format!("rule '{}' in chain {chain}", r.id)
+}
+
+fn check_rule(chain: &str, r: &Rule, roles: &Roles, scope: &Scope) -> Checked<()> {
+    check_own("chain", chain)?;
+    check_name("rule id", &r.id)?;
+    let at = || rule_where(chain, r);
+    if r.matches.len() > limits::NFT_RULE_MATCHES {
+        return Err(invalid(format!(
+            "{}: {} matches, more than the {} a rule may have",
+            at(),
+            r.matches.len(),
+            limits::NFT_RULE_MATCHES
+        )));
+    }
+    for m in &r.matches {
+        if let Some(s) = m.set() {
+            check_name("set", s)?;
+        }
+        if let Match::Iifname(n) | Match::IifnameNot(n) | Match::Oifname(n) | Match::OifnameNot(n) = m {
+            check_name("interface", n)?;
+        }
+    }
+    let local = roles.local_nat(chain);
+    match &r.action {
+        Action::Jump(t) => {
+            check_own("chain", t)?;
+            if local {
+                return Err(denied(format!(
+                    "{}: chain {chain} sees traffic to the node's own addresses; only DNAT of published ports may stand there",
+                    at()
+                )));
+            }
+        }
+        Action::Masquerade => {
+            let inside = r.matches.iter().any(|m| match m {
+                Match::Saddr(p) => scope.pools.iter().any(|pool| pool.contains(p)),
+                _ => false,
+            });
+            if !inside {
+                return Err(denied(format!(
+                    "{}: masquerade needs a source match inside the network's pools [{}]",
+                    at(),
+                    list(scope.pools)
+                )));
+            }
+        }
+        Action::Snat(a) => {
+            return Err(denied(format!(
+                "{}: SNAT to {a} is not available to drivers; masquerade the network's pools instead",
+                at()
+            )))
+        }
+        Action::Dnat(addr, port) => check_dnat(chain, r, *addr, *port, roles, scope)?,
+        Action::Accept | Action::Drop | Action::Return if local => {
+            return Err(denied(format!(
+                "{}: chain {chain} sees traffic to the node's own addresses; only DNAT of published ports may stand there",
+                at()
+            )))
+        }
+        Action::Accept | Action::Drop | Action::Return => {}
+    }
+    Ok(())
+}
+
+fn check_dnat(
+    chain: &str,
+    r: &Rule,
+    addr: IpAddr,
+    port: Option<u16>,
+    roles: &Roles,
+    scope: &Scope,
+) -> Checked<()> {
+    let at = rule_where(chain, r);
+    if !roles.local_nat(chain) {
+        return Err(denied(format!(
+            "{at}: DNAT may only stand in a chain hooked at nat prerouting or output"
+        )));
+    }
+    if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
+        return Err(denied(format!("{at}: DNAT to {addr} is not allowed")));
+    }
+    let proto = r.matches.iter().find_map(|m| match m {
+        Match::Protocol(p) => Some(*p),
+        _ => None,
+    });
+    let dport = r.matches.iter().find_map(|m| match m {
+        Match::Dport(p) => Some(*p),
+        _ => None,
+    });
+    let (Some(proto), Some(dport)) = (proto, dport) else {
+        return Err(denied(format!(
+            "{at}: DNAT needs a protocol and a destination port match (a published port)"
+        )));
+    };
+    let ok = scope.published.iter().any(|p| {
+        p.protocol == proto
+            && p.host_port == dport
+            && p.target == addr
+            && port.unwrap_or(dport) == p.container_port
+    });
+    if !ok {
+        let published: Vec<String> = scope
+            .published
+            .iter()
+            .map(|p| format!("{}/{:?} -> {}:{}", p.host_port, p.protocol, p.target, p.container_port))
+            .collect();
+        return Err(denied(format!(
+            "{at}: DNAT of port {dport}/{proto:?} to {addr}{} is not a port this call publishes [{}]",
+            port.map(|p| format!(":{p}")).unwrap_or_default(),
+            published.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn list(p: &[IpNet]) -> String {
+    p.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Check a driver's batch and turn it into the one the kernel gets: the
+/// driver's hook chains made regular and dispatched from the host's base
+/// chains, the host's set ensured. Refused whole if any op is.
+pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<Vec<Op>> {
+    if batch.len() > limits::NFT_BATCH_OPS {
+        return Err(invalid(format!(
+            "a netfilter batch of {} operations is more than the {} allowed",
+            batch.len(),
+            limits::NFT_BATCH_OPS
+        )));
+    }
+    let mut roles = Roles::of(view);
+    let mut host_chains: BTreeSet<String> = view
+        .chains
+        .iter()
+        .filter(|c| parse_host_chain(c).is_some())
+        .cloned()
+        .collect();
+    let mut rules = view.rules;
+    let mut out = vec![Op::AddSet {
+        name: IFS_SET.into(),
+        ty: SetType::Ifindex,
+    }];
+    for op in batch {
+        match op {
+            Op::AddChain { name, base: None } => {
+                check_own("chain", &name)?;
+                out.push(Op::AddChain { name, base: None });
+            }
+            Op::AddChain { name, base: Some(b) } => {
+                check_own("chain", &name)?;
+                hook_chain(&name, b, &mut roles, &mut host_chains, &mut rules, &mut out)?;
+            }
+            Op::DeleteChain(name) => {
+                check_own("chain", &name)?;
+                // The host's jumps into it go first, or the kernel refuses.
+                for (hc, ids) in &view.dispatch {
+                    for id in ids.iter().filter(|id| id.split_once('>').is_some_and(|(_, c)| c == name)) {
+                        out.push(Op::DeleteRule {
+                            chain: hc.clone(),
+                            id: id.clone(),
+                        });
+                    }
+                }
+                roles.0.remove(&name);
+                out.push(Op::DeleteChain(name));
+            }
+            Op::FlushChain(name) => {
+                check_own("chain", &name)?;
+                out.push(Op::FlushChain(name));
+            }
+            Op::AddRule { chain, rule } => {
+                check_rule(&chain, &rule, &roles, scope)?;
+                rules += 1;
+                out.push(Op::AddRule { chain, rule });
+            }
+            Op::DeleteRule { chain, id } => {
+                check_own("chain", &chain)?;
+                check_name("rule id", &id)?;
+                rules = rules.saturating_sub(1);
+                out.push(Op::DeleteRule { chain, id });
+            }
+            Op::AddSet { name, ty } => {
+                check_own("set", &name)?;
+                out.push(Op::AddSet { name, ty });
+            }
+            Op::DeleteSet(name) => {
+                check_own("set", &name)?;
+                out.push(Op::DeleteSet(name));
+            }
+            Op::AddElement { set, elem } => {
+                check_own("set", &set)?;
+                check_element(&set, &elem)?;
+                out.push(Op::AddElement { set, elem });
+            }
+            Op::DeleteElement { set, elem } => {
+                check_own("set", &set)?;
+                check_element(&set, &elem)?;
+                out.push(Op::DeleteElement { set, elem });
+            }
+            Op::DeleteTable => {
+                // The table is the driver's; the host's part comes back
+                // with the next batch or link.
+                roles = Roles(HashMap::new());
+                host_chains.clear();
+                rules = 0;
+                out.push(Op::DeleteTable);
+                out.push(Op::AddSet {
+                    name: IFS_SET.into(),
+                    ty: SetType::Ifindex,
+                });
+            }
+        }
+        if rules > limits::NFT_TABLE_RULES {
+            return Err(denied(format!(
+                "the driver's table would hold more than {} rules (quota)",
+                limits::NFT_TABLE_RULES
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn check_element(set: &str, e: &Element) -> Checked<()> {
+    if let Element::Ifname(n) = e {
+        check_name(&format!("element of set {set}: interface"), n)?;
+    }
+    Ok(())
+}
+
+/// A chain the driver asked to hook: regular, plus the host's base chain and
+/// dispatch rules into it.
+fn hook_chain(
+    name: &str,
+    b: BaseChain,
+    roles: &mut Roles,
+    host_chains: &mut BTreeSet<String>,
+    rules: &mut usize,
+    out: &mut Vec<Op>,
+) -> Checked<()> {
+    if b.policy_drop {
+        return Err(denied(format!(
+            "chain {name}: a drop policy on a {} {} hook would drop the node's traffic; base chains and their policies are the host's (drop the network's packets with rules instead)",
+            b.chain_type.name(),
+            b.hook.name()
+        )));
+    }
+    let rules_in = dispatch(b.chain_type, b.hook, name)?;
+    out.push(Op::AddChain {
+        name: name.to_string(),
+        base: None,
+    });
+    if roles.has(name, b.chain_type, b.hook) {
+        return Ok(());
+    }
+    let hc = host_chain(b.chain_type, b.hook);
+    if host_chains.insert(hc.clone()) {
+        out.push(Op::AddChain {
+            name: hc.clone(),
+            base: Some(BaseChain {
+                hook: b.hook,
+                chain_type: b.chain_type,
+                priority: host_priority(b.chain_type, b.hook),
+                policy_drop: false,
+            }),
+        });
+    }
+    for (id, matches) in rules_in {
+        *rules += 1;
+        out.push(Op::AddRule {
+            chain: hc.clone(),
+            rule: Rule {
+                id,
+                matches,
+                counter: false,
+                action: Action::Jump(name.to_string()),
+            },
+        });
+    }
+    roles
+        .0
+        .entry(name.to_string())
+        .or_default()
+        .insert(key(b.chain_type, b.hook));
+    Ok(())
+}
+
+/// The ops that put a link of the driver's networks in scope.
+pub fn admit_link(index: u32) -> Vec<Op> {
+    vec![
+        Op::AddSet {
+            name: IFS_SET.into(),
+            ty: SetType::Ifindex,
+        },
+        Op::AddElement {
+            set: IFS_SET.into(),
+            elem: Element::Ifindex(index),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(hook: Hook, chain_type: ChainType, policy_drop: bool) -> Option<BaseChain> {
+        Some(BaseChain { hook, chain_type, priority: -300, policy_drop })
+    }
+
+    fn rule(id: &str, matches: Vec<Match>, action: Action) -> Rule {
+        Rule { id: id.into(), matches, counter: false, action }
+    }
+
+    fn pools() -> Vec<IpNet> {
+        vec!["10.77.0.0/24".parse().unwrap()]
+    }
+
+    fn run(batch: Vec<Op>, view: &TableView, published: &[Published]) -> Checked<Vec<Op>> {
+        let p = pools();
+        scope_batch(batch, view, &Scope { pools: &p, published })
+    }
+
+    /// The view the kernel would show after `ops`.
+    fn view_after(ops: &[Op]) -> TableView {
+        let mut v = TableView { exists: true, ..Default::default() };
+        for op in ops {
+            match op {
+                Op::AddChain { name, .. } => v.chains.push(name.clone()),
+                Op::AddRule { chain, rule } if chain.starts_with(RESERVED_PREFIX) => {
+                    v.dispatch.entry(chain.clone()).or_default().push(rule.id.clone())
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn a_drop_policy_is_refused() {
+        let e = run(
+            vec![Op::AddChain { name: "in".into(), base: base(Hook::Input, ChainType::Filter, true) }],
+            &TableView::default(),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(&e, Refusal::Denied(m) if m.contains("drop policy")), "{e}");
+    }
+
+    #[test]
+    fn a_hook_chain_becomes_regular_and_is_dispatched_by_interface() {
+        let out = run(
+            vec![Op::AddChain { name: "forward".into(), base: base(Hook::Forward, ChainType::Filter, false) }],
+            &TableView::default(),
+            &[],
+        )
+        .unwrap();
+        assert!(out.contains(&Op::AddChain { name: "forward".into(), base: None }));
+        let hc = host_chain(ChainType::Filter, Hook::Forward);
+        let host_base = out.iter().find_map(|o| match o {
+            Op::AddChain { name, base: Some(b) } if *name == hc => Some(*b),
+            _ => None,
+        });
+        assert_eq!(host_base.map(|b| (b.priority, b.policy_drop)), Some((0, false)));
+        let jumps: Vec<&Rule> = out
+            .iter()
+            .filter_map(|o| match o {
+                Op::AddRule { chain, rule } if *chain == hc => Some(rule),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(jumps.len(), 2);
+        for j in &jumps {
+            assert_eq!(j.action, Action::Jump("forward".into()));
+            assert!(j.matches.iter().any(|m| matches!(m, Match::IifIn(_) | Match::OifIn(_))));
+        }
+        // Again with the chain in place: no second dispatch.
+        let again = run(
+            vec![Op::AddChain { name: "forward".into(), base: base(Hook::Forward, ChainType::Filter, false) }],
+            &view_after(&out),
+            &[],
+        )
+        .unwrap();
+        assert!(!again.iter().any(|o| matches!(o, Op::AddRule { .. })), "{again:?}");
+    }
+
+    #[test]
+    fn host_names_are_not_the_drivers() {
+        for op in [
+            Op::FlushChain(host_chain(ChainType::Filter, Hook::Input)),
+            Op::DeleteSet(IFS_SET.into()),
+            Op::AddElement { set: IFS_SET.into(), elem: Element::Ifindex(1) },
+            Op::AddRule {
+                chain: "c".into(),
+                rule: rule("j", vec![], Action::Jump(host_chain(ChainType::Nat, Hook::Postrouting))),
+            },
+        ] {
+            let e = run(vec![op.clone()], &TableView::default(), &[]).unwrap_err();
+            assert!(matches!(e, Refusal::Denied(_)), "{op:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn masquerade_needs_the_networks_pool() {
+        let setup = vec![Op::AddChain { name: "post".into(), base: base(Hook::Postrouting, ChainType::Nat, false) }];
+        let view = view_after(&run(setup, &TableView::default(), &[]).unwrap());
+        let bare = Op::AddRule { chain: "post".into(), rule: rule("m", vec![], Action::Masquerade) };
+        assert!(matches!(run(vec![bare], &view, &[]), Err(Refusal::Denied(_))));
+        let other = Op::AddRule {
+            chain: "post".into(),
+            rule: rule("m", vec![Match::Saddr("0.0.0.0/0".parse().unwrap())], Action::Masquerade),
+        };
+        assert!(matches!(run(vec![other], &view, &[]), Err(Refusal::Denied(_))));
+        let ok = Op::AddRule {
+            chain: "post".into(),
+            rule: rule("m", vec![Match::Saddr("10.77.0.0/24".parse().unwrap())], Action::Masquerade),
+        };
+        run(vec![ok], &view, &[]).unwrap();
+        let snat = Op::AddRule {
+            chain: "post".into(),
+            rule: rule("s", vec![Match::Saddr("10.77.0.0/24".parse().unwrap())], Action::Snat("192.0.2.1".parse().unwrap())),
+        };
+        assert!(matches!(run(vec![snat], &view, &[]), Err(Refusal::Denied(_))));
+    }
+
+    #[test]
+    fn dnat_only_for_what_this_call_publishes() {
+        let setup = vec![Op::AddChain { name: "pre".into(), base: base(Hook::Prerouting, ChainType::Nat, false) }];
+        let view = view_after(&run(setup, &TableView::default(), &[]).unwrap());
+        let published = [Published {
+            protocol: Protocol::Tcp,
+            host_port: 8080,
+            target: "10.77.0.5".parse().unwrap(),
+            container_port: 80,
+        }];
+        let dnat = |port: u16, to: &str, to_port: u16| Op::AddRule {
+            chain: "pre".into(),
+            rule: rule(
+                "d",
+                vec![Match::Protocol(Protocol::Tcp), Match::Dport(port), Match::DaddrLocal],
+                Action::Dnat(to.parse().unwrap(), Some(to_port)),
+            ),
+        };
+        run(vec![dnat(8080, "10.77.0.5", 80)], &view, &published).unwrap();
+        for bad in [dnat(22, "10.77.0.5", 80), dnat(8080, "203.0.113.1", 80), dnat(8080, "127.0.0.1", 80)] {
+            assert!(matches!(run(vec![bad.clone()], &view, &published), Err(Refusal::Denied(_))), "{bad:?}");
+        }
+        // Outside a publishing call there is nothing to DNAT to.
+        assert!(run(vec![dnat(8080, "10.77.0.5", 80)], &view, &[]).is_err());
+        // And nothing but DNAT sees the node's local traffic.
+        let drop = Op::AddRule { chain: "pre".into(), rule: rule("x", vec![], Action::Drop) };
+        assert!(matches!(run(vec![drop], &view, &published), Err(Refusal::Denied(_))));
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let many = vec![Op::FlushChain("c".into()); limits::NFT_BATCH_OPS + 1];
+        assert!(matches!(run(many, &TableView::default(), &[]), Err(Refusal::Invalid(_))));
+        let wide = Op::AddRule {
+            chain: "c".into(),
+            rule: rule("w", vec![Match::IifnameNot("x".into()); 5000], Action::Accept),
+        };
+        let e = run(vec![wide], &TableView::default(), &[]).unwrap_err();
+        assert!(e.to_string().contains("5000 matches"), "{e}");
+        let long = Op::AddChain { name: "c".repeat(300), base: None };
+        assert!(matches!(run(vec![long], &TableView::default(), &[]), Err(Refusal::Invalid(_))));
+    }
+}
