@@ -4,6 +4,7 @@
 //! neither kernel objects nor state behind.
 
 mod calls;
+mod ipam_check;
 pub mod model;
 
 use std::collections::BTreeMap;

@@ -102,6 +102,11 @@ pub fn name_key(name: &str) -> String {
     format!("names/{name}")
 }
 
+/// A pool IPAM handed out and no one has released yet.
+pub fn pool_key(driver: &str, pool_id: &str) -> String {
+    format!("pools/{driver}/{pool_id}")
+}
+
 pub fn endpoint_key(id: &str) -> String {
     format!("endpoints/{id}")
 }

@@ -9,6 +9,7 @@ use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
 use wasmtime::component::Resource;
 
+use super::ipam_check;
 use super::calls::{is_not_found, wit_endpoint, wit_network, wit_port, Calls};
 use super::model::{self, Endpoint, Network, Pool, SPACE};
 use super::{
@@ -87,6 +88,9 @@ impl Core {
             driver: driver.clone(),
             message: "request-pool returned a bad prefix".into(),
         })?;
+        let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+        let taken = ipam_check::taken_pools(calls.store())?;
+        ipam_check::check_pool(&driver, req.subnet, subnet, &node, &taken)?;
         let gw_req = req.gateway.map(from_ip);
         let gateway = match pool.gateway {
             Some(g) => g,
@@ -106,6 +110,7 @@ impl Core {
             )?,
         };
         let gateway = to_prefix(&gateway).map_err(to_cnm)?;
+        ipam_check::check_address(&driver, subnet, req.gateway, gateway)?;
         let net = Network {
             id: random_id(),
             name: req.name.clone(),
@@ -365,6 +370,7 @@ impl Core {
             },
         )?;
         let ipv4 = to_prefix(&address).map_err(to_cnm)?;
+        ipam_check::check_address(&net.driver, pool.subnet, req.ip, ipv4)?;
         let ep_req = wit::EndpointRequest {
             id: endpoint_id.to_string(),
             ipv4: Some(address),

@@ -12,6 +12,7 @@ use netshim_host_api::bindings::netshim::plugin::types::MacAddress;
 use netshim_host_api::host::{from_ip, from_prefix, to_prefix};
 use netshim_host_api::store::{Condition, Store};
 
+use super::ipam_check;
 use super::calls::{wit_endpoint, wit_network, Calls};
 use super::model::{self, Endpoint, Network, PortMapping, SPACE};
 use super::{drop_driver_table, get_json, now, put_json, CnmError, CnmResult, Core};
@@ -89,8 +90,12 @@ impl Core {
             let p = c.call(Core::ipam_grant(driver), "request-pool", &[], |p, st, _| {
                 p.netshim_plugin_ipam().call_request_pool(st, &req)
             })?;
-            let pool = to_prefix(&p.pool).map_err(|e| CnmError::Invalid(e.to_string()))?;
-            Ok(PoolGrant { id: p.id, pool })
+            let got = to_prefix(&p.pool).map_err(|e| CnmError::Invalid(e.to_string()))?;
+            let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+            let taken = ipam_check::taken_pools(c.store())?;
+            ipam_check::check_pool(driver, pool, got, &node, &taken)?;
+            ipam_check::record_pool(c.store(), driver, &p.id, got)?;
+            Ok(PoolGrant { id: p.id, pool: got })
         })
     }
 
@@ -98,7 +103,8 @@ impl Core {
         self.step(driver, |c| {
             c.call(Core::ipam_grant(driver), "release-pool", &[], |p, st, _| {
                 p.netshim_plugin_ipam().call_release_pool(st, pool_id)
-            })
+            })?;
+            ipam_check::forget_pool(c.store(), driver, pool_id)
         })
     }
 
@@ -121,7 +127,12 @@ impl Core {
                         .call_request_address(st, pool_id, want, gateway, &options)
                 },
             )?;
-            to_prefix(&a).map_err(|e| CnmError::Invalid(e.to_string()))
+            let got = to_prefix(&a).map_err(|e| CnmError::Invalid(e.to_string()))?;
+            let pool = ipam_check::recorded_pool(c.store(), driver, pool_id)?.ok_or_else(|| {
+                CnmError::NotFound(format!("pool {pool_id} of driver {driver} was not handed out by netshim"))
+            })?;
+            ipam_check::check_address(driver, pool, address, got)?;
+            Ok(got)
         })
     }
 
