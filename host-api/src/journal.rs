@@ -31,6 +31,11 @@ pub enum Undo {
         ns: NsId,
         route: Route,
     },
+    /// Put back the route a `replace` overwrote.
+    RestoreRoute {
+        ns: NsId,
+        route: Route,
+    },
     SetLink {
         link: LinkRef,
         change: LinkChange,
@@ -95,6 +100,7 @@ impl Journal {
                 Undo::AddAddress { link, address } => kernel.add_address(link, address),
                 Undo::DelRoute { ns, route } => kernel.del_route(ns, &route),
                 Undo::AddRoute { ns, route } => kernel.add_route(ns, &route, false),
+                Undo::RestoreRoute { ns, route } => kernel.add_route(ns, &route, true),
                 Undo::SetLink { link, change } => kernel.set_link(link, &change),
                 Undo::Sysctl { ns, path, value } => kernel.sysctl_set(ns, &path, &value),
                 Undo::DelNeighbour { link, address } => kernel.del_neighbour(link, address),

@@ -66,6 +66,14 @@ pub trait Store {
         cond: Condition,
     ) -> Result<Option<Entry>, StoreError>;
     fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Bytes (keys and values) a space holds, for quotas.
+    fn space_bytes(&mut self, space: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .list(space, "")?
+            .iter()
+            .map(|e| e.key.len() + e.value.len())
+            .sum())
+    }
     /// Make every write of this session durable.
     fn commit(&mut self) -> Result<(), StoreError>;
     /// Make the writes so far visible to other sessions and safe from this
@@ -327,6 +335,16 @@ impl Store for LocalSession {
             .filter(|(_, r)| r.expires.is_none_or(|e| e > t))
             .map(|(k, r)| entry(k, r))
             .collect())
+    }
+
+    fn space_bytes(&mut self, space: &str) -> Result<usize, StoreError> {
+        let t = now();
+        Ok(self.doc.spaces.get(space).map_or(0, |m| {
+            m.iter()
+                .filter(|(_, r)| r.expires.is_none_or(|e| e > t))
+                .map(|(k, r)| k.len() + r.value.len() / 4 * 3)
+                .sum()
+        }))
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {

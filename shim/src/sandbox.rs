@@ -17,6 +17,8 @@ pub enum SandboxError {
     NotOurs(String),
     #[error("sandbox: the driver left the interface in the node namespace; this front-end needs it created in the sandbox")]
     NotInSandbox,
+    #[error("sandbox: the driver's static route to {0} is outside the network's prefixes [{1}] (and not a connected host route)")]
+    RouteOutsideGrant(IpNet, String),
     #[error("sandbox: {what}: {source}")]
     Kernel { what: String, source: KernelError },
 }
@@ -71,6 +73,23 @@ pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str, mark: &str) -> Result
             }),
         },
     }
+}
+
+/// The driver's static routes stay inside what the network may route:
+/// its prefixes, or a connected host route (Calico's 169.254.1.1).
+pub fn check_static_routes(join: &JoinInfo, grant: &[IpNet]) -> Result<(), SandboxError> {
+    for r in &join.static_routes {
+        let dst = to_prefix(&r.destination).map_err(|_| SandboxError::Kernel {
+            what: "static route".into(),
+            source: KernelError::Invalid("bad prefix".into()),
+        })?;
+        let host_route = dst.prefix_len() == dst.max_prefix_len() && r.route_type == RouteType::Connected;
+        if !host_route && !grant.iter().any(|g| g.contains(&dst)) {
+            let list = grant.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ");
+            return Err(SandboxError::RouteOutsideGrant(dst, list));
+        }
+    }
+    Ok(())
 }
 
 pub fn configure(

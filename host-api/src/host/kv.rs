@@ -54,7 +54,7 @@ impl Host for HostState {
         if cost > self.store_budget {
             return Err(HostError::invalid(format!(
                 "store write of {key:?} exceeds what one call may write ({} bytes)",
-                super::STORE_BUDGET_PER_CALL
+                crate::guard::limits::STORE_BYTES_PER_CALL
             )));
         }
         self.store_budget -= cost;
@@ -66,6 +66,15 @@ impl Host for HostState {
         }
         let space = self.grant.store_space();
         let old = self.store.get(&space, &key)?;
+        let freed = old.as_ref().map_or(0, |e| e.key.len() + e.value.len());
+        let total = self.store.space_bytes(&space)?.saturating_sub(freed) + cost;
+        if total > crate::guard::limits::STORE_BYTES_PER_DRIVER {
+            return Err(HostError::denied(format!(
+                "store write of {key:?} would make driver {} hold {total} bytes, more than its quota of {}",
+                self.grant.driver,
+                crate::guard::limits::STORE_BYTES_PER_DRIVER
+            )));
+        }
         let rev = self
             .store
             .put(&space, &key, &value, condition(cond), ttl_seconds)?;

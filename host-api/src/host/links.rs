@@ -318,9 +318,32 @@ impl Host for HostState {
                 spec.vni
             )));
         }
+        if let Some(port) = spec.port {
+            if port < 1024 {
+                return Err(HostError::denied(format!(
+                    "VXLAN {:?}: UDP port {port} is a privileged port the node's own services may use; use 4789, 8472 (the default) or another port from 1024 up",
+                    spec.name
+                )));
+            }
+        }
+        let local = spec.local.as_ref().map(to_ip);
+        if let Some(local) = local {
+            // The source address must be the node's underlay address: any
+            // other would let the tunnel speak for another host or network.
+            let on_underlay = match self.grant.underlay {
+                Some(u) => self.kernel.addresses(u)?.iter().any(|a| a.addr() == local),
+                None => false,
+            };
+            if !on_underlay {
+                return Err(HostError::denied(format!(
+                    "VXLAN {:?}: local address {local} is not an address of the node's underlay link",
+                    spec.name
+                )));
+            }
+        }
         let kind = LinkKind::Vxlan {
             vni: spec.vni,
-            local: spec.local.as_ref().map(to_ip),
+            local,
             port: spec.port,
             underlay,
             learning: spec.learning,

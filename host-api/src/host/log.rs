@@ -3,19 +3,15 @@
 use super::HostState;
 use crate::bindings::netshim::plugin::log::{Host, Level};
 
-/// Long lines are cut so a guest cannot flood the host's log.
-const MAX_LINE: usize = 4096;
-
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let mut msg = message;
-        if msg.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !msg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            msg.truncate(cut);
+        // A guest cannot flood the host's log: lines are cut, and past the
+        // quota only counted (one line says how many were dropped).
+        self.log_lines += 1;
+        if self.log_lines > crate::guard::limits::LOG_LINES_PER_CALL {
+            return Ok(());
         }
+        let msg = crate::guard::limits::truncate(&message, crate::guard::limits::LOG_LINE_BYTES);
         let driver = self.grant.driver.as_str();
         let call = self.call.as_str();
         match level {

@@ -158,11 +158,10 @@ pub struct HostState {
     /// Links this call created: their undo is their deletion, so changes to
     /// them need no read-back for the journal.
     pub(crate) created: Vec<LinkRef>,
+    /// Log lines the guest wrote in this call (past the quota: counted only).
+    pub(crate) log_lines: usize,
 }
 
-/// What one call may write to the store: the state is loaded and rewritten
-/// by every later operation, so a guest must not be able to bloat it.
-pub const STORE_BUDGET_PER_CALL: usize = 4 << 20;
 
 impl HostState {
     pub fn new(
@@ -178,7 +177,8 @@ impl HostState {
             journal: Journal::default(),
             table: ResourceTable::new(),
             call: call.to_string(),
-            store_budget: STORE_BUDGET_PER_CALL,
+            store_budget: crate::guard::limits::STORE_BYTES_PER_CALL,
+            log_lines: 0,
             created: Vec::new(),
         }
     }
@@ -198,6 +198,16 @@ impl HostState {
     /// End the call: the store session (to commit or keep using) and the
     /// journal (to roll back on failure).
     pub fn finish(self) -> (Box<dyn Store + Send>, Journal) {
+        let quota = crate::guard::limits::LOG_LINES_PER_CALL;
+        if self.log_lines > quota {
+            tracing::warn!(
+                target: "guest",
+                driver = self.grant.driver.as_str(),
+                call = self.call.as_str(),
+                "{} lines dropped (a call may log {quota})",
+                self.log_lines - quota
+            );
+        }
         (self.store, self.journal)
     }
 

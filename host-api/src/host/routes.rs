@@ -11,7 +11,7 @@ use crate::bindings::netshim::plugin::route::{
 };
 use crate::bindings::netshim::plugin::types::{IpAddress, IpPrefix, MacAddress};
 use crate::journal::Undo;
-use crate::kernel::{NsId, Route, RouteKind, RouteScope, MAIN_TABLE};
+use crate::kernel::{LinkRef, NsId, Route, RouteKind, RouteScope, MAIN_TABLE, ROUTE_PROTO_NETSHIM};
 
 impl HostState {
     fn resolve_route(&self, r: &WitRoute, what: &str) -> HostResult<Route> {
@@ -83,6 +83,45 @@ impl HostState {
         Ok(route)
     }
 
+    /// The route the kernel has under the same key (table, destination,
+    /// metric) as `r`, if any.
+    fn existing_route(&self, r: &Route) -> HostResult<Option<Route>> {
+        Ok(self
+            .kernel
+            .routes(NsId::NODE, r.table)?
+            .into_iter()
+            .find(|x| x.destination == r.destination && x.metric.unwrap_or(0) == r.metric.unwrap_or(0)))
+    }
+
+    /// Whether an installed route is this network's: netshim installed it,
+    /// and it goes through a link the network owns (or, without a device of
+    /// its own, to a destination of the network's grant).
+    fn owns_route(&self, r: &Route) -> HostResult<bool> {
+        if r.protocol != ROUTE_PROTO_NETSHIM {
+            return Ok(false);
+        }
+        let in_grant = self.grant.route_prefixes.iter().any(|g| g.contains(&r.destination));
+        let Some(index) = r.oif else {
+            return Ok(in_grant);
+        };
+        let link = LinkRef { ns: NsId::NODE, index };
+        if self.grant.underlay == Some(link) {
+            return Ok(in_grant);
+        }
+        let mark = self.mark("route")?;
+        Ok(self
+            .kernel
+            .link_by_index(link)?
+            .is_some_and(|l| l.alias.as_deref() == Some(mark.as_str())))
+    }
+
+    fn not_ours(&self, what: &str, r: &Route) -> HostError {
+        HostError::denied(format!(
+            "{what} of route {} denied: the route in the node's table is not this network's (only routes netshim installed through this network's links may be changed)",
+            r.destination
+        ))
+    }
+
     fn neighbour_dev(&self, dev: &Resource<LinkHandle>, what: &str) -> HostResult<LinkHandle> {
         self.network(what)?;
         self.owned_link(dev, what)
@@ -106,20 +145,38 @@ impl Host for HostState {
 
     fn replace(&mut self, r: WitRoute) -> HostResult<()> {
         let route = self.resolve_route(&r, "replace")?;
+        let before = self.existing_route(&route)?;
+        if let Some(old) = &before {
+            if !self.owns_route(old)? {
+                return Err(self.not_ours("replace", old));
+            }
+        }
         self.kernel.add_route(NsId::NODE, &route, true)?;
-        self.journal.record(Undo::DelRoute {
-            ns: NsId::NODE,
-            route,
+        self.journal.record(match before {
+            Some(old) => Undo::RestoreRoute {
+                ns: NsId::NODE,
+                route: old,
+            },
+            None => Undo::DelRoute {
+                ns: NsId::NODE,
+                route,
+            },
         });
         Ok(())
     }
 
     fn del(&mut self, r: WitRoute) -> HostResult<()> {
         let route = self.resolve_route(&r, "del")?;
-        self.kernel.del_route(NsId::NODE, &route)?;
+        let old = self.existing_route(&route)?.ok_or_else(|| {
+            HostError::not_found(format!("route {} in table {}", route.destination, route.table))
+        })?;
+        if !self.owns_route(&old)? {
+            return Err(self.not_ours("del", &old));
+        }
+        self.kernel.del_route(NsId::NODE, &old)?;
         self.journal.record(Undo::AddRoute {
             ns: NsId::NODE,
-            route,
+            route: old,
         });
         Ok(())
     }

@@ -269,6 +269,15 @@ impl Kernel for FakeKernel {
         Ok(ns)
     }
 
+    fn ns_identity(&self, ns: NsId) -> KResult<(u64, u64)> {
+        // The node is the namespace opened as /proc/1/ns/net, or NODE itself.
+        let m = self.lock();
+        match m.namespaces.get(&ns) {
+            Some(p) if p == std::path::Path::new("/proc/1/ns/net") => Ok((0, 0)),
+            _ => Ok((0, u64::from(ns.0))),
+        }
+    }
+
     fn close_ns(&self, ns: NsId) {
         // Closing forgets the handle; the namespace's links live on in the
         // model (a real namespace lives as long as its bind mount).

@@ -43,6 +43,10 @@ impl Kernel for Metered {
     fn open_ns(&self, path: &Path) -> KResult<NsId> {
         self.timed(|k| k.open_ns(path))
     }
+    fn ns_identity(&self, ns: NsId) -> KResult<(u64, u64)> {
+        self.timed(|k| k.ns_identity(ns))
+    }
+
     fn close_ns(&self, ns: NsId) {
         self.timed(|k| k.close_ns(ns))
     }

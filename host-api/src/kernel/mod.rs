@@ -190,6 +190,9 @@ pub trait Kernel: Send + Sync {
     fn open_ns(&self, path: &Path) -> KResult<NsId>;
     /// Forget a namespace opened with `open_ns` (closes fd and sockets).
     fn close_ns(&self, ns: NsId);
+    /// What identifies the namespace itself (nsfs device and inode), so two
+    /// handles can be told to be the same namespace whatever path opened them.
+    fn ns_identity(&self, ns: NsId) -> KResult<(u64, u64)>;
 
     /// Create a link; returns the new link, and for a veth also its peer
     /// (in that order).

@@ -1070,6 +1070,16 @@ impl Kernel for Netlink {
         Ok(id)
     }
 
+    fn ns_identity(&self, ns_id: NsId) -> KResult<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = self.ns(ns_id)?;
+        let m = ns
+            .fd
+            .metadata()
+            .map_err(|e| KernelError::Other(format!("{}: {e}", ns.label)))?;
+        Ok((m.dev(), m.ino()))
+    }
+
     fn close_ns(&self, ns: NsId) {
         // The node namespace is what the backend was opened for; it lives as
         // long as the backend.

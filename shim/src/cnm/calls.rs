@@ -31,16 +31,20 @@ pub struct Calls<'a> {
     teardown: bool,
 }
 
-/// How a driver's error reads: its kind, then its own words.
+/// How a driver's error reads: its kind, then its own words (cut to the
+/// length limit: they reach logs, HTTP replies and terminals).
 pub fn describe(e: &WitError) -> String {
+    let cut = |m: &str| {
+        netshim_host_api::guard::limits::truncate(m, netshim_host_api::guard::limits::ERROR_MESSAGE_BYTES)
+    };
     match e {
-        WitError::Exists(m) => format!("already exists: {m}"),
-        WitError::NotFound(m) => format!("not found: {m}"),
-        WitError::Denied(m) => format!("denied: {m}"),
-        WitError::Invalid(m) => format!("invalid: {m}"),
-        WitError::Unsupported(m) => format!("unsupported: {m}"),
-        WitError::Conflict(m) => format!("conflict: {m}"),
-        WitError::Failed(m) => format!("failed: {m}"),
+        WitError::Exists(m) => format!("already exists: {}", cut(m)),
+        WitError::NotFound(m) => format!("not found: {}", cut(m)),
+        WitError::Denied(m) => format!("denied: {}", cut(m)),
+        WitError::Invalid(m) => format!("invalid: {}", cut(m)),
+        WitError::Unsupported(m) => format!("unsupported: {}", cut(m)),
+        WitError::Conflict(m) => format!("conflict: {}", cut(m)),
+        WitError::Failed(m) => format!("failed: {}", cut(m)),
     }
 }
 

@@ -268,6 +268,12 @@ impl Core {
             core: self,
             ns: self.kernel.open_ns(&req.netns)?,
         };
+        if self.kernel.ns_identity(ns.ns)? == self.kernel.ns_identity(NsId::NODE)? {
+            return Err(CnmError::Invalid(format!(
+                "{} is the node's own network namespace; a sandbox must be a container's namespace (the driver would be handed the node)",
+                req.netns.display()
+            )));
+        }
         let intent_key = model::intent_key(&net.id, &netns);
         let unfinished: Option<model::Intent> = get_json(&mut s, &intent_key)?;
         let intent = model::Intent {
@@ -404,6 +410,7 @@ impl Core {
             )
         })?;
         let gateway = join.gateway.as_ref().map(to_ip);
+        sandbox::check_static_routes(&join, &self.grant(net, false).route_prefixes)?;
         sandbox::configure(
             self.kernel.as_ref(),
             ns,

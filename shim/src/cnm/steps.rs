@@ -10,6 +10,7 @@ use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
 use netshim_host_api::bindings::exports::netshim::plugin::ipam;
 use netshim_host_api::bindings::netshim::plugin::types::MacAddress;
 use netshim_host_api::host::{from_ip, from_prefix, to_prefix};
+use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
 
 use super::ipam_check;
@@ -270,6 +271,22 @@ impl Core {
             let join = c.call(self.grant(&net, false), "join", &[], |p, st, _| {
                 p.netshim_plugin_driver().call_join(st, &wnet, &req, None)
             })?;
+            // dockerd moves whatever SrcName names into the container: only a
+            // link this network made may be named.
+            let mark = netshim_host_api::host::ownership_mark(&net.id);
+            match self.kernel.link_by_name(NsId::NODE, &join.src_name) {
+                Ok(Some(l)) if l.alias.as_deref() == Some(mark.as_str()) => {}
+                _ => {
+                    return Err(CnmError::Driver {
+                        driver: net.driver.clone(),
+                        message: format!(
+                            "join named interface {:?} for dockerd to move into the container, which is not a link network {} created in the node namespace",
+                            netshim_host_api::guard::limits::truncate(&join.src_name, 32),
+                            net.name
+                        ),
+                    })
+                }
+            }
             let mut ep = ep.clone();
             ep.netns = sandbox_key.into();
             ep.gateway = join.gateway.as_ref().map(netshim_host_api::host::to_ip);
