@@ -32,6 +32,14 @@ fn parse(path: &str, text: &str) -> HostResult<u32> {
 impl Host for HostState {
     fn set_link(&mut self, l: Resource<LinkHandle>, key: LinkKey, value: u32) -> HostResult<()> {
         let h = self.owned_link(&l, "sysctl set")?;
+        if key == LinkKey::RouteLocalnet && value != 0 {
+            // With it, a DNAT to 127.0.0.1 would reach the node's
+            // loopback-only services from the network.
+            return Err(HostError::denied(format!(
+                "sysctl route_localnet on {:?} denied: it would expose the node's loopback-only services to the network",
+                h.name
+            )));
+        }
         let p = path(key, &h.name);
         let old = self.kernel.sysctl_get(h.link.ns, &p)?;
         self.kernel.sysctl_set(h.link.ns, &p, &value.to_string())?;
