@@ -94,8 +94,24 @@ impl HostState {
     /// Put a node-side link the network just created in the scope of the
     /// driver's rules (the dispatch set).
     pub(crate) fn admit_link(&mut self, index: u32) -> HostResult<()> {
-        let view = self.table_view(false)?;
-        self.nft_journaled(guard::admit_link(index), &view)
+        // On the attach path: one dump (does the table exist?) and one batch;
+        // the inverse needs nothing more.
+        let table = self.grant.nft_table();
+        let exists = self.kernel.nft_tables(NsId::NODE)?.contains(&table);
+        self.kernel.nft_apply(NsId::NODE, &table, &guard::admit_link(index))?;
+        self.journal.record(Undo::Nft {
+            ns: NsId::NODE,
+            table,
+            ops: if exists {
+                vec![Op::DeleteElement {
+                    set: guard::IFS_SET.into(),
+                    elem: Element::Ifindex(index),
+                }]
+            } else {
+                vec![Op::DeleteTable]
+            },
+        });
+        Ok(())
     }
 
     /// Take a deleted link out of the dispatch set (best effort: the table
