@@ -130,7 +130,7 @@ impl Core {
             )?;
             let got = to_prefix(&a).map_err(|e| CnmError::Invalid(e.to_string()))?;
             let pool = ipam_check::recorded_pool(c.store(), driver, pool_id)?.ok_or_else(|| {
-                CnmError::NotFound(format!("pool {pool_id} of driver {driver} was not handed out by netshim"))
+                CnmError::NotFound(format!("pool {pool_id} of driver {driver} not found: netshim handed out no such pool"))
             })?;
             ipam_check::check_address(driver, pool, address, got)?;
             Ok(got)
@@ -384,4 +384,43 @@ impl Core {
             Ok(())
         })
     }
+
+    /// The driver's own word on where its networks live (Docker's
+    /// GetCapabilities): (scope, connectivity scope), "local" or "global".
+    pub fn driver_capabilities(&self, driver: &str) -> CnmResult<(&'static str, &'static str)> {
+        let caps = self.step(driver, |c| {
+            c.call(Core::ipam_grant(driver), "get-capabilities", &[], |p, st, _| {
+                p.netshim_plugin_driver().call_get_capabilities(st).map(Ok)
+            })
+        })?;
+        let name = |s: wit::Scope| match s {
+            wit::Scope::Local => "local",
+            wit::Scope::Global => "global",
+        };
+        Ok((name(caps.scope), name(caps.connectivity_scope)))
+    }
+
+    /// Operational data the driver reports for an endpoint (Docker's
+    /// EndpointOperInfo), bounded: it ends up in `docker inspect`.
+    pub fn endpoint_oper_info(&self, network_id: &str, endpoint_id: &str) -> CnmResult<Vec<(String, String)>> {
+        use netshim_host_api::guard::limits::truncate;
+        // dockerd asks for endpoints it is removing: unknown ones have none.
+        let Some(net) = get_json::<Network>(&mut self.store.session()?, &model::network_key(network_id))? else {
+            return Ok(Vec::new());
+        };
+        let wnet = wit_network(&net);
+        let info = self.step(&net.driver, |c| {
+            c.call(self.grant(&net, false), "endpoint-oper-info", &[], |p, st, _| {
+                p.netshim_plugin_driver().call_endpoint_oper_info(st, &wnet, endpoint_id)
+            })
+        })?;
+        Ok(info
+            .into_iter()
+            .take(OPER_INFO_ENTRIES)
+            .map(|(k, v)| (truncate(&k, 128), truncate(&v, 1024)))
+            .collect())
+    }
 }
+
+/// Entries of a driver's endpoint-oper-info that reach dockerd.
+const OPER_INFO_ENTRIES: usize = 64;

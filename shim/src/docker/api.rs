@@ -150,9 +150,10 @@ pub fn handle(core: &Core, driver: &str, path: &str, raw: &[u8]) -> Reply {
     let method = path.trim_start_matches('/');
     let result = match method {
         "Plugin.Activate" => Ok(json!({ "Implements": ["NetworkDriver", "IpamDriver"] })),
-        "NetworkDriver.GetCapabilities" => {
-            Ok(json!({ "Scope": "local", "ConnectivityScope": "local" }))
-        }
+        "NetworkDriver.GetCapabilities" => core
+            .driver_capabilities(driver)
+            .map(|(scope, connectivity)| json!({ "Scope": scope, "ConnectivityScope": connectivity }))
+            .map_err(ApiError::from),
         "IpamDriver.GetCapabilities" => {
             Ok(json!({ "RequiresMACAddress": false, "RequiresRequestReplay": false }))
         }
@@ -171,7 +172,12 @@ pub fn handle(core: &Core, driver: &str, path: &str, raw: &[u8]) -> Reply {
                 .endpoint_delete(&r.network_id, &r.endpoint_id)
                 .map(|_| json!({}))?)
         }),
-        "NetworkDriver.EndpointOperInfo" => endpoint(method, raw).map(|_| json!({ "Value": {} })),
+        "NetworkDriver.EndpointOperInfo" => endpoint(method, raw).and_then(|r| {
+            let info = core.endpoint_oper_info(&r.network_id, &r.endpoint_id)?;
+            let value: serde_json::Map<String, serde_json::Value> =
+                info.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+            Ok(json!({ "Value": value }))
+        }),
         "NetworkDriver.Join" => join(core, method, raw),
         "NetworkDriver.Leave" => endpoint(method, raw).and_then(|r| {
             Ok(core
