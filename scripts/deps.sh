@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Everything netshim needs on a fresh Debian 12 machine with rustup: the C
-# libraries of the nftables netlink client, the tools the demo drives, and
-# the wasm target the drivers are built for. `deps.sh test` adds what the
+# Everything netshim needs on a fresh Debian 12 machine with rustup: the
+# tools the demo drives (netshim itself links no C library) and the wasm
+# target the drivers are built for. `deps.sh test` adds what the
 # tests drive: real OCI runtimes (runc, crun from Debian; youki from
 # crates.io, kept in ~/.cargo/bin between runs), busybox for container
 # images, strace.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 iputils-ping python3)
+pkgs=(nftables iproute2 iputils-ping python3)
 if [ "${1:-}" = test ]; then
   pkgs+=(strace runc crun busybox-static util-linux docker.io)
 fi

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::{unshare, CloneFlags};
 
 pub const NETNS_DIR: &str = "/run/netns";
 
@@ -86,27 +86,10 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
     fs::remove_file(&target).map_err(err(name, "removing the mount point"))
 }
 
-/// Run `f` on a thread inside the namespace at `path`.
-pub fn run_in<R: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, NetnsError> {
+/// Run `f` on a thread inside the namespace at `path` (host-api's one
+/// setns helper).
+pub fn run_in<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, NetnsError> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(err(&name, "open"))?;
-    thread::spawn(move || {
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError {
-            name: name.clone(),
-            what: "setns",
-            source: e.into(),
-        })?;
-        Ok(f())
-    })
-    .join()
-    .unwrap_or_else(|_| {
-        Err(NetnsError {
-            name: path.display().to_string(),
-            what: "thread",
-            source: std::io::Error::other("panicked"),
-        })
-    })
+    netshim_host_api::kernel::netns::in_namespace(file.as_fd(), || Ok(f())).map_err(err(&name, "entering it"))
 }

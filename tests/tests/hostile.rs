@@ -34,6 +34,10 @@ fn host(tag: &str) -> Host {
 }
 
 fn create(h: &Host, name: &str, mode: &str) -> Result<(), CnmError> {
+    create_with(h, name, mode, &[])
+}
+
+fn create_with(h: &Host, name: &str, mode: &str, extra: &[(&str, &str)]) -> Result<(), CnmError> {
     h.core
         .network_create(CreateNetwork {
             name: name.into(),
@@ -41,10 +45,11 @@ fn create(h: &Host, name: &str, mode: &str) -> Result<(), CnmError> {
             subnet: Some("10.99.0.0/24".parse().unwrap()),
             gateway: None,
             internal: false,
-            options: vec![
-                ("hostile".into(), mode.into()),
-                ("target".into(), "uplink".into()),
-            ],
+            options: [("hostile", mode), ("target", "uplink")]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
         .map(|_| ())
 }
@@ -169,6 +174,35 @@ fn routes_outside_the_grant_are_denied() {
         links,
         "the bridge made before the denied route was not rolled back"
     );
+    still_serving(&h);
+}
+
+/// Cluster prefixes come only from the operator, through the network's
+/// `netshim.route-prefixes` option; even then never the node's way out.
+#[test]
+fn operator_granted_cluster_prefixes_extend_the_grant() {
+    if !can_run() {
+        return;
+    }
+    let h = host("cluster-prefix");
+    let (links, _, routes) = h.node.baseline();
+    let grant = [("netshim.route-prefixes", "192.0.2.0/24")];
+    create_with(&h, "granted", "route-outside", &grant).expect("a route inside the operator's grant");
+    assert!(
+        h.node.node.routes().iter().any(|r| r.starts_with("192.0.2.0/24")),
+        "the granted route is missing: {:?}",
+        h.node.node.routes()
+    );
+    h.core.network_rm("granted").unwrap();
+    assert_eq!(h.node.node.routes(), routes);
+    for bad in ["0.0.0.0/1", "127.0.0.0/8", "10.0.0.0/4"] {
+        let err = create_with(&h, "wide", "route-outside", &[("netshim.route-prefixes", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("netshim.route-prefixes"), "{bad}: {err}");
+        assert_eq!(h.node.node.links(), links, "{bad}: left a link");
+    }
+    assert_eq!(h.node.node.routes(), routes);
     still_serving(&h);
 }
 

@@ -106,8 +106,19 @@ fn batch() -> impl Strategy<Value = Vec<Op>> {
     ]
 }
 
+/// 256 cases with a fixed seed in CI; `scripts/fuzz-netfilter.sh` sets
+/// NETSHIM_PROP_CASES (and may set NETSHIM_PROP_SEED) for long runs.
+fn cases() -> u32 {
+    std::env::var("NETSHIM_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
+fn seed() -> prop::test_runner::RngSeed {
+    let s = std::env::var("NETSHIM_PROP_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    prop::test_runner::RngSeed::Fixed(s)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, rng_seed: prop::test_runner::RngSeed::Fixed(0x5eed), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), rng_seed: seed(), ..ProptestConfig::default() })]
 
     #[test]
     fn any_batch_is_a_value_never_a_crash(batches in prop::collection::vec(batch(), 1..4)) {

@@ -317,7 +317,8 @@ fn quotas_hold() {
     let out = h.netshim(&["network", "create", "loud", "--driver", "hostile", "--subnet", "10.99.0.0/24", "-o", "hostile=log-flood"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("9800 lines dropped"), "{}", &log[log.len().saturating_sub(2000)..]);
+    // The mode line and 10,000 flood lines: 200 kept, 9,801 dropped.
+    assert!(log.contains("9801 lines dropped"), "{}", &log[log.len().saturating_sub(2000)..]);
     assert!(log.lines().count() < 300, "{} log lines", log.lines().count());
     h.netshim(&["network", "rm", "loud"]);
     let out = h.netshim(&["network", "create", "long", "--driver", "hostile", "--subnet", "10.99.0.0/24", "-o", "hostile=error-long"]);

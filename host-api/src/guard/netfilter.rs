@@ -22,12 +22,21 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::limits;
-use crate::model::nft::{Action, BaseChain, ChainType, Element, Hook, Match, Op, Protocol, Rule, SetType};
+use crate::model::nft::{
+    Action, AttachPoint, BaseChain, ChainType, Element, Hook, Match, Op, Protocol, Rule, SetType,
+};
 
 /// Names the host keeps for itself in a driver's table.
 pub const RESERVED_PREFIX: &str = "netshim-";
 /// The ifindexes of every node-side link of the driver's networks.
 pub const IFS_SET: &str = "netshim-ifs";
+
+/// The ifindexes of one network's node-side links: what WIT 0.2's attach
+/// points and `from-network` / `to-network` resolve to.
+pub fn network_set(network_id: &str) -> String {
+    let short: String = network_id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    format!("{RESERVED_PREFIX}net-{short}")
+}
 
 /// Why a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +73,8 @@ pub struct Published {
 pub struct Scope<'a> {
     pub pools: &'a [IpNet],
     pub published: &'a [Published],
+    /// The network the call acts for (None: an IPAM call).
+    pub network: Option<&'a str>,
 }
 
 /// The driver's table as the kernel has it before the batch.
@@ -123,6 +134,68 @@ fn dispatch(t: ChainType, h: Hook, chain: &str) -> Checked<Vec<(String, Vec<Matc
             )))
         }
     })
+}
+
+/// Where an attach point runs and the dispatch rules (id, matches) that
+/// send the network's packets there; `net` is the network's set.
+fn attach_dispatch(
+    point: AttachPoint,
+    net: &str,
+    chain: &str,
+) -> Vec<(ChainType, Hook, String, Vec<Match>)> {
+    let set = || net.to_string();
+    let tag = net.strip_prefix(RESERVED_PREFIX).unwrap_or(net);
+    let id = |scope: &str| format!("{scope}:{tag}>{chain}");
+    match point {
+        AttachPoint::ForwardFromNetwork => {
+            vec![(ChainType::Filter, Hook::Forward, id("from"), vec![Match::IifIn(set())])]
+        }
+        AttachPoint::ForwardToNetwork => vec![(
+            ChainType::Filter,
+            Hook::Forward,
+            id("to"),
+            vec![Match::IifNotIn(set()), Match::OifIn(set())],
+        )],
+        AttachPoint::InputFromNetwork => {
+            vec![(ChainType::Filter, Hook::Input, id("from"), vec![Match::IifIn(set())])]
+        }
+        AttachPoint::NatLeavingNetwork => vec![(
+            ChainType::Nat,
+            Hook::Postrouting,
+            id("leaving"),
+            vec![Match::IifIn(set()), Match::OifNotIn(set())],
+        )],
+        // Traffic to the node is no network's: one jump for the driver's
+        // chain whichever network attached it (what may stand there is
+        // checked rule by rule: DNAT of this call's published ports).
+        AttachPoint::NatToNode => [Hook::Prerouting, Hook::Output]
+            .into_iter()
+            .map(|h| (ChainType::Nat, h, format!("local>{chain}"), vec![Match::DaddrLocal]))
+            .collect(),
+    }
+}
+
+/// `from-network` / `to-network` as lookups in the network's set.
+fn resolve_network_matches(rule: &mut Rule, chain: &str, net: Option<&str>) -> Checked<()> {
+    for m in &mut rule.matches {
+        let inbound = match m {
+            Match::FromNetwork => true,
+            Match::ToNetwork => false,
+            _ => continue,
+        };
+        let Some(net) = net else {
+            return Err(denied(format!(
+                "{}: from-network / to-network need a call that acts for a network",
+                rule_where(chain, &Rule { matches: Vec::new(), ..rule.clone() })
+            )));
+        };
+        *m = if inbound {
+            Match::IifIn(net.to_string())
+        } else {
+            Match::OifIn(net.to_string())
+        };
+    }
+    Ok(())
 }
 
 fn check_name(kind: &str, name: &str) -> Checked<()> {
@@ -233,13 +306,13 @@ fn check_rule(chain: &str, r: &Rule, roles: &Roles, scope: &Scope) -> Checked<()
             )))
         }
         Action::Dnat(addr, port) => check_dnat(chain, r, *addr, *port, roles, scope)?,
-        Action::Accept | Action::Drop | Action::Return if local => {
+        Action::Accept | Action::Drop | Action::Reject | Action::Return if local => {
             return Err(denied(format!(
                 "{}: chain {chain} sees traffic to the node's own addresses; only DNAT of published ports may stand there",
                 at()
             )))
         }
-        Action::Accept | Action::Drop | Action::Return => {}
+        Action::Accept | Action::Drop | Action::Reject | Action::Return => {}
     }
     Ok(())
 }
@@ -318,12 +391,80 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
         .cloned()
         .collect();
     let mut rules = view.rules;
-    let mut out = vec![Op::AddSet {
-        name: IFS_SET.into(),
-        ty: SetType::Ifindex,
-    }];
+    let net_set = scope.network.map(network_set);
+    let host_sets = || {
+        let mut v = vec![Op::AddSet {
+            name: IFS_SET.into(),
+            ty: SetType::Ifindex,
+        }];
+        if let Some(n) = &net_set {
+            v.push(Op::AddSet {
+                name: n.clone(),
+                ty: SetType::Ifindex,
+            });
+        }
+        v
+    };
+    let mut out = host_sets();
     for op in batch {
         match op {
+            Op::AttachChain { name, point } => {
+                check_own("chain", &name)?;
+                let Some(net) = &net_set else {
+                    return Err(denied(format!(
+                        "chain {name}: attaching a chain needs a call that acts for a network"
+                    )));
+                };
+                for (t, h, id, matches) in attach_dispatch(point, net, &name) {
+                    let hc = host_chain(t, h);
+                    let present = view.dispatch.get(&hc).is_some_and(|ids| ids.contains(&id))
+                        || out.iter().any(|o| matches!(o, Op::AddRule { chain, rule } if *chain == hc && rule.id == id));
+                    if host_chains.insert(hc.clone()) {
+                        out.push(Op::AddChain {
+                            name: hc.clone(),
+                            base: Some(BaseChain {
+                                hook: h,
+                                chain_type: t,
+                                priority: host_priority(t, h),
+                                policy_drop: false,
+                            }),
+                        });
+                    }
+                    roles.0.entry(name.clone()).or_default().insert(key(t, h));
+                    if present {
+                        continue;
+                    }
+                    rules += 1;
+                    out.push(Op::AddRule {
+                        chain: hc,
+                        rule: Rule {
+                            id,
+                            matches,
+                            counter: false,
+                            action: Action::Jump(name.clone()),
+                        },
+                    });
+                }
+            }
+            Op::DetachChain { name, point } => {
+                check_own("chain", &name)?;
+                let Some(net) = &net_set else {
+                    return Err(denied(format!(
+                        "chain {name}: detaching a chain needs a call that acts for a network"
+                    )));
+                };
+                if point == AttachPoint::NatToNode {
+                    // Shared by the driver's networks; it goes with the chain.
+                    continue;
+                }
+                for (t, h, id, _) in attach_dispatch(point, net, &name) {
+                    let hc = host_chain(t, h);
+                    if view.dispatch.get(&hc).is_some_and(|ids| ids.contains(&id)) {
+                        rules = rules.saturating_sub(1);
+                        out.push(Op::DeleteRule { chain: hc, id });
+                    }
+                }
+            }
             Op::AddChain { name, base: None } => {
                 check_own("chain", &name)?;
                 out.push(Op::AddChain { name, base: None });
@@ -350,7 +491,8 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                 check_own("chain", &name)?;
                 out.push(Op::FlushChain(name));
             }
-            Op::AddRule { chain, rule } => {
+            Op::AddRule { chain, mut rule } => {
+                resolve_network_matches(&mut rule, &chain, net_set.as_deref())?;
                 check_rule(&chain, &rule, &roles, scope)?;
                 rules += 1;
                 out.push(Op::AddRule { chain, rule });
@@ -386,10 +528,7 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                 host_chains.clear();
                 rules = 0;
                 out.push(Op::DeleteTable);
-                out.push(Op::AddSet {
-                    name: IFS_SET.into(),
-                    ty: SetType::Ifindex,
-                });
+                out.extend(host_sets());
             }
         }
         if rules > limits::NFT_TABLE_RULES {
@@ -467,17 +606,24 @@ fn hook_chain(
 }
 
 /// The ops that put a link of the driver's networks in scope.
-pub fn admit_link(index: u32) -> Vec<Op> {
-    vec![
-        Op::AddSet {
-            name: IFS_SET.into(),
-            ty: SetType::Ifindex,
-        },
-        Op::AddElement {
-            set: IFS_SET.into(),
-            elem: Element::Ifindex(index),
-        },
-    ]
+/// Ops that put a node-side link of `network` in the driver-wide and the
+/// network's dispatch sets.
+pub fn admit_link(index: u32, network: &str) -> Vec<Op> {
+    [IFS_SET.to_string(), network_set(network)]
+        .into_iter()
+        .flat_map(|set| {
+            [
+                Op::AddSet {
+                    name: set.clone(),
+                    ty: SetType::Ifindex,
+                },
+                Op::AddElement {
+                    set,
+                    elem: Element::Ifindex(index),
+                },
+            ]
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -498,7 +644,7 @@ mod tests {
 
     fn run(batch: Vec<Op>, view: &TableView, published: &[Published]) -> Checked<Vec<Op>> {
         let p = pools();
-        scope_batch(batch, view, &Scope { pools: &p, published })
+        scope_batch(batch, view, &Scope { pools: &p, published, network: Some("n1") })
     }
 
     /// The view the kernel would show after `ops`.
@@ -644,5 +790,106 @@ mod tests {
         assert!(e.to_string().contains("5000 matches"), "{e}");
         let long = Op::AddChain { name: "c".repeat(300), base: None };
         assert!(matches!(run(vec![long], &TableView::default(), &[]), Err(Refusal::Invalid(_))));
+    }
+
+    fn jumps_into<'a>(out: &'a [Op], host: &str) -> Vec<&'a Rule> {
+        out.iter()
+            .filter_map(|o| match o {
+                Op::AddRule { chain, rule } if chain == host => Some(rule),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attach_points_dispatch_only_the_networks_traffic() {
+        let attach = |point| Op::AttachChain { name: "fwd".into(), point };
+        let out = run(
+            vec![
+                Op::AddChain { name: "fwd".into(), base: None },
+                attach(AttachPoint::ForwardFromNetwork),
+                attach(AttachPoint::ForwardToNetwork),
+            ],
+            &TableView::default(),
+            &[],
+        )
+        .unwrap();
+        let set = network_set("n1");
+        assert!(out.contains(&Op::AddSet { name: set.clone(), ty: SetType::Ifindex }));
+        let hc = host_chain(ChainType::Filter, Hook::Forward);
+        let jumps = jumps_into(&out, &hc);
+        assert_eq!(jumps.len(), 2, "{out:?}");
+        assert_eq!(jumps[0].matches, vec![Match::IifIn(set.clone())]);
+        assert_eq!(jumps[1].matches, vec![Match::IifNotIn(set.clone()), Match::OifIn(set.clone())]);
+        // Attached again: nothing new. Detached: its jumps go.
+        let view = view_after(&out);
+        let again = run(vec![attach(AttachPoint::ForwardFromNetwork)], &view, &[]).unwrap();
+        assert!(jumps_into(&again, &hc).is_empty(), "{again:?}");
+        let gone = run(vec![Op::DetachChain { name: "fwd".into(), point: AttachPoint::ForwardFromNetwork }], &view, &[])
+            .unwrap();
+        assert!(gone.iter().any(|o| matches!(o, Op::DeleteRule { chain, id } if *chain == hc && id == &jumps[0].id)));
+        // No network, no attachment.
+        let p = pools();
+        let e = scope_batch(
+            vec![attach(AttachPoint::InputFromNetwork)],
+            &TableView::default(),
+            &Scope { pools: &p, published: &[], network: None },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Refusal::Denied(_)), "{e}");
+    }
+
+    #[test]
+    fn network_relative_matches_become_the_networks_set() {
+        let out = run(
+            vec![
+                Op::AddChain { name: "fwd".into(), base: None },
+                Op::AddRule {
+                    chain: "fwd".into(),
+                    rule: rule("r", vec![Match::FromNetwork, Match::ToNetwork], Action::Reject),
+                },
+            ],
+            &TableView::default(),
+            &[],
+        )
+        .unwrap();
+        let set = network_set("n1");
+        assert!(out.iter().any(|o| matches!(o, Op::AddRule { rule, .. }
+            if rule.matches == vec![Match::IifIn(set.clone()), Match::OifIn(set.clone())])));
+    }
+
+    #[test]
+    fn the_nat_to_node_point_takes_only_published_dnat() {
+        let out = run(
+            vec![
+                Op::AddChain { name: "ports".into(), base: None },
+                Op::AttachChain { name: "ports".into(), point: AttachPoint::NatToNode },
+            ],
+            &TableView::default(),
+            &[],
+        )
+        .unwrap();
+        let view = view_after(&out);
+        for action in [Action::Accept, Action::Reject, Action::Jump("x".into())] {
+            let e = run(
+                vec![Op::AddRule { chain: "ports".into(), rule: rule("r", vec![], action.clone()) }],
+                &view,
+                &[],
+            )
+            .unwrap_err();
+            assert!(matches!(e, Refusal::Denied(_)), "{action:?}: {e}");
+        }
+        let published = [Published {
+            protocol: Protocol::Tcp,
+            host_port: 8080,
+            target: "10.77.0.2".parse().unwrap(),
+            container_port: 80,
+        }];
+        let dnat = rule(
+            "pm",
+            vec![Match::Protocol(Protocol::Tcp), Match::Dport(8080)],
+            Action::Dnat("10.77.0.2".parse().unwrap(), Some(80)),
+        );
+        run(vec![Op::AddRule { chain: "ports".into(), rule: dnat }], &view, &published).unwrap();
     }
 }

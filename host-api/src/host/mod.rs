@@ -12,6 +12,8 @@ mod links;
 mod log;
 mod netfilter;
 mod nft_v01;
+mod nft_v02;
+mod node;
 mod routes;
 mod sysctl;
 
@@ -26,6 +28,7 @@ use crate::kernel::{Kernel, KernelError, LinkRef, NsId};
 use crate::store::{Store, StoreError};
 
 pub use convert::{from_ip, from_prefix, to_ip, to_prefix};
+pub use netfilter::release_network;
 
 /// What a host call failed with: a value the guest sees, or a trap.
 #[derive(Debug)]
@@ -123,6 +126,9 @@ pub struct Grant {
     pub published: Vec<crate::guard::netfilter::Published>,
     /// The node's underlay link, lent read-only.
     pub underlay: Option<LinkRef>,
+    /// The node's name (WIT 0.2 `node.identity`; the rest of the identity
+    /// is read from the kernel when a driver asks).
+    pub node_name: String,
 }
 
 impl Grant {

@@ -4,6 +4,7 @@
 
 use super::{HostError, HostResult, HostState};
 use crate::bindings::netshim::plugin::netfilter::{Host, Op as WitOp};
+use crate::bindings::v0_2::netshim::plugin0_2_0::netfilter as v0_2;
 use crate::guard::netfilter::{self as guard, Refusal, Scope, TableView};
 use crate::journal::Undo;
 use crate::kernel::NsId;
@@ -94,19 +95,23 @@ impl HostState {
     /// Put a node-side link the network just created in the scope of the
     /// driver's rules (the dispatch set).
     pub(crate) fn admit_link(&mut self, index: u32) -> HostResult<()> {
+        let network = self.network("create a link")?.to_string();
         // On the attach path: one dump (does the table exist?) and one batch;
         // the inverse needs nothing more.
         let table = self.grant.nft_table();
         let exists = self.kernel.nft_tables(NsId::NODE)?.contains(&table);
-        self.kernel.nft_apply(NsId::NODE, &table, &guard::admit_link(index))?;
+        self.kernel.nft_apply(NsId::NODE, &table, &guard::admit_link(index, &network))?;
         self.journal.record(Undo::Nft {
             ns: NsId::NODE,
             table,
             ops: if exists {
-                vec![Op::DeleteElement {
-                    set: guard::IFS_SET.into(),
-                    elem: Element::Ifindex(index),
-                }]
+                [guard::IFS_SET.to_string(), guard::network_set(&network)]
+                    .into_iter()
+                    .map(|set| Op::DeleteElement {
+                        set,
+                        elem: Element::Ifindex(index),
+                    })
+                    .collect()
             } else {
                 vec![Op::DeleteTable]
             },
@@ -118,30 +123,26 @@ impl HostState {
     /// may be gone already).
     pub(crate) fn forget_link(&mut self, index: u32) {
         let table = self.grant.nft_table();
-        let op = Op::DeleteElement {
-            set: guard::IFS_SET.into(),
-            elem: Element::Ifindex(index),
-        };
-        if let Err(e) = self.kernel.nft_apply(NsId::NODE, &table, &[op]) {
-            tracing::debug!(table, index, error = %e, "link not in the dispatch set");
+        let mut sets = vec![guard::IFS_SET.to_string()];
+        sets.extend(self.grant.network_id.as_deref().map(guard::network_set));
+        // One batch each: a link of an older netshim is in the first only.
+        for set in sets {
+            let op = Op::DeleteElement {
+                set,
+                elem: Element::Ifindex(index),
+            };
+            if let Err(e) = self.kernel.nft_apply(NsId::NODE, &table, &[op]) {
+                tracing::debug!(table, index, error = %e, "link not in a dispatch set");
+            }
         }
     }
 }
 
-impl Host for HostState {
-    fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
+impl HostState {
+    /// A driver's batch, converted from its WIT version: checked and scoped
+    /// by the guard, applied atomically, journaled.
+    fn apply_batch(&mut self, batch: Vec<Op>) -> HostResult<()> {
         self.network("netfilter apply")?;
-        if batch.len() > crate::guard::limits::NFT_BATCH_OPS {
-            return Err(HostError::invalid(format!(
-                "a netfilter batch of {} operations is more than the {} allowed",
-                batch.len(),
-                crate::guard::limits::NFT_BATCH_OPS
-            )));
-        }
-        let batch: Vec<Op> = batch
-            .iter()
-            .map(super::nft_v01::op)
-            .collect::<HostResult<_>>()?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -150,12 +151,13 @@ impl Host for HostState {
         let scope = Scope {
             pools: &self.grant.pools,
             published: &self.grant.published,
+            network: self.grant.network_id.as_deref(),
         };
         let ops = guard::scope_batch(batch, &view, &scope)?;
         self.nft_journaled(ops, &view)
     }
 
-    fn list_rules(&mut self, chain: String) -> HostResult<Vec<String>> {
+    fn chain_rules(&mut self, chain: String) -> HostResult<Vec<String>> {
         if chain.is_empty() || chain.len() > crate::guard::limits::NFT_NAME_BYTES {
             return Err(HostError::invalid(format!(
                 "chain name must be 1 to {} bytes",
@@ -164,5 +166,68 @@ impl Host for HostState {
         }
         let table = self.grant.nft_table();
         Ok(self.kernel.nft_rules(NsId::NODE, &table, &chain)?)
+    }
+}
+
+/// Remove what the host kept in a driver's table for one network (its
+/// dispatch set and the jumps tagged with it) once the network is gone.
+/// Best effort and idempotent: the table may be gone with the network.
+pub fn release_network(kernel: &dyn crate::kernel::Kernel, driver: &str, network_id: &str) -> crate::kernel::KResult<()> {
+    let table = super::nft_table(driver);
+    if !kernel.nft_tables(NsId::NODE)?.contains(&table) {
+        return Ok(());
+    }
+    let set = guard::network_set(network_id);
+    let tag = format!(":{}>", set.strip_prefix(guard::RESERVED_PREFIX).unwrap_or(&set));
+    let mut ops = Vec::new();
+    for chain in kernel.nft_chains(NsId::NODE, &table)? {
+        if !chain.starts_with(guard::RESERVED_PREFIX) {
+            continue;
+        }
+        for id in kernel.nft_rules(NsId::NODE, &table, &chain)? {
+            if id.contains(&tag) {
+                ops.push(Op::DeleteRule { chain: chain.clone(), id });
+            }
+        }
+    }
+    ops.push(Op::DeleteSet(set));
+    match kernel.nft_apply(NsId::NODE, &table, &ops) {
+        Ok(()) | Err(crate::kernel::KernelError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuse an oversized batch before converting any of it.
+fn check_batch_len(n: usize) -> HostResult<()> {
+    if n > crate::guard::limits::NFT_BATCH_OPS {
+        return Err(HostError::invalid(format!(
+            "a netfilter batch of {n} operations is more than the {} allowed",
+            crate::guard::limits::NFT_BATCH_OPS
+        )));
+    }
+    Ok(())
+}
+
+impl Host for HostState {
+    fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
+        check_batch_len(batch.len())?;
+        let batch = batch.iter().map(super::nft_v01::op).collect::<HostResult<_>>()?;
+        self.apply_batch(batch)
+    }
+
+    fn list_rules(&mut self, chain: String) -> HostResult<Vec<String>> {
+        self.chain_rules(chain)
+    }
+}
+
+impl v0_2::Host for HostState {
+    fn apply(&mut self, batch: Vec<v0_2::Op>) -> HostResult<()> {
+        check_batch_len(batch.len())?;
+        let batch = batch.iter().map(super::nft_v02::op).collect::<HostResult<_>>()?;
+        self.apply_batch(batch)
+    }
+
+    fn list_rules(&mut self, chain: String) -> HostResult<Vec<String>> {
+        self.chain_rules(chain)
     }
 }

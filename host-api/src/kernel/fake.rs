@@ -569,6 +569,11 @@ impl Kernel for FakeKernel {
                 NftOp::AddChain { name: c, .. } => {
                     t.chains.entry(c.clone()).or_default();
                 }
+                NftOp::AttachChain { name, .. } | NftOp::DetachChain { name, .. } => {
+                    return Err(KernelError::Invalid(format!(
+                        "attaching chain {name} is the guard's to resolve; it reached the kernel unscoped"
+                    )))
+                }
                 NftOp::DeleteChain(c) => {
                     match t.chains.get(c) {
                         None => {

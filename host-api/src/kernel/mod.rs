@@ -6,6 +6,7 @@
 pub mod fake;
 pub mod metered;
 pub mod netlink;
+pub mod netns;
 pub mod nft;
 
 use std::net::IpAddr;

@@ -41,7 +41,6 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
-use nix::sched::{setns, CloneFlags};
 
 use super::nft::Nft;
 use super::{
@@ -103,7 +102,7 @@ impl Namespace {
     fn open(path: &Path, label: String) -> KResult<Namespace> {
         let what = format!("network namespace {}", path.display());
         let fd = File::open(path).map_err(|e| kernel_error(&NlError::io(e), &what))?;
-        let socket = in_namespace(&fd, NlSocket::open).map_err(|e| match e.raw_os_error() {
+        let socket = super::netns::in_namespace(fd.as_fd(), NlSocket::open).map_err(|e| match e.raw_os_error() {
             // setns(CLONE_NEWNET) refuses anything that is not a netns.
             Some(libc::EINVAL) => {
                 KernelError::Invalid(format!("{} is not a network namespace", path.display()))
@@ -165,23 +164,9 @@ impl Namespace {
         if self.own {
             f()
         } else {
-            in_namespace(&self.fd, f)
+            super::netns::in_namespace(self.fd.as_fd(), f)
         }
     }
-}
-
-/// Run `f` on a short-lived thread that first joins the namespace `fd`.
-/// The thread dies afterwards, so its namespace never leaks to other work.
-fn in_namespace<T: Send>(fd: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("namespace worker thread panicked")))
-    })
 }
 
 /// A failed netlink exchange, not yet told which object it was about.

@@ -158,10 +158,54 @@ pub enum Match {
     Dport(u16),
     /// Destination port in a named `InetService` set; needs a protocol.
     DportIn(String),
+    /// Destination ports `first..=last`; needs a port-carrying protocol.
+    DportRange(u16, u16),
+    /// ICMP type; needs `Protocol(Icmp)` before it.
+    IcmpType(u8),
     /// `fib daddr type local`.
     DaddrLocal,
-    /// `ct state established,related`.
-    CtEstablished,
+    /// `ct state` is any of these.
+    CtState(CtStates),
+    /// In / out through a link of the network the call acts for. Only the
+    /// guard writes these away (into the network's host-kept ifindex set);
+    /// a backend refuses them.
+    FromNetwork,
+    ToNetwork,
+}
+
+/// A set of conntrack states, as the kernel's state bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CtStates(pub u32);
+
+impl CtStates {
+    pub const INVALID: u32 = 1;
+    pub const ESTABLISHED: u32 = 1 << 1;
+    pub const RELATED: u32 = 1 << 2;
+    pub const NEW: u32 = 1 << 3;
+    pub const ALL: u32 = Self::INVALID | Self::ESTABLISHED | Self::RELATED | Self::NEW;
+}
+
+/// Where the host runs a driver chain, for the traffic of the network the
+/// attaching call acts for (WIT 0.2 `attach-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttachPoint {
+    ForwardFromNetwork,
+    ForwardToNetwork,
+    InputFromNetwork,
+    NatLeavingNetwork,
+    NatToNode,
+}
+
+impl AttachPoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachPoint::ForwardFromNetwork => "forward-from-network",
+            AttachPoint::ForwardToNetwork => "forward-to-network",
+            AttachPoint::InputFromNetwork => "input-from-network",
+            AttachPoint::NatLeavingNetwork => "nat-leaving-network",
+            AttachPoint::NatToNode => "nat-to-node",
+        }
+    }
 }
 
 impl Match {
@@ -188,6 +232,8 @@ pub enum Action {
     Drop,
     /// Return from this chain to the caller.
     Return,
+    /// Refuse with an ICMP unreachable (TCP: reset); filter chains only.
+    Reject,
     Jump(String),
     Masquerade,
     Snat(IpAddr),
@@ -207,6 +253,10 @@ pub struct Rule {
 pub enum Op {
     /// Create a chain (regular when `base` is None). Idempotent.
     AddChain { name: String, base: Option<BaseChain> },
+    /// Run a (regular) chain at an attach point for the call's network.
+    /// Only the guard understands it: it becomes host chains and rules.
+    AttachChain { name: String, point: AttachPoint },
+    DetachChain { name: String, point: AttachPoint },
     DeleteChain(String),
     FlushChain(String),
     AddRule { chain: String, rule: Rule },

@@ -48,6 +48,9 @@ pub struct Global {
     /// Act on this network namespace as the node (default: netshim's own).
     #[arg(long, global = true, env = "NETSHIM_NODE_NETNS")]
     pub node_netns: Option<PathBuf>,
+    /// The node's name as drivers see it (default: the host name).
+    #[arg(long, global = true, env = "NETSHIM_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Extra directories with driver guests (<name>.wasm).
     #[arg(long = "guest-dir", global = true, env = "NETSHIM_GUEST_DIR")]
     pub guest_dirs: Vec<PathBuf>,
@@ -281,7 +284,7 @@ impl Global {
         tracing::debug!("wasm runtime ready");
         let kernel = self.kernel()?;
         tracing::debug!("netlink ready");
-        Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?)
+        Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?.with_node_name(self.node_name.clone()))
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::Format;
 use crate::cnm::{Endpoint, Network};
 use crate::guests::Source;
-use crate::runtime::{Guest, WIT_PACKAGE};
+use crate::runtime::Guest;
 
 pub struct Output {
     format: Format,
@@ -201,16 +201,8 @@ impl Output {
     }
 
     pub fn guest_check(&self, file: &Path, g: &Guest) {
-        // The WIT version is the one on the netshim interfaces it exports.
-        let wit = g
-            .exports
-            .iter()
-            .find_map(|e| {
-                e.strip_prefix("netshim:plugin/")
-                    .and_then(|r| r.split_once('@'))
-                    .map(|(_, v)| format!("netshim:plugin@{v}"))
-            })
-            .unwrap_or_else(|| WIT_PACKAGE.to_string());
+        // 0.2 keeps 0.1's exports: the version is what the guest imports.
+        let wit = crate::runtime::wit_package(&g.imports);
         let value = json!({"file": file.display().to_string(), "ok": true, "wit": wit, "exports": g.exports, "imports": g.imports, "sha256": g.digest});
         let text = format!(
             "{}: ok\nWIT:      {wit}\nexports:  {}\nimports:  {}\nsha256:   {}",

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use netshim_host_api::host::from_ip;
 
-use super::{CnmError, CnmResult, Core, Endpoint, Network, PortMapping, Timing};
+use super::{CnmError, CnmResult, Core, DriverErrorKind, Endpoint, Network, PortMapping, Timing};
 use crate::runtime::{CallData, Guest};
 
 pub struct Calls<'a> {
@@ -48,8 +48,20 @@ pub fn describe(e: &WitError) -> String {
     }
 }
 
+fn kind_of(e: &WitError) -> DriverErrorKind {
+    match e {
+        WitError::Exists(_) => DriverErrorKind::Exists,
+        WitError::NotFound(_) => DriverErrorKind::NotFound,
+        WitError::Denied(_) => DriverErrorKind::Denied,
+        WitError::Invalid(_) => DriverErrorKind::Invalid,
+        WitError::Unsupported(_) => DriverErrorKind::Unsupported,
+        WitError::Conflict(_) => DriverErrorKind::Conflict,
+        WitError::Failed(_) => DriverErrorKind::Failed,
+    }
+}
+
 pub fn is_not_found(e: &CnmError) -> bool {
-    matches!(e, CnmError::Driver { message, .. } if message.starts_with("not found"))
+    matches!(e, CnmError::Driver { kind: DriverErrorKind::NotFound, .. })
 }
 
 pub fn wit_port(p: &PortMapping) -> wit::PortBinding {
@@ -147,6 +159,7 @@ impl<'a> Calls<'a> {
             }
             Ok(Err(e)) => CnmError::Driver {
                 driver: self.guest.name.clone(),
+                kind: kind_of(&e),
                 message: format!("{name}: {}", describe(&e)),
             },
             Err(trap) => CnmError::Runtime(trap),

@@ -111,6 +111,7 @@ pub fn forget_pool(s: &mut dyn Store, driver: &str, id: &str) -> CnmResult<()> {
 fn refuse(driver: &str, msg: String) -> CnmError {
     CnmError::Driver {
         driver: driver.to_string(),
+        kind: super::DriverErrorKind::Refused,
         message: msg,
     }
 }
@@ -166,6 +167,42 @@ pub fn check_pool(
         return Err(bad(format!("it overlaps {who} ({p})")));
     }
     Ok(())
+}
+
+/// The network option through which the operator grants a network routes
+/// to prefixes beyond its own pools (other nodes' subnets, for cluster
+/// drivers): comma-separated CIDRs.
+pub const ROUTE_PREFIXES_OPTION: &str = "netshim.route-prefixes";
+
+/// The cluster prefixes an operator granted in a network's options. Even
+/// the operator's word is bounded: never the default route or a half of
+/// it (/8 at the shortest), never a forbidden range or the node's own
+/// addresses, so no grant lets a driver take the node's way out.
+pub fn route_prefixes(options: &[(String, String)], node: Option<&NodeFacts>) -> CnmResult<Vec<IpNet>> {
+    let mut out = Vec::new();
+    for (_, v) in options.iter().filter(|(k, _)| k == ROUTE_PREFIXES_OPTION) {
+        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = |why: String| {
+                CnmError::Invalid(format!("option {ROUTE_PREFIXES_OPTION}: {item:?}: {why}"))
+            };
+            let p: IpNet = item.parse().map_err(|_| bad("not a CIDR prefix such as 10.244.0.0/16".into()))?;
+            let min = if p.addr().is_ipv4() { 8 } else { 16 };
+            if p.prefix_len() < min {
+                return Err(bad(format!("shorter than /{min}: it would cover the node's own way out")));
+            }
+            if let Some((f, why)) = forbidden().into_iter().find(|(f, _)| overlaps(f, &p)) {
+                return Err(bad(format!("it overlaps the {why} range {f}")));
+            }
+            if let Some(a) = node.and_then(|n| n.addresses.iter().find(|a| p.contains(&a.addr()))) {
+                return Err(bad(format!("it holds the node's own address {a}")));
+            }
+            if out.len() >= 64 {
+                return Err(bad("more than 64 prefixes".into()));
+            }
+            out.push(p.trunc());
+        }
+    }
+    Ok(out)
 }
 
 /// An address a driver's request-address returned, checked against the
@@ -227,6 +264,20 @@ mod tests {
         assert!(check(Some("10.5.0.1/24"), "10.5.0.1/24").unwrap_err().contains("host bits"));
         check(Some("10.5.0.0/24"), "10.5.0.0/24").unwrap();
         check(None, "172.18.0.0/16").unwrap();
+    }
+
+    #[test]
+    fn operator_route_prefixes_are_bounded() {
+        let o = |v: &str| vec![(ROUTE_PREFIXES_OPTION.to_string(), v.to_string())];
+        assert_eq!(
+            route_prefixes(&o("10.244.0.0/16, 10.96.0.0/12"), Some(&node())).unwrap(),
+            [n("10.244.0.0/16"), n("10.96.0.0/12")]
+        );
+        for bad in ["0.0.0.0/0", "0.0.0.0/1", "128.0.0.0/1", "127.0.0.0/8", "nope", "203.0.113.0/24"] {
+            let e = route_prefixes(&o(bad), Some(&node())).unwrap_err().to_string();
+            assert!(e.contains(ROUTE_PREFIXES_OPTION), "{bad}: {e}");
+        }
+        assert!(route_prefixes(&[], None).unwrap().is_empty());
     }
 
     #[test]

@@ -35,7 +35,11 @@ pub enum CnmError {
     #[error("{0}")]
     Exists(String),
     #[error("driver {driver}: {message}")]
-    Driver { driver: String, message: String },
+    Driver {
+        driver: String,
+        kind: DriverErrorKind,
+        message: String,
+    },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -49,6 +53,22 @@ pub enum CnmError {
 }
 
 pub type CnmResult<T> = Result<T, CnmError>;
+
+/// What kind of failure a driver reported (its WIT error case), or that
+/// the host refused what the driver handed back. Decisions are made on
+/// this, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverErrorKind {
+    Exists,
+    NotFound,
+    Denied,
+    Invalid,
+    Unsupported,
+    Conflict,
+    Failed,
+    /// The host's check of a value the driver returned failed.
+    Refused,
+}
 
 pub struct CreateNetwork {
     pub name: String,
@@ -106,6 +126,8 @@ pub struct Core {
     guest_dirs: Vec<PathBuf>,
     loaded: Mutex<BTreeMap<String, Guest>>,
     underlay: OnceLock<Option<LinkRef>>,
+    node: OnceLock<String>,
+    node_name: Option<String>,
     timing: Mutex<Timing>,
 }
 
@@ -192,6 +214,8 @@ impl Core {
             guest_dirs,
             loaded: Mutex::new(BTreeMap::new()),
             underlay: OnceLock::new(),
+            node: OnceLock::new(),
+            node_name: None,
             timing: Mutex::new(Timing::default()),
         })
     }
@@ -265,14 +289,41 @@ impl Core {
         })
     }
 
+    /// Name the node (`--node-name`); the host name otherwise.
+    pub fn with_node_name(mut self, name: Option<String>) -> Core {
+        self.node_name = name;
+        self
+    }
+
+    /// The node's name: `--node-name`, else the host name (read once).
+    fn node_name(&self) -> String {
+        self.node
+            .get_or_init(|| {
+                self.node_name.clone().unwrap_or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_default()
+                })
+            })
+            .clone()
+    }
+
     fn grant(&self, net: &Network, with_underlay: bool) -> Grant {
         Grant {
             driver: net.driver.clone(),
             network_id: Some(net.id.clone()),
-            route_prefixes: net.ipv4.iter().map(|p| p.subnet).collect(),
+            // The pools, and the cluster prefixes the operator granted
+            // (checked when the network was created).
+            route_prefixes: net
+                .ipv4
+                .iter()
+                .map(|p| p.subnet)
+                .chain(ipam_check::route_prefixes(&net.options, None).unwrap_or_default())
+                .collect(),
             pools: net.ipv4.iter().map(|p| p.subnet).collect(),
             published: Vec::new(),
             underlay: if with_underlay { self.underlay() } else { None },
+            node_name: self.node_name(),
         }
     }
 
@@ -351,8 +402,16 @@ impl Core {
 }
 
 /// Deletes what is left of a driver when its last network goes: its nft table.
-fn drop_driver_table(kernel: &dyn Kernel, driver: &str) -> Option<String> {
-    let table = host::nft_table(driver);
+/// What the host keeps in a driver's table for a network that is gone:
+/// the whole table when the driver has no network left, else the
+/// network's dispatch set and jumps. Returns what could not be removed.
+fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option<String> {
+    let table = host::nft_table(&net.driver);
+    if others {
+        return host::release_network(kernel, &net.driver, &net.id)
+            .err()
+            .map(|e| format!("removing network {}'s dispatch from table inet {table}: {e}", net.name));
+    }
     match kernel.nft_tables(NsId::NODE) {
         Ok(tables) if tables.contains(&table) => kernel
             .nft_apply(

@@ -13,7 +13,7 @@ use super::ipam_check;
 use super::calls::{is_not_found, wit_endpoint, wit_network, wit_port, Calls};
 use super::model::{self, Endpoint, Network, Pool, SPACE};
 use super::{
-    check_name, drop_driver_table, get_json, now, put_json, random_id, Attach, CnmError, CnmResult,
+    check_name, get_json, release_netfilter, now, put_json, random_id, Attach, CnmError, CnmResult,
     Core, CreateNetwork, DetachTarget,
 };
 use crate::sandbox;
@@ -86,6 +86,7 @@ impl Core {
         )?;
         let subnet = to_prefix(&pool.pool).map_err(|_| CnmError::Driver {
             driver: driver.clone(),
+            kind: super::DriverErrorKind::Refused,
             message: "request-pool returned a bad prefix".into(),
         })?;
         let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
@@ -130,6 +131,10 @@ impl Core {
 
     /// The driver's create-network, then the network's records.
     pub(super) fn create_network_call(&self, calls: &mut Calls, net: &Network) -> CnmResult<()> {
+        if net.options.iter().any(|(k, _)| k == ipam_check::ROUTE_PREFIXES_OPTION) {
+            let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+            ipam_check::route_prefixes(&net.options, Some(&node))?;
+        }
         let wnet = wit_network(net);
         calls.call(self.grant(net, true), "create-network", &[], |p, st, _| {
             p.netshim_plugin_driver().call_create_network(st, &wnet)
@@ -197,9 +202,7 @@ impl Core {
         }
         let others = Core::forget_network(calls.store(), &net)?;
         calls.commit()?;
-        if !others {
-            errors.extend(drop_driver_table(self.kernel.as_ref(), &net.driver));
-        }
+        errors.extend(release_netfilter(self.kernel.as_ref(), &net, others));
         if errors.is_empty() {
             Ok(net)
         } else {

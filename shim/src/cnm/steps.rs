@@ -16,7 +16,7 @@ use netshim_host_api::store::{Condition, Store};
 use super::ipam_check;
 use super::calls::{wit_endpoint, wit_network, Calls};
 use super::model::{self, Endpoint, Network, PortMapping, SPACE};
-use super::{drop_driver_table, get_json, now, put_json, CnmError, CnmResult, Core};
+use super::{get_json, release_netfilter, now, put_json, CnmError, CnmResult, Core};
 
 /// An IPAM pool as IPAM answered.
 pub struct PoolGrant {
@@ -188,10 +188,8 @@ impl Core {
             Ok((r, others))
         });
         let (r, others) = result?;
-        if !others {
-            if let Some(e) = drop_driver_table(self.kernel.as_ref(), &net.driver) {
-                tracing::warn!(error = %e, "driver table");
-            }
+        if let Some(e) = release_netfilter(self.kernel.as_ref(), &net, others) {
+            tracing::warn!(error = %e, "driver table");
         }
         r
     }
@@ -279,6 +277,7 @@ impl Core {
                 _ => {
                     return Err(CnmError::Driver {
                         driver: net.driver.clone(),
+                        kind: super::DriverErrorKind::Refused,
                         message: format!(
                             "join named interface {:?} for dockerd to move into the container, which is not a link network {} created in the node namespace",
                             netshim_host_api::guard::limits::truncate(&join.src_name, 32),

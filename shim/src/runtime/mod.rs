@@ -23,8 +23,18 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 /// Interval of the epoch ticker: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// The WIT package every built-in guest targets; reported by `guest check`.
-pub const WIT_PACKAGE: &str = "netshim:plugin@0.1.0";
+/// The WIT versions the host links, oldest first. A guest's version is the
+/// newest whose own interfaces it imports.
+pub const WIT_PACKAGES: [&str; 2] = ["netshim:plugin@0.1.0", "netshim:plugin@0.2.0"];
+
+/// The WIT package a guest targets, from the interfaces it imports.
+pub fn wit_package(imports: &[String]) -> &'static str {
+    if imports.iter().any(|i| i.starts_with("netshim:plugin/") && i.ends_with("@0.2.0")) {
+        WIT_PACKAGES[1]
+    } else {
+        WIT_PACKAGES[0]
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -169,8 +179,17 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
         tracing::debug!("engine ready");
         let mut linker = Linker::new(&engine);
+        // Every released WIT version: 0.1's world, then what 0.2 adds (its
+        // other interfaces are 0.1's, linked once).
         Plugin::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
             .map_err(RuntimeError::Engine)?;
+        {
+            use netshim_host_api::bindings::v0_2::netshim::plugin0_2_0::{netfilter, node};
+            netfilter::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
+                .map_err(RuntimeError::Engine)?;
+            node::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
+                .map_err(RuntimeError::Engine)?;
+        }
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -222,7 +241,7 @@ impl Runtime {
             .map_err(|e| refused(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| {
             refused(format!(
-                "it does not export the netshim driver world ({WIT_PACKAGE}): {e:#}"
+                "it does not export the netshim driver interfaces (driver, ipam, reconcile @0.1.0): {e:#}"
             ))
         })?;
         Ok(Guest {

@@ -10,7 +10,7 @@
 //! | `steal-uplink`     | `open-owned(target)` (default "uplink") and deletes it; returns the error (expect `denied`) |
 //! | `delete-underlay`  | deletes the underlay link; returns the error                        |
 //! | `readdress-uplink` | adds 198.51.100.99/24 to the underlay link; returns the error       |
-//! | `route-outside`    | creates its bridge, then adds a route to 192.0.2.0/24 (outside its grant) via it; returns the error |
+//! | `route-outside`    | creates its bridge (up), then adds a route to 192.0.2.0/24 via it: outside its grant unless the operator granted that prefix |
 //! | `ok`               | creates its bridge with an address and succeeds                      |
 //! | `nft-input-drop`   | bridge, then an `input` base chain, policy drop, priority -300       |
 //! | `nft-forward-drop` | bridge, then a `forward` base chain with policy drop                 |
@@ -88,7 +88,10 @@ fn make_bridge(net: &Network) -> Result<Link, Error> {
         mtu: None,
         mac: None,
     })?;
-    br.add_address(prefix(10, 99, 0, 1, 24))?;
+    let gateway = net.ipv4.first().and_then(|p| p.gateway).unwrap_or(prefix(10, 99, 0, 1, 24));
+    br.add_address(gateway)?;
+    // Up, so that the routes some modes add through it are taken.
+    br.set_up(true)?;
     Ok(br)
 }
 
@@ -432,11 +435,12 @@ impl Ipam for Hostile {
         if matches!(pool.address, IpAddress::Ipv4((10, 123, 0, 0))) && pool.prefix_len == 16 {
             pool = prefix(0, 0, 0, 0, 0);
         }
-        Ok(Pool {
-            id: "p".into(),
-            pool,
-            gateway: None,
-        })
+        // The id carries the pool, so request-address needs no store.
+        let id = match pool.address {
+            IpAddress::Ipv4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}/{}", pool.prefix_len),
+            IpAddress::Ipv6(_) => "v6".into(),
+        };
+        Ok(Pool { id, pool, gateway: None })
     }
 
     fn release_pool(_pool_id: String) -> Result<(), Error> {
@@ -444,17 +448,20 @@ impl Ipam for Hostile {
     }
 
     fn request_address(
-        _pool_id: String,
+        pool_id: String,
         address: Option<IpAddress>,
-        _gateway: bool,
+        gateway: bool,
         _options: Vec<(String, String)>,
     ) -> Result<IpPrefix, Error> {
+        // The pool's first address for the gateway, its second otherwise.
+        let octets: Vec<u8> = pool_id.split(['.', '/']).filter_map(|x| x.parse().ok()).collect();
+        let (a, b, c, len) = match octets[..] {
+            [a, b, c, _, len] => (a, b, c, len),
+            _ => (10, 99, 0, 24),
+        };
         Ok(match address {
-            Some(address) => IpPrefix {
-                address,
-                prefix_len: 24,
-            },
-            None => prefix(10, 99, 0, 1, 24),
+            Some(address) => IpPrefix { address, prefix_len: len },
+            None => prefix(a, b, c, if gateway { 1 } else { 2 }, len),
         })
     }
 
