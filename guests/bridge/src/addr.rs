@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use crate::netshim::plugin::types::{Error, IpAddress, IpPrefix};
+use crate::netshim::plugin0_1_0::types::{Error, IpAddress, IpPrefix};
 
 /// An IPv4 address with a prefix length (`10.0.0.2/24` or `10.0.0.0/24`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -15,10 +15,10 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{self, Net4};
-use crate::exports::netshim::plugin::ipam::{Pool, PoolRequest};
-use crate::netshim::plugin::route;
-use crate::netshim::plugin::store::{self, Condition};
-use crate::netshim::plugin::types::{Error, IpAddress, IpPrefix};
+use crate::exports::netshim::plugin0_1_0::ipam::{Pool, PoolRequest};
+use crate::netshim::plugin0_1_0::route;
+use crate::netshim::plugin0_1_0::store::{self, Condition};
+use crate::netshim::plugin0_1_0::types::{Error, IpAddress, IpPrefix};
 
 /// Shortest and longest pool prefixes accepted.
 pub const MIN_PREFIX: u8 = 8;

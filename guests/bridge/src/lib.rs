@@ -1,6 +1,6 @@
 //! netshim bridge driver: Docker's `bridge` driver (docker0 semantics) and
-//! its IPAM, as a WebAssembly component for the `netshim:plugin@0.1.0`
-//! world.
+//! its IPAM, as a WebAssembly component for the `netshim:plugin@0.2.0`
+//! world (0.2's scoped `netfilter`; every other interface is 0.1's).
 //!
 //! The host gives every call a fresh instance, so nothing is kept in memory
 //! between calls: everything a call needs comes from its arguments (the
@@ -15,8 +15,10 @@
 //! - [`names`], [`addr`]: pure helpers.
 
 wit_bindgen::generate!({
-    path: "../../wit/v0.1.0",
-    world: "plugin",
+    path: "../../wit/v0.2.0",
+    world: "netshim:plugin/plugin@0.2.0",
+    // The 0.1 interfaces 0.2 imports live in its deps/: generate them too.
+    generate_all,
 });
 
 pub mod addr;
@@ -27,19 +29,19 @@ pub mod network;
 pub mod nft;
 pub mod ports;
 
-use exports::netshim::plugin::driver::{
+use exports::netshim::plugin0_1_0::driver::{
     Capabilities, EndpointInfo, EndpointRequest, Guest as Driver, JoinInfo, Network, Scope,
 };
-use exports::netshim::plugin::ipam::{Guest as Ipam, Pool, PoolRequest};
-use exports::netshim::plugin::reconcile::{Event, Guest as Reconcile};
-use netshim::plugin::link::Sandbox;
-use netshim::plugin::types::{Error, IpAddress, IpPrefix};
+use exports::netshim::plugin0_1_0::ipam::{Guest as Ipam, Pool, PoolRequest};
+use exports::netshim::plugin0_1_0::reconcile::{Event, Guest as Reconcile};
+use netshim::plugin0_1_0::link::Sandbox;
+use netshim::plugin0_1_0::types::{Error, IpAddress, IpPrefix};
 
 /// A debug line in the host's log. On a native target (unit tests) there is
 /// no host: the line is dropped.
 pub(crate) fn debug(msg: &str) {
     #[cfg(target_family = "wasm")]
-    netshim::plugin::log::log(netshim::plugin::log::Level::Debug, msg);
+    netshim::plugin0_1_0::log::log(netshim::plugin0_1_0::log::Level::Debug, msg);
     #[cfg(not(target_family = "wasm"))]
     let _ = msg;
 }

@@ -3,11 +3,11 @@
 //! driver's other bridges.
 
 use crate::addr::{self, Net4};
-use crate::exports::netshim::plugin::driver::Network;
-use crate::netshim::plugin::link::{self, BridgeSpec};
-use crate::netshim::plugin::netfilter::{self, Action, Match, Op, Rule};
-use crate::netshim::plugin::sysctl;
-use crate::netshim::plugin::types::{Error, IpPrefix};
+use crate::exports::netshim::plugin0_1_0::driver::Network;
+use crate::netshim::plugin0_1_0::link::{self, BridgeSpec};
+use crate::netshim::plugin0_2_0::netfilter::{self, Action, Match, Op, Rule};
+use crate::netshim::plugin0_1_0::sysctl;
+use crate::netshim::plugin0_1_0::types::{Error, IpPrefix};
 use crate::{names, nft};
 
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
@@ -148,24 +148,20 @@ fn rule(id: String, matches: Vec<Match>, action: Action) -> Rule {
 /// The one netfilter batch that sets a network up.
 pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
     let b = || bridge.to_string();
-    let mut ops = vec![
-        nft::add_postrouting(),
-        nft::add_forward(),
-        nft::add_bridges_set(),
-        Op::AddElement((nft::BRIDGES_SET.into(), b())),
-    ];
+    let mut ops = nft::network_chains();
+    ops.push(Op::AddElement(nft::bridge_element(bridge)));
     if !internal {
-        ops.push(Op::AddRule((
-            nft::POSTROUTING.into(),
+        ops.push(nft::add_rule(
+            nft::POSTROUTING,
             rule(
                 masq_id(bridge),
                 vec![Match::Saddr(addr::wit_prefix(pool)), Match::OifnameNot(b())],
                 Action::Masquerade,
             ),
-        )));
+        ));
     }
-    ops.push(Op::AddRule((
-        nft::FORWARD.into(),
+    ops.push(nft::add_rule(
+        nft::FORWARD,
         rule(
             iso_id(bridge),
             vec![
@@ -175,39 +171,40 @@ pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
             ],
             Action::Drop,
         ),
-    )));
+    ));
     if internal {
-        ops.push(Op::AddRule((
-            nft::FORWARD.into(),
+        ops.push(nft::add_rule(
+            nft::FORWARD,
             rule(
                 int_out_id(bridge),
                 vec![Match::Iifname(b()), Match::OifnameNot(b())],
                 Action::Drop,
             ),
-        )));
-        ops.push(Op::AddRule((
-            nft::FORWARD.into(),
+        ));
+        ops.push(nft::add_rule(
+            nft::FORWARD,
             rule(
                 int_in_id(bridge),
                 vec![Match::Oifname(b()), Match::IifnameNot(b())],
                 Action::Drop,
             ),
-        )));
+        ));
     }
     ops
 }
 
 /// Delete-rule ops for the rules of `bridge` that exist, given the rule ids
-/// present in the postrouting and forward chains.
+/// present in the postrouting and forward chains, and the network's
+/// attachments.
 pub fn teardown_rule_ops(bridge: &str, postrouting: &[String], forward: &[String]) -> Vec<Op> {
-    let mut ops = Vec::new();
+    let mut ops = nft::detach_network();
     let masq = masq_id(bridge);
     if postrouting.contains(&masq) {
-        ops.push(Op::DeleteRule((nft::POSTROUTING.into(), masq)));
+        ops.push(nft::delete_rule(nft::POSTROUTING, masq));
     }
     for id in [iso_id(bridge), int_out_id(bridge), int_in_id(bridge)] {
         if forward.contains(&id) {
-            ops.push(Op::DeleteRule((nft::FORWARD.into(), id)));
+            ops.push(nft::delete_rule(nft::FORWARD, id));
         }
     }
     ops
@@ -218,16 +215,19 @@ pub fn teardown_rule_ops(bridge: &str, postrouting: &[String], forward: &[String
 pub struct Chains {
     pub postrouting: Vec<String>,
     pub forward: Vec<String>,
-    pub prerouting: Vec<String>,
-    pub output: Vec<String>,
+    /// Published ports, in the ports chain and the 0.1 build's chains.
+    pub ports: Vec<String>,
 }
 
 fn nft_chains() -> Result<Chains, Error> {
+    let mut ports = nft::rule_ids(nft::PORTS)?;
+    for c in nft::LEGACY_PORT_CHAINS {
+        ports.extend(nft::rule_ids(c)?);
+    }
     Ok(Chains {
         postrouting: nft::rule_ids(nft::POSTROUTING)?,
         forward: nft::rule_ids(nft::FORWARD)?,
-        prerouting: nft::rule_ids(nft::PREROUTING)?,
-        output: nft::rule_ids(nft::OUTPUT)?,
+        ports,
     })
 }
 
@@ -240,8 +240,7 @@ pub fn is_last_network(bridge: &str, chains: &Chains) -> bool {
         int_out_id(bridge),
         int_in_id(bridge),
     ];
-    chains.prerouting.is_empty()
-        && chains.output.is_empty()
+    chains.ports.is_empty()
         && chains
             .postrouting
             .iter()
@@ -271,7 +270,7 @@ pub fn create(net: &Network) -> Result<(), Error> {
     if !net.internal {
         sysctl::enable_ipv4_forwarding()?;
     }
-    nft::apply_setup(setup_batch(&cfg.bridge, pool, net.internal))
+    netfilter::apply(&setup_batch(&cfg.bridge, pool, net.internal))
 }
 
 /// Best effort: remove the rules and the set element, then the bridge; keep
@@ -300,7 +299,7 @@ pub fn delete(net: &Network) -> Result<(), Error> {
                 done = netfilter::apply(&last).is_ok();
             }
             if !done {
-                let element = Op::DeleteElement((nft::BRIDGES_SET.into(), bridge.clone()));
+                let element = Op::DeleteElement(nft::bridge_element(&bridge));
                 ops.push(element.clone());
                 if let Err(e) = netfilter::apply(&ops) {
                     // Most likely the set element is already gone: retry the
@@ -364,7 +363,7 @@ pub fn delete(net: &Network) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exports::netshim::plugin::driver::PoolData;
+    use crate::exports::netshim::plugin0_1_0::driver::PoolData;
 
     fn opts(kv: &[(&str, &str)]) -> Vec<(String, String)> {
         kv.iter()
@@ -485,7 +484,7 @@ mod tests {
     fn rule_ids_of(ops: &[Op]) -> Vec<String> {
         ops.iter()
             .filter_map(|o| match o {
-                Op::AddRule((_, r)) => Some(r.id.clone()),
+                Op::AddRule(r) => Some(r.rule.id.clone()),
                 _ => None,
             })
             .collect()
@@ -498,7 +497,7 @@ mod tests {
         assert_eq!(rule_ids_of(&ops), ["masq-br0", "iso-br0"]);
         assert!(ops
             .iter()
-            .any(|o| matches!(o, Op::AddElement((s, e)) if s == "bridges" && e == "br0")));
+            .any(|o| matches!(o, Op::AddElement(e) if e.set == "bridges" && matches!(&e.element, netfilter::Element::Ifname(n) if n == "br0"))));
         let ops = setup_batch("br0", pool, true);
         assert_eq!(rule_ids_of(&ops), ["iso-br0", "int-out-br0", "int-in-br0"]);
 
@@ -507,11 +506,13 @@ mod tests {
         let del = teardown_rule_ops("br0", &post, &fwd);
         let ids: Vec<_> = del
             .iter()
-            .map(|o| match o {
-                Op::DeleteRule((c, id)) => format!("{c}:{id}"),
+            .filter_map(|o| match o {
+                Op::DeleteRule(r) => Some(format!("{}:{}", r.chain, r.id)),
+                Op::DetachChain(_) => None,
                 _ => panic!(),
             })
             .collect();
+        assert_eq!(del.iter().filter(|o| matches!(o, Op::DetachChain(_))).count(), 3);
         assert_eq!(ids, ["postrouting:masq-br0", "forward:iso-br0"]);
     }
 
@@ -533,7 +534,7 @@ mod tests {
         };
         assert!(is_last_network("int0", &c));
         let c = Chains {
-            output: v(&["pm-1234567-tcp-80"]),
+            ports: v(&["pm-1234567-tcp-80"]),
             ..Chains::default()
         };
         assert!(!is_last_network("br0", &c));

@@ -1,53 +1,84 @@
 //! The driver's nftables layout (chains and set shared by all its networks)
-//! and small helpers over the `netfilter` import.
+//! and small builders over the 0.2 `netfilter` import. The host runs each
+//! chain only at the attach points a network attached it to, for that
+//! network's traffic.
 
-use crate::netshim::plugin::netfilter::{self, BaseChain, ChainType, Hook, Op, SetType};
-use crate::netshim::plugin::types::Error;
+use crate::netshim::plugin0_1_0::types::Error;
+use crate::netshim::plugin0_2_0::netfilter::{
+    self, AttachPoint, Attachment, Element, Op, Rule, RuleInChain, RuleRef, SetElement, SetSpec,
+    SetType,
+};
 
-/// NAT postrouting: masquerade of each non-internal network.
+/// Masquerade of each non-internal network (attached where its packets leave it).
 pub const POSTROUTING: &str = "postrouting";
-/// Filter forward: isolation between bridges, internal networks.
+/// Isolation between bridges, internal networks (attached from and to each network).
 pub const FORWARD: &str = "forward";
-/// NAT prerouting: DNAT of published ports (traffic from outside).
-pub const PREROUTING: &str = "prerouting";
-/// NAT output: DNAT of published ports (traffic from the node itself).
-pub const OUTPUT: &str = "output";
+/// DNAT of published ports (attached for traffic to the node's addresses).
+pub const PORTS: &str = "ports";
+/// Chains of the 0.1 build of this driver, where its port rules lived;
+/// still read so a network made by it is torn down completely.
+pub const LEGACY_PORT_CHAINS: [&str; 2] = ["prerouting", "output"];
 /// Set of the bridge names of every network of this driver.
 pub const BRIDGES_SET: &str = "bridges";
 
-fn base(hook: Hook, chain_type: ChainType, priority: i32) -> Option<BaseChain> {
-    Some(BaseChain {
-        hook,
-        chain_type,
-        priority,
-        policy_drop: false,
+fn attach(chain: &str, point: AttachPoint) -> Attachment {
+    Attachment {
+        chain: chain.into(),
+        point,
+    }
+}
+
+/// The network's chains, attached for it (idempotent).
+pub fn network_chains() -> Vec<Op> {
+    vec![
+        Op::AddChain(POSTROUTING.into()),
+        Op::AttachChain(attach(POSTROUTING, AttachPoint::NatLeavingNetwork)),
+        Op::AddChain(FORWARD.into()),
+        Op::AttachChain(attach(FORWARD, AttachPoint::ForwardFromNetwork)),
+        Op::AttachChain(attach(FORWARD, AttachPoint::ForwardToNetwork)),
+        Op::AddSet(SetSpec {
+            name: BRIDGES_SET.into(),
+            set_type: SetType::Ifname,
+        }),
+    ]
+}
+
+/// What undoes the attachments of [`network_chains`] for one network.
+pub fn detach_network() -> Vec<Op> {
+    vec![
+        Op::DetachChain(attach(POSTROUTING, AttachPoint::NatLeavingNetwork)),
+        Op::DetachChain(attach(FORWARD, AttachPoint::ForwardFromNetwork)),
+        Op::DetachChain(attach(FORWARD, AttachPoint::ForwardToNetwork)),
+    ]
+}
+
+/// The ports chain, attached for traffic to the node (idempotent).
+pub fn ports_chain() -> Vec<Op> {
+    vec![
+        Op::AddChain(PORTS.into()),
+        Op::AttachChain(attach(PORTS, AttachPoint::NatToNode)),
+    ]
+}
+
+pub fn add_rule(chain: &str, rule: Rule) -> Op {
+    Op::AddRule(RuleInChain {
+        chain: chain.into(),
+        rule,
     })
 }
 
-pub fn add_postrouting() -> Op {
-    Op::AddChain((
-        POSTROUTING.into(),
-        base(Hook::Postrouting, ChainType::Nat, 100),
-    ))
+pub fn delete_rule(chain: &str, id: String) -> Op {
+    Op::DeleteRule(RuleRef {
+        chain: chain.into(),
+        id,
+    })
 }
 
-pub fn add_forward() -> Op {
-    Op::AddChain((FORWARD.into(), base(Hook::Forward, ChainType::Filter, 0)))
-}
-
-pub fn add_prerouting() -> Op {
-    Op::AddChain((
-        PREROUTING.into(),
-        base(Hook::Prerouting, ChainType::Nat, -100),
-    ))
-}
-
-pub fn add_output() -> Op {
-    Op::AddChain((OUTPUT.into(), base(Hook::Output, ChainType::Nat, -100)))
-}
-
-pub fn add_bridges_set() -> Op {
-    Op::AddSet((BRIDGES_SET.into(), SetType::Ifname))
+pub fn bridge_element(bridge: &str) -> SetElement {
+    SetElement {
+        set: BRIDGES_SET.into(),
+        element: Element::Ifname(bridge.into()),
+    }
 }
 
 /// Ids of the rules in `chain`; a chain that does not exist yet has none.
@@ -56,22 +87,5 @@ pub fn rule_ids(chain: &str) -> Result<Vec<String>, Error> {
         Ok(ids) => Ok(ids),
         Err(Error::NotFound(_)) => Ok(Vec::new()),
         Err(e) => Err(e),
-    }
-}
-
-/// Apply a batch that sets up shared objects (chains, sets) along with
-/// per-network ones. `add-chain` is idempotent by contract; if the host
-/// reports `exists` (e.g. for a set that is already there) the batch is
-/// retried once without the shared `add-set` ops, which are already present.
-pub fn apply_setup(batch: Vec<Op>) -> Result<(), Error> {
-    match netfilter::apply(&batch) {
-        Err(Error::Exists(_)) if batch.iter().any(|op| matches!(op, Op::AddSet(_))) => {
-            let rest: Vec<Op> = batch
-                .into_iter()
-                .filter(|op| !matches!(op, Op::AddSet(_)))
-                .collect();
-            netfilter::apply(&rest)
-        }
-        r => r,
     }
 }
