@@ -4,6 +4,8 @@
 //! machine's own namespace; every namespace is removed on drop, also when a
 //! test fails.
 
+pub mod nft_gen;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -930,10 +930,8 @@ mod props {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: std::env::var("NETSHIM_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
-            rng_seed: prop::test_runner::RngSeed::Fixed(
-                std::env::var("NETSHIM_PROP_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6e66),
-            ),
+            cases: 512,
+            rng_seed: prop::test_runner::RngSeed::Fixed(0x6e66),
             ..ProptestConfig::default()
         })]
 

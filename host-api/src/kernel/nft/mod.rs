@@ -529,7 +529,7 @@ impl Nft {
 
     /// The batch for `ops`, reading from the kernel what the encoding
     /// depends on (set kinds, rule handles).
-    fn plan(sock: &mut Sock, table: &str, ops: &[Op]) -> KResult<Batch> {
+    fn plan<L: Lookup>(sock: &mut L, table: &str, ops: &[Op]) -> KResult<Batch> {
         let mut b = Batch::new()?;
         // Sets as this batch leaves them (None: deleted in the batch).
         let mut sets: HashMap<String, Option<SetKind>> = HashMap::new();
@@ -545,14 +545,14 @@ impl Nft {
                 w.attr_str(k::TABLE_NAME, table).map_err(too_large)
             })
         };
-        let kind_of = |sock: &mut Sock, sets: &mut HashMap<String, Option<SetKind>>, fresh: bool, name: &str| {
+        let kind_of = |sock: &mut L, sets: &mut HashMap<String, Option<SetKind>>, fresh: bool, name: &str| {
             if let Some(k) = sets.get(name) {
                 return Ok(*k);
             }
             if fresh {
                 return Ok(None);
             }
-            let k = Self::query_set(sock, table, name)?;
+            let k = sock.set_kind(table, name)?;
             sets.insert(name.to_string(), k);
             Ok::<_, KernelError>(k)
         };
@@ -631,7 +631,7 @@ impl Nft {
                         let list = if fresh {
                             Vec::new()
                         } else {
-                            match Self::chain_rules(sock, table, chain) {
+                            match sock.chain_rules(table, chain) {
                                 Ok(l) => l,
                                 Err(KernelError::NotFound(_)) => return Err(not_found()),
                                 Err(e) => return Err(e),
@@ -794,6 +794,41 @@ impl Nft {
             Ok(out)
         })
     }
+}
+
+/// What planning a batch reads from the kernel: the kinds of the sets
+/// its rules and elements use, and the handles of rules it deletes.
+trait Lookup {
+    fn set_kind(&mut self, table: &str, name: &str) -> KResult<Option<SetKind>>;
+    fn chain_rules(&mut self, table: &str, chain: &str) -> KResult<Vec<(u64, String)>>;
+}
+
+impl Lookup for Sock {
+    fn set_kind(&mut self, table: &str, name: &str) -> KResult<Option<SetKind>> {
+        Nft::query_set(self, table, name)
+    }
+    fn chain_rules(&mut self, table: &str, chain: &str) -> KResult<Vec<(u64, String)>> {
+        Nft::chain_rules(self, table, chain)
+    }
+}
+
+/// An empty table: no sets, no rules.
+struct Offline;
+
+impl Lookup for Offline {
+    fn set_kind(&mut self, _: &str, _: &str) -> KResult<Option<SetKind>> {
+        Ok(None)
+    }
+    fn chain_rules(&mut self, _: &str, _: &str) -> KResult<Vec<(u64, String)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The bytes `apply` would send for `ops` on an empty table, without a
+/// socket: for fuzzing and measuring the encoder.
+pub fn encode_offline(table: &str, ops: &[Op]) -> KResult<Vec<u8>> {
+    encode::check_name("table", table)?;
+    Ok(Nft::plan(&mut Offline, table, ops)?.w.bytes().to_vec())
 }
 
 #[cfg(test)]
