@@ -378,9 +378,20 @@ impl Host for HostState {
 
     fn delete(&mut self, l: Resource<LinkHandle>) -> HostResult<()> {
         let h = self.owned_link(&l, "delete")?;
-        self.kernel.delete_link(h.link)?;
-        if h.link.ns == NsId::NODE {
+        // Out of the dispatch sets first: the kernel frees the set elements
+        // after an RCU grace period, which then passes during the link's
+        // own (slow) deletion instead of when a short-lived process closes
+        // its nftables socket.
+        let node = h.link.ns == NsId::NODE;
+        if node {
             self.forget_link(h.link.index);
+        }
+        if let Err(e) = self.kernel.delete_link(h.link) {
+            if node {
+                // Still there: back in the scope of the driver's rules.
+                let _ = self.admit_link(h.link.index);
+            }
+            return Err(e.into());
         }
         self.journal
             .irreversible(format!("link {:?} deleted", h.name));

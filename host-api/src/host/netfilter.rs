@@ -125,14 +125,21 @@ impl HostState {
         let table = self.grant.nft_table();
         let mut sets = vec![guard::IFS_SET.to_string()];
         sets.extend(self.grant.network_id.as_deref().map(guard::network_set));
-        // One batch each: a link of an older netshim is in the first only.
-        for set in sets {
-            let op = Op::DeleteElement {
+        let ops: Vec<Op> = sets
+            .into_iter()
+            .map(|set| Op::DeleteElement {
                 set,
                 elem: Element::Ifindex(index),
-            };
-            if let Err(e) = self.kernel.nft_apply(NsId::NODE, &table, &[op]) {
-                tracing::debug!(table, index, error = %e, "link not in a dispatch set");
+            })
+            .collect();
+        // One batch (one commit for the kernel to clean up after); one op
+        // at a time if that fails, e.g. for a link an older netshim put in
+        // the driver-wide set only.
+        if self.kernel.nft_apply(NsId::NODE, &table, &ops).is_err() {
+            for op in ops {
+                if let Err(e) = self.kernel.nft_apply(NsId::NODE, &table, std::slice::from_ref(&op)) {
+                    tracing::debug!(table, index, error = %e, "link not in a dispatch set");
+                }
             }
         }
     }

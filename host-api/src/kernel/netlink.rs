@@ -67,7 +67,6 @@ const DUMP_ATTEMPTS: usize = 5;
 pub struct Netlink {
     namespaces: Mutex<HashMap<NsId, Arc<Namespace>>>,
     next_ns: AtomicU32,
-    nft: Nft,
 }
 
 /// One network namespace the backend knows.
@@ -81,6 +80,8 @@ struct Namespace {
     own: bool,
     /// One socket per namespace; the mutex serialises request/reply pairs.
     socket: Mutex<NlSocket>,
+    /// Its nftables socket, opened inside it on first use.
+    nft: Nft,
 }
 
 impl Namespace {
@@ -95,6 +96,7 @@ impl Namespace {
             fd,
             own: true,
             socket: Mutex::new(socket),
+            nft: Nft::new(),
         })
     }
 
@@ -114,6 +116,7 @@ impl Namespace {
             fd,
             own: false,
             socket: Mutex::new(socket),
+            nft: Nft::new(),
         })
     }
 
@@ -444,7 +447,6 @@ impl Netlink {
         Ok(Netlink {
             namespaces: Mutex::new(HashMap::from([(NsId::NODE, Arc::new(node))])),
             next_ns: AtomicU32::new(1),
-            nft: Nft::new(),
         })
     }
 
@@ -1432,25 +1434,25 @@ impl Kernel for Netlink {
     fn nft_apply(&self, ns_id: NsId, table: &str, ops: &[NftOp]) -> KResult<()> {
         let ns = self.ns(ns_id)?;
         tracing::trace!(ns = %ns.label, table, ops = ops.len(), "nft apply");
-        self.nft.apply(ns.foreign_fd(), table, ops)
+        ns.nft.apply(ns.foreign_fd(), table, ops)
     }
 
     fn nft_rules(&self, ns_id: NsId, table: &str, chain: &str) -> KResult<Vec<String>> {
         let ns = self.ns(ns_id)?;
         tracing::trace!(ns = %ns.label, table, chain, "nft rules");
-        self.nft.rules(ns.foreign_fd(), table, chain)
+        ns.nft.rules(ns.foreign_fd(), table, chain)
     }
 
     fn nft_chains(&self, ns_id: NsId, table: &str) -> KResult<Vec<String>> {
         let ns = self.ns(ns_id)?;
         tracing::trace!(ns = %ns.label, table, "nft chains");
-        self.nft.chains(ns.foreign_fd(), table)
+        ns.nft.chains(ns.foreign_fd(), table)
     }
 
     fn nft_tables(&self, ns_id: NsId) -> KResult<Vec<String>> {
         let ns = self.ns(ns_id)?;
         tracing::trace!(ns = %ns.label, "nft tables");
-        self.nft.tables(ns.foreign_fd())
+        ns.nft.tables(ns.foreign_fd())
     }
 }
 

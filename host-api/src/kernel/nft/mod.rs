@@ -324,11 +324,12 @@ enum ReqError {
     Io(io::Error),
 }
 
-/// nftables over netlink. Keeps one socket for the process's own namespace;
-/// sockets for other namespaces are opened per call (a cached socket would
-/// keep a deleted namespace alive).
+/// nftables over netlink for one namespace. The socket is opened inside
+/// that namespace on first use and kept: an `Nft` lives as long as the
+/// backend's handle on the namespace, so it keeps nothing alive that the
+/// handle does not.
 pub struct Nft {
-    own: Mutex<Option<Sock>>,
+    sock: Mutex<Option<Sock>>,
 }
 
 impl Default for Nft {
@@ -339,26 +340,23 @@ impl Default for Nft {
 
 impl Nft {
     pub fn new() -> Nft {
-        Nft { own: Mutex::new(None) }
+        Nft { sock: Mutex::new(None) }
     }
 
+    /// Run `f` on the namespace's socket (`ns`: None for the process's own
+    /// namespace), opening it on first use.
     fn with_sock<R>(&self, ns: Option<BorrowedFd<'_>>, f: impl FnOnce(&mut Sock) -> KResult<R>) -> KResult<R> {
-        match ns {
-            None => {
-                let mut guard = self.own.lock().unwrap_or_else(|e| e.into_inner());
-                let sock = match guard.as_mut() {
-                    Some(s) => s,
-                    None => guard.insert(open_sock(None)?),
-                };
-                let r = f(sock);
-                if matches!(&r, Err(KernelError::Other(_))) {
-                    // Do not keep a socket in an unknown state around.
-                    *guard = None;
-                }
-                r
-            }
-            Some(fd) => f(&mut open_sock(Some(fd))?),
+        let mut guard = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        let sock = match guard.as_mut() {
+            Some(s) => s,
+            None => guard.insert(open_sock(ns)?),
+        };
+        let r = f(sock);
+        if matches!(&r, Err(KernelError::Other(_))) {
+            // Do not keep a socket in an unknown state around.
+            *guard = None;
         }
+        r
     }
 
     /// One request (a GET, or a dump with `dump`), calling `each` with
