@@ -16,28 +16,17 @@ use crate::host::convert::to_ip;
 use crate::journal::Undo;
 use crate::kernel::{LinkChange, LinkInfo, LinkKind, Mac, NewLink, NsId};
 
-const IFNAMSIZ: usize = 16;
 
 /// The kernel's rules for interface names, checked before asking it so the
 /// guest gets a message that says which name and why.
 fn check_name(name: &str) -> HostResult<()> {
-    if name.is_empty() || name.len() >= IFNAMSIZ {
-        return Err(HostError::invalid(format!(
-            "link name {name:?} must be 1 to {} bytes long",
-            IFNAMSIZ - 1
-        )));
+    match crate::kernel::ifname_problem(name) {
+        None => Ok(()),
+        Some(why) => Err(HostError::invalid(format!(
+            "link name {:?} {why}",
+            crate::guard::limits::truncate(name, 32)
+        ))),
     }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(HostError::invalid(format!(
-            "link name {name:?} contains a character the kernel refuses ('/', ':', space)"
-        )));
-    }
-    Ok(())
 }
 
 fn check_mtu(mtu: Option<u32>) -> HostResult<()> {

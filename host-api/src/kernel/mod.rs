@@ -182,6 +182,23 @@ pub enum KernelError {
 
 pub type KResult<T> = Result<T, KernelError>;
 
+/// IFNAMSIZ - 1: the longest interface name the kernel takes.
+pub const IFNAME_MAX: usize = 15;
+
+/// The kernel's rule for interface names (dev_valid_name), plus no control
+/// characters: the one check every layer uses, so a bad name is refused
+/// with a message that says why before the kernel answers a bare EINVAL.
+/// None when `name` is fine, else what is wrong with it.
+pub fn ifname_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Some(format!("must be 1 to {IFNAME_MAX} bytes long"));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+        return Some("is \".\" or \"..\", or contains a character the kernel refuses ('/', ':', whitespace, control)".into());
+    }
+    None
+}
+
 /// Everything the host API needs from the kernel. Every method is one
 /// logical kernel change (or read) and is synchronous: the attach path is
 /// a short sequence of netlink round trips, nothing to overlap.

@@ -45,7 +45,7 @@ use netlink_sys::{Socket, SocketAddr};
 use super::nft::Nft;
 use super::{
     KResult, Kernel, KernelError, LinkChange, LinkInfo, LinkKind, LinkRef, Mac, NewLink, NftOp,
-    NsId, Route, RouteKind, RouteScope,
+    NsId, Route, RouteKind, RouteScope, IFNAME_MAX,
 };
 
 /// IFLA_IFALIAS: an empty one is how the kernel is told to clear the alias
@@ -54,8 +54,6 @@ const IFLA_IFALIAS: u16 = 20;
 /// NLMSGERR_ATTR_MSG: the kernel's human-readable reason in an extended ack.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSG_HDRLEN: usize = 16;
-/// IFNAMSIZ - 1: longer names are refused by the kernel and by TUNSETIFF.
-const IFNAME_MAX: usize = 15;
 /// A kernel that does not answer within this time is wedged; better an error
 /// than an attach that hangs forever.
 const RECV_TIMEOUT: Duration = Duration::from_secs(30);
@@ -755,22 +753,13 @@ fn create_error(err: &NlError, kind: &str, what: &str) -> KernelError {
     kernel_error(err, what)
 }
 
-/// The kernel's own rule (dev_valid_name), checked first so the error can
-/// say what is wrong instead of a bare EINVAL.
+/// The kernel's own rule, checked first so the error can say what is wrong
+/// instead of a bare EINVAL.
 fn check_ifname(name: &str, what: &str) -> KResult<()> {
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.len() > IFNAME_MAX
-        || name.contains(['/', ':', '\0'])
-        || name.contains(char::is_whitespace)
-    {
-        return Err(KernelError::Invalid(format!(
-            "{what}: a link name must be 1 to {IFNAME_MAX} bytes, not \".\" or \"..\", \
-             without '/', ':' or whitespace"
-        )));
+    match super::ifname_problem(name) {
+        None => Ok(()),
+        Some(why) => Err(KernelError::Invalid(format!("{what}: a link name {why}"))),
     }
-    Ok(())
 }
 
 fn link_name_what(name: &str, ns: &Namespace) -> String {
