@@ -1510,8 +1510,7 @@ mod tests {
 
     /// A backend on a fresh node namespace, or None (test skipped) without root.
     fn node() -> Option<(TestNs, Netlink)> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: the netlink backend tests need root (CAP_NET_ADMIN, ip netns)");
             return None;
         }

@@ -21,7 +21,7 @@ struct TestNs {
 
 impl TestNs {
     fn new() -> Option<TestNs> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipping: nftables tests need root");
             return None;
         }
