@@ -8,3 +8,4 @@ pub mod netns;
 pub mod oci;
 pub mod runtime;
 pub mod sandbox;
+pub mod scaffold;

@@ -209,6 +209,13 @@ pub enum GuestCmd {
     Ls,
     /// Load a guest file and report its interface, or why it is refused.
     Check { file: PathBuf },
+    /// Write a new driver crate (WIT 0.2) from a template, ready to build.
+    New {
+        name: String,
+        /// Where to create the crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -328,6 +335,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let rt = Runtime::new(cli.global.limits(), None)?;
             let guest = rt.load_file(&file)?;
             out.guest_check(&file, &guest);
+            Ok(())
+        }
+        Command::Guest(GuestCmd::New { name, dir }) => {
+            let root = crate::scaffold::new_guest(&name, &dir).map_err(|e| CliError::Other(e.to_string()))?;
+            out.guest_created(&root, &name);
             Ok(())
         }
         Command::Bench(cmd) => bench::run(&cli.global, cmd),

@@ -184,6 +184,20 @@ impl Output {
         self.emit(endpoint_json(e), text.trim_end().to_string());
     }
 
+    pub fn guest_created(&self, root: &Path, name: &str) {
+        let krate = name.replace('-', "_");
+        let manifest = root.join("Cargo.toml");
+        let wasm = root.join(format!("target/wasm32-wasip2/release/{krate}.wasm"));
+        let text = format!(
+            "{}\nbuild:   cargo build --release --target wasm32-wasip2 --manifest-path {}\ncheck:   netshim guest check {}\ninstall: cp {} <guest-dir>/{name}.wasm",
+            root.display(),
+            manifest.display(),
+            wasm.display(),
+            wasm.display()
+        );
+        self.emit(json!({"dir": root.display().to_string(), "manifest": manifest.display().to_string(), "wasm": wasm.display().to_string()}), text);
+    }
+
     pub fn detached(&self, e: &Endpoint) {
         self.emit(json!({"detached": e.id}), short(&e.id));
     }
