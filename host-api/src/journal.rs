@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::nft::Op as NftOp;
 use crate::kernel::{Kernel, KernelError, LinkChange, LinkRef, Mac, NsId, Route};
+use crate::model::nft::Op as NftOp;
 use crate::store::{Condition, Entry, Store};
 
 #[derive(Debug, Clone)]

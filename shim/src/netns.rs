@@ -91,5 +91,6 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 pub fn run_in<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, NetnsError> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(err(&name, "open"))?;
-    netshim_host_api::kernel::netns::in_namespace(file.as_fd(), || Ok(f())).map_err(err(&name, "entering it"))
+    netshim_host_api::kernel::netns::in_namespace(file.as_fd(), || Ok(f()))
+        .map_err(err(&name, "entering it"))
 }

@@ -83,9 +83,14 @@ pub fn check_static_routes(join: &JoinInfo, grant: &[IpNet]) -> Result<(), Sandb
             what: "static route".into(),
             source: KernelError::Invalid("bad prefix".into()),
         })?;
-        let host_route = dst.prefix_len() == dst.max_prefix_len() && r.route_type == RouteType::Connected;
+        let host_route =
+            dst.prefix_len() == dst.max_prefix_len() && r.route_type == RouteType::Connected;
         if !host_route && !grant.iter().any(|g| g.contains(&dst)) {
-            let list = grant.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ");
+            let list = grant
+                .iter()
+                .map(IpNet::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(SandboxError::RouteOutsideGrant(dst, list));
         }
     }

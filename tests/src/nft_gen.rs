@@ -24,9 +24,15 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    pub const CI: Sizes = Sizes { big_batch: 1100, big_rule: 3000 };
+    pub const CI: Sizes = Sizes {
+        big_batch: 1100,
+        big_rule: 3000,
+    };
     /// Over every limit, but small enough for a million cases.
-    pub const FUZZ: Sizes = Sizes { big_batch: 1030, big_rule: 40 };
+    pub const FUZZ: Sizes = Sizes {
+        big_batch: 1030,
+        big_rule: 40,
+    };
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -45,7 +51,10 @@ fn addr() -> impl Strategy<Value = IpAddress> {
 }
 
 fn prefix() -> impl Strategy<Value = IpPrefix> {
-    (addr(), any::<u8>()).prop_map(|(address, prefix_len)| IpPrefix { address, prefix_len })
+    (addr(), any::<u8>()).prop_map(|(address, prefix_len)| IpPrefix {
+        address,
+        prefix_len,
+    })
 }
 
 fn r#match() -> impl Strategy<Value = Match> {
@@ -57,7 +66,13 @@ fn r#match() -> impl Strategy<Value = Match> {
         prefix().prop_map(Match::DaddrNot),
         name().prop_map(Match::SaddrIn),
         name().prop_map(Match::OifnameIn),
-        prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp]).prop_map(Match::Protocol),
+        prop::sample::select(vec![
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Sctp,
+            Protocol::Icmp
+        ])
+        .prop_map(Match::Protocol),
         any::<u16>().prop_map(Match::Dport),
         Just(Match::DaddrLocal),
         Just(Match::CtEstablished),
@@ -89,12 +104,23 @@ fn rule(s: Sizes) -> impl Strategy<Value = Rule> {
 fn base() -> impl Strategy<Value = Option<BaseChain>> {
     prop::option::of(
         (
-            prop::sample::select(vec![Hook::Prerouting, Hook::Input, Hook::Forward, Hook::Output, Hook::Postrouting]),
+            prop::sample::select(vec![
+                Hook::Prerouting,
+                Hook::Input,
+                Hook::Forward,
+                Hook::Output,
+                Hook::Postrouting,
+            ]),
             prop::sample::select(vec![ChainType::Filter, ChainType::Nat, ChainType::Route]),
             any::<i32>(),
             any::<bool>(),
         )
-            .prop_map(|(hook, chain_type, priority, policy_drop)| BaseChain { hook, chain_type, priority, policy_drop }),
+            .prop_map(|(hook, chain_type, priority, policy_drop)| BaseChain {
+                hook,
+                chain_type,
+                priority,
+                policy_drop,
+            }),
     )
 }
 
@@ -105,7 +131,11 @@ fn op(s: Sizes) -> impl Strategy<Value = Op> {
         name().prop_map(Op::FlushChain),
         (name(), rule(s)).prop_map(Op::AddRule),
         (name(), name()).prop_map(Op::DeleteRule),
-        (name(), prop::sample::select(vec![SetType::Ipv4Addr, SetType::Ipv6Addr, SetType::Ifname])).prop_map(Op::AddSet),
+        (
+            name(),
+            prop::sample::select(vec![SetType::Ipv4Addr, SetType::Ipv6Addr, SetType::Ifname])
+        )
+            .prop_map(Op::AddSet),
         name().prop_map(Op::DeleteSet),
         (name(), name()).prop_map(Op::AddElement),
         (name(), name()).prop_map(Op::DeleteElement),
@@ -126,8 +156,16 @@ pub fn model_ops(s: Sizes) -> impl Strategy<Value = Vec<m::Op>> {
     let mname = || prop_oneof![3 => prop::sample::select(vec!["c", "s", "br-*", "*"]).prop_map(str::to_string), 1 => ".{0,300}"];
     let net = || {
         prop_oneof![
-            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| ipnet::IpNet::new(std::net::IpAddr::from(a), l).unwrap()),
-            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, l)| ipnet::IpNet::new(std::net::IpAddr::from(a), l).unwrap()),
+            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| ipnet::IpNet::new(
+                std::net::IpAddr::from(a),
+                l
+            )
+            .unwrap()),
+            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, l)| ipnet::IpNet::new(
+                std::net::IpAddr::from(a),
+                l
+            )
+            .unwrap()),
         ]
     };
     let mmatch = prop_oneof![
@@ -136,18 +174,20 @@ pub fn model_ops(s: Sizes) -> impl Strategy<Value = Vec<m::Op>> {
         mname().prop_map(m::Match::DaddrIn),
         mname().prop_map(m::Match::IifNotIn),
         mname().prop_map(m::Match::DportIn),
-        prop::sample::select(vec![m::Protocol::Tcp, m::Protocol::Icmp]).prop_map(m::Match::Protocol),
+        prop::sample::select(vec![m::Protocol::Tcp, m::Protocol::Icmp])
+            .prop_map(m::Match::Protocol),
         (any::<u16>(), any::<u16>()).prop_map(|(a, b)| m::Match::DportRange(a, b)),
         any::<u8>().prop_map(m::Match::IcmpType),
         any::<u32>().prop_map(|x| m::Match::CtState(m::CtStates(x))),
         Just(m::Match::FromNetwork),
     ];
-    let rule = (mname(), prop::collection::vec(mmatch, 0..s.big_rule)).prop_map(|(id, matches)| m::Rule {
-        id,
-        matches,
-        counter: true,
-        action: m::Action::Reject,
-    });
+    let rule =
+        (mname(), prop::collection::vec(mmatch, 0..s.big_rule)).prop_map(|(id, matches)| m::Rule {
+            id,
+            matches,
+            counter: true,
+            action: m::Action::Reject,
+        });
     let ty = prop::sample::select(vec![
         m::SetType::Ipv4Addr,
         m::SetType::Ipv6Addr,
@@ -189,7 +229,12 @@ impl FakeHost {
             pools: vec!["10.77.0.0/24".parse().unwrap()],
             ..Grant::default()
         };
-        let host = HostState::new(kernel.clone(), Box::new(store.session().unwrap()), grant, "prop");
+        let host = HostState::new(
+            kernel.clone(),
+            Box::new(store.session().unwrap()),
+            grant,
+            "prop",
+        );
         FakeHost { kernel, host }
     }
 
@@ -214,7 +259,9 @@ impl FakeHost {
 /// The encoder on its own: bytes within bounds or an error, never a panic.
 pub fn encode(ops: &[m::Op]) -> Result<(), String> {
     match encode_offline("netshim-prop", ops) {
-        Ok(bytes) if bytes.len() > (16 << 20) => Err(format!("{} bytes, over the batch bound", bytes.len())),
+        Ok(bytes) if bytes.len() > (16 << 20) => {
+            Err(format!("{} bytes, over the batch bound", bytes.len()))
+        }
         _ => Ok(()),
     }
 }

@@ -187,18 +187,28 @@ fn operator_granted_cluster_prefixes_extend_the_grant() {
     let h = host("cluster-prefix");
     let (links, _, routes) = h.node.baseline();
     let grant = [("netshim.route-prefixes", "192.0.2.0/24")];
-    create_with(&h, "granted", "route-outside", &grant).expect("a route inside the operator's grant");
+    create_with(&h, "granted", "route-outside", &grant)
+        .expect("a route inside the operator's grant");
     assert!(
-        h.node.node.routes().iter().any(|r| r.starts_with("192.0.2.0/24")),
+        h.node
+            .node
+            .routes()
+            .iter()
+            .any(|r| r.starts_with("192.0.2.0/24")),
         "the granted route is missing: {:?}",
         h.node.node.routes()
     );
     h.core.network_rm("granted").unwrap();
     assert_eq!(h.node.node.routes(), routes);
     for bad in ["0.0.0.0/1", "127.0.0.0/8", "10.0.0.0/4"] {
-        let err = create_with(&h, "wide", "route-outside", &[("netshim.route-prefixes", bad)])
-            .unwrap_err()
-            .to_string();
+        let err = create_with(
+            &h,
+            "wide",
+            "route-outside",
+            &[("netshim.route-prefixes", bad)],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("netshim.route-prefixes"), "{bad}: {err}");
         assert_eq!(h.node.node.links(), links, "{bad}: left a link");
     }

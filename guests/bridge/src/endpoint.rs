@@ -3,7 +3,9 @@
 //! node namespace for dockerd to move).
 
 use crate::addr;
-use crate::exports::netshim::plugin0_1_0::driver::{EndpointInfo, EndpointRequest, JoinInfo, Network};
+use crate::exports::netshim::plugin0_1_0::driver::{
+    EndpointInfo, EndpointRequest, JoinInfo, Network,
+};
 use crate::netshim::plugin0_1_0::link::{self, Sandbox, VethSpec};
 use crate::netshim::plugin0_1_0::types::{Error, MacAddress};
 use crate::network::{self, BridgeConfig};

@@ -5,9 +5,9 @@
 use crate::addr::{self, Net4};
 use crate::exports::netshim::plugin0_1_0::driver::Network;
 use crate::netshim::plugin0_1_0::link::{self, BridgeSpec};
-use crate::netshim::plugin0_2_0::netfilter::{self, Action, Match, Op, Rule};
 use crate::netshim::plugin0_1_0::sysctl;
 use crate::netshim::plugin0_1_0::types::{Error, IpPrefix};
+use crate::netshim::plugin0_2_0::netfilter::{self, Action, Match, Op, Rule};
 use crate::{names, nft};
 
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
@@ -512,7 +512,12 @@ mod tests {
                 _ => panic!(),
             })
             .collect();
-        assert_eq!(del.iter().filter(|o| matches!(o, Op::DetachChain(_))).count(), 3);
+        assert_eq!(
+            del.iter()
+                .filter(|o| matches!(o, Op::DetachChain(_)))
+                .count(),
+            3
+        );
         assert_eq!(ids, ["postrouting:masq-br0", "forward:iso-br0"]);
     }
 

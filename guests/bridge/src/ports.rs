@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use crate::addr::{self, Net4};
 use crate::exports::netshim::plugin0_1_0::driver::{EndpointRequest, Network, PortBinding};
-use crate::netshim::plugin0_2_0::netfilter::{self, Action, DnatTarget, Match, Op, Protocol, Rule};
 use crate::netshim::plugin0_1_0::types::{Error, IpAddress};
+use crate::netshim::plugin0_2_0::netfilter::{self, Action, DnatTarget, Match, Op, Protocol, Rule};
 use crate::{names, nft};
 
 fn protocol(name: &str) -> Result<Protocol, Error> {
@@ -26,7 +26,11 @@ fn protocol(name: &str) -> Result<Protocol, Error> {
 /// address is `target`. IPv6 host addresses are skipped (the driver is
 /// IPv4-only); an unspecified host address (0.0.0.0) means every local
 /// address.
-pub fn dnat_rules(ep_id: &str, target: Ipv4Addr, ports: &[PortBinding]) -> Result<Vec<Rule>, Error> {
+pub fn dnat_rules(
+    ep_id: &str,
+    target: Ipv4Addr,
+    ports: &[PortBinding],
+) -> Result<Vec<Rule>, Error> {
     let mut out: Vec<Rule> = Vec::new();
     for b in ports {
         let proto = protocol(&b.protocol)?;
@@ -159,7 +163,12 @@ mod tests {
             target,
             &[
                 pb("tcp", 80, None, 8080),
-                pb("udp", 53, Some(addr::wit_addr(Ipv4Addr::new(192, 0, 2, 1))), 5353),
+                pb(
+                    "udp",
+                    53,
+                    Some(addr::wit_addr(Ipv4Addr::new(192, 0, 2, 1))),
+                    5353,
+                ),
             ],
         )
         .unwrap();
@@ -167,7 +176,9 @@ mod tests {
         let h = names::hash7("ep");
         assert_eq!(rules[0].id, format!("pm-{h}-tcp-8080"));
         assert_eq!(rules[1].id, format!("pm-{h}-udp-5353"));
-        assert!(matches!(&rules[0].action, Action::Dnat(t) if addr::v4_of(&t.address) == Some(target) && t.port == Some(80)));
+        assert!(
+            matches!(&rules[0].action, Action::Dnat(t) if addr::v4_of(&t.address) == Some(target) && t.port == Some(80))
+        );
         assert_eq!(rules[0].matches.len(), 3); // proto, dport, not loopback
         assert_eq!(rules[1].matches.len(), 4); // + daddr host-ip/32
         assert!(matches!(rules[1].matches[2], Match::Daddr(p) if p.prefix_len == 32));
@@ -176,17 +187,30 @@ mod tests {
     #[test]
     fn bad_bindings() {
         let t = Ipv4Addr::new(10, 0, 0, 2);
-        assert!(matches!(dnat_rules("e", t, &[pb("icmp", 1, None, 1)]), Err(Error::Invalid(_))));
-        assert!(matches!(dnat_rules("e", t, &[pb("tcp", 80, None, 0)]), Err(Error::Invalid(_))));
+        assert!(matches!(
+            dnat_rules("e", t, &[pb("icmp", 1, None, 1)]),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            dnat_rules("e", t, &[pb("tcp", 80, None, 0)]),
+            Err(Error::Invalid(_))
+        ));
         assert!(matches!(
             dnat_rules("e", t, &[pb("tcp", 80, None, 81), pb("tcp", 90, None, 81)]),
             Err(Error::Invalid(_))
         ));
         // IPv6 host addresses are skipped, 0.0.0.0 means any.
         let v6 = Some(IpAddress::Ipv6((0, 0, 0, 0, 0, 0, 0, 0)));
-        assert!(dnat_rules("e", t, &[pb("tcp", 80, v6, 81)]).unwrap().is_empty());
+        assert!(dnat_rules("e", t, &[pb("tcp", 80, v6, 81)])
+            .unwrap()
+            .is_empty());
         let any = Some(addr::wit_addr(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(dnat_rules("e", t, &[pb("TCP", 80, any, 81)]).unwrap()[0].matches.len(), 3);
+        assert_eq!(
+            dnat_rules("e", t, &[pb("TCP", 80, any, 81)]).unwrap()[0]
+                .matches
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -195,10 +219,15 @@ mod tests {
         let other = names::port_rule_id("b", "tcp", 81);
         let ops = revoke_ops(
             "a",
-            &[("ports", vec![mine.clone(), other.clone()]), ("output", vec![other, mine])],
+            &[
+                ("ports", vec![mine.clone(), other.clone()]),
+                ("output", vec![other, mine]),
+            ],
         );
         assert_eq!(ops.len(), 2);
         let prefix = names::port_rule_prefix("a");
-        assert!(ops.iter().all(|o| matches!(o, Op::DeleteRule(r) if r.id.starts_with(&prefix))));
+        assert!(ops
+            .iter()
+            .all(|o| matches!(o, Op::DeleteRule(r) if r.id.starts_with(&prefix))));
     }
 }

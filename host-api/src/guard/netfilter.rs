@@ -34,7 +34,11 @@ pub const IFS_SET: &str = "netshim-ifs";
 /// The ifindexes of one network's node-side links: what WIT 0.2's attach
 /// points and `from-network` / `to-network` resolve to.
 pub fn network_set(network_id: &str) -> String {
-    let short: String = network_id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    let short: String = network_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
     format!("{RESERVED_PREFIX}net-{short}")
 }
 
@@ -96,7 +100,9 @@ pub fn host_chain(t: ChainType, h: Hook) -> String {
 fn parse_host_chain(name: &str) -> Option<(ChainType, Hook)> {
     let rest = name.strip_prefix(RESERVED_PREFIX)?;
     let (t, h) = rest.split_once('-')?;
-    let t = [ChainType::Filter, ChainType::Nat].into_iter().find(|x| x.name() == t)?;
+    let t = [ChainType::Filter, ChainType::Nat]
+        .into_iter()
+        .find(|x| x.name() == t)?;
     let h = Hook::ALL.into_iter().find(|x| x.name() == h)?;
     Some((t, h))
 }
@@ -117,15 +123,24 @@ fn dispatch(t: ChainType, h: Hook, chain: &str) -> Checked<Vec<(String, Vec<Matc
     let ifs = || IFS_SET.to_string();
     let d = |scope: &str, m: Vec<Match>| (format!("{scope}>{chain}"), m);
     Ok(match (t, h) {
-        (ChainType::Filter, Hook::Prerouting | Hook::Input) => vec![d("iif", vec![Match::IifIn(ifs())])],
+        (ChainType::Filter, Hook::Prerouting | Hook::Input) => {
+            vec![d("iif", vec![Match::IifIn(ifs())])]
+        }
         (ChainType::Filter, Hook::Forward) => vec![
             d("iif", vec![Match::IifIn(ifs())]),
             d("oif", vec![Match::IifNotIn(ifs()), Match::OifIn(ifs())]),
         ],
-        (ChainType::Filter, Hook::Output | Hook::Postrouting) => vec![d("oif", vec![Match::OifIn(ifs())])],
-        (ChainType::Nat, Hook::Prerouting | Hook::Output) => vec![d("local", vec![Match::DaddrLocal])],
+        (ChainType::Filter, Hook::Output | Hook::Postrouting) => {
+            vec![d("oif", vec![Match::OifIn(ifs())])]
+        }
+        (ChainType::Nat, Hook::Prerouting | Hook::Output) => {
+            vec![d("local", vec![Match::DaddrLocal])]
+        }
         (ChainType::Nat, Hook::Postrouting) => {
-            vec![d("leaving", vec![Match::IifIn(ifs()), Match::OifNotIn(ifs())])]
+            vec![d(
+                "leaving",
+                vec![Match::IifIn(ifs()), Match::OifNotIn(ifs())],
+            )]
         }
         (ChainType::Nat, Hook::Input | Hook::Forward) => {
             return Err(denied(format!(
@@ -148,7 +163,12 @@ fn attach_dispatch(
     let id = |scope: &str| format!("{scope}:{tag}>{chain}");
     match point {
         AttachPoint::ForwardFromNetwork => {
-            vec![(ChainType::Filter, Hook::Forward, id("from"), vec![Match::IifIn(set())])]
+            vec![(
+                ChainType::Filter,
+                Hook::Forward,
+                id("from"),
+                vec![Match::IifIn(set())],
+            )]
         }
         AttachPoint::ForwardToNetwork => vec![(
             ChainType::Filter,
@@ -157,7 +177,12 @@ fn attach_dispatch(
             vec![Match::IifNotIn(set()), Match::OifIn(set())],
         )],
         AttachPoint::InputFromNetwork => {
-            vec![(ChainType::Filter, Hook::Input, id("from"), vec![Match::IifIn(set())])]
+            vec![(
+                ChainType::Filter,
+                Hook::Input,
+                id("from"),
+                vec![Match::IifIn(set())],
+            )]
         }
         AttachPoint::NatLeavingNetwork => vec![(
             ChainType::Nat,
@@ -170,7 +195,14 @@ fn attach_dispatch(
         // checked rule by rule: DNAT of this call's published ports).
         AttachPoint::NatToNode => [Hook::Prerouting, Hook::Output]
             .into_iter()
-            .map(|h| (ChainType::Nat, h, format!("local>{chain}"), vec![Match::DaddrLocal]))
+            .map(|h| {
+                (
+                    ChainType::Nat,
+                    h,
+                    format!("local>{chain}"),
+                    vec![Match::DaddrLocal],
+                )
+            })
             .collect(),
     }
 }
@@ -186,7 +218,13 @@ fn resolve_network_matches(rule: &mut Rule, chain: &str, net: Option<&str>) -> C
         let Some(net) = net else {
             return Err(denied(format!(
                 "{}: from-network / to-network need a call that acts for a network",
-                rule_where(chain, &Rule { matches: Vec::new(), ..rule.clone() })
+                rule_where(
+                    chain,
+                    &Rule {
+                        matches: Vec::new(),
+                        ..rule.clone()
+                    }
+                )
             )));
         };
         *m = if inbound {
@@ -199,7 +237,8 @@ fn resolve_network_matches(rule: &mut Rule, chain: &str, net: Option<&str>) -> C
 }
 
 fn check_name(kind: &str, name: &str) -> Checked<()> {
-    if name.is_empty() || name.len() > limits::NFT_NAME_BYTES || name.chars().any(char::is_control) {
+    if name.is_empty() || name.len() > limits::NFT_NAME_BYTES || name.chars().any(char::is_control)
+    {
         return Err(invalid(format!(
             "{kind} name {:?} must be 1 to {} bytes of printable characters",
             limits::truncate(name, 80),
@@ -231,7 +270,9 @@ impl Roles {
     fn of(view: &TableView) -> Roles {
         let mut m: HashMap<String, BTreeSet<(u8, u8)>> = HashMap::new();
         for (hc, ids) in &view.dispatch {
-            let Some((t, h)) = parse_host_chain(hc) else { continue };
+            let Some((t, h)) = parse_host_chain(hc) else {
+                continue;
+            };
             for id in ids {
                 if let Some((_, c)) = id.split_once('>') {
                     m.entry(c.to_string()).or_default().insert(key(t, h));
@@ -247,7 +288,8 @@ impl Roles {
 
     /// Dispatched for traffic to node-local addresses: DNAT only.
     fn local_nat(&self, chain: &str) -> bool {
-        self.has(chain, ChainType::Nat, Hook::Prerouting) || self.has(chain, ChainType::Nat, Hook::Output)
+        self.has(chain, ChainType::Nat, Hook::Prerouting)
+            || self.has(chain, ChainType::Nat, Hook::Output)
     }
 }
 
@@ -271,7 +313,9 @@ fn check_rule(chain: &str, r: &Rule, roles: &Roles, scope: &Scope) -> Checked<()
         if let Some(s) = m.set() {
             check_name("set", s)?;
         }
-        if let Match::Iifname(n) | Match::IifnameNot(n) | Match::Oifname(n) | Match::OifnameNot(n) = m {
+        if let Match::Iifname(n) | Match::IifnameNot(n) | Match::Oifname(n) | Match::OifnameNot(n) =
+            m
+        {
             check_name("interface", n)?;
         }
     }
@@ -357,7 +401,12 @@ fn check_dnat(
         let published: Vec<String> = scope
             .published
             .iter()
-            .map(|p| format!("{}/{:?} -> {}:{}", p.host_port, p.protocol, p.target, p.container_port))
+            .map(|p| {
+                format!(
+                    "{}/{:?} -> {}:{}",
+                    p.host_port, p.protocol, p.target, p.container_port
+                )
+            })
             .collect();
         return Err(denied(format!(
             "{at}: DNAT of port {dport}/{proto:?} to {addr}{} is not a port this call publishes [{}]",
@@ -369,7 +418,10 @@ fn check_dnat(
 }
 
 fn list(p: &[IpNet]) -> String {
-    p.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ")
+    p.iter()
+        .map(IpNet::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Check a driver's batch and turn it into the one the kernel gets: the
@@ -469,7 +521,10 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                 check_own("chain", &name)?;
                 out.push(Op::AddChain { name, base: None });
             }
-            Op::AddChain { name, base: Some(b) } => {
+            Op::AddChain {
+                name,
+                base: Some(b),
+            } => {
                 check_own("chain", &name)?;
                 hook_chain(&name, b, &mut roles, &mut host_chains, &mut rules, &mut out)?;
             }
@@ -477,7 +532,10 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                 check_own("chain", &name)?;
                 // The host's jumps into it go first, or the kernel refuses.
                 for (hc, ids) in &view.dispatch {
-                    for id in ids.iter().filter(|id| id.split_once('>').is_some_and(|(_, c)| c == name)) {
+                    for id in ids
+                        .iter()
+                        .filter(|id| id.split_once('>').is_some_and(|(_, c)| c == name))
+                    {
                         out.push(Op::DeleteRule {
                             chain: hc.clone(),
                             id: id.clone(),
@@ -631,11 +689,21 @@ mod tests {
     use super::*;
 
     fn base(hook: Hook, chain_type: ChainType, policy_drop: bool) -> Option<BaseChain> {
-        Some(BaseChain { hook, chain_type, priority: -300, policy_drop })
+        Some(BaseChain {
+            hook,
+            chain_type,
+            priority: -300,
+            policy_drop,
+        })
     }
 
     fn rule(id: &str, matches: Vec<Match>, action: Action) -> Rule {
-        Rule { id: id.into(), matches, counter: false, action }
+        Rule {
+            id: id.into(),
+            matches,
+            counter: false,
+            action,
+        }
     }
 
     fn pools() -> Vec<IpNet> {
@@ -644,18 +712,31 @@ mod tests {
 
     fn run(batch: Vec<Op>, view: &TableView, published: &[Published]) -> Checked<Vec<Op>> {
         let p = pools();
-        scope_batch(batch, view, &Scope { pools: &p, published, network: Some("n1") })
+        scope_batch(
+            batch,
+            view,
+            &Scope {
+                pools: &p,
+                published,
+                network: Some("n1"),
+            },
+        )
     }
 
     /// The view the kernel would show after `ops`.
     fn view_after(ops: &[Op]) -> TableView {
-        let mut v = TableView { exists: true, ..Default::default() };
+        let mut v = TableView {
+            exists: true,
+            ..Default::default()
+        };
         for op in ops {
             match op {
                 Op::AddChain { name, .. } => v.chains.push(name.clone()),
-                Op::AddRule { chain, rule } if chain.starts_with(RESERVED_PREFIX) => {
-                    v.dispatch.entry(chain.clone()).or_default().push(rule.id.clone())
-                }
+                Op::AddRule { chain, rule } if chain.starts_with(RESERVED_PREFIX) => v
+                    .dispatch
+                    .entry(chain.clone())
+                    .or_default()
+                    .push(rule.id.clone()),
                 _ => {}
             }
         }
@@ -665,29 +746,47 @@ mod tests {
     #[test]
     fn a_drop_policy_is_refused() {
         let e = run(
-            vec![Op::AddChain { name: "in".into(), base: base(Hook::Input, ChainType::Filter, true) }],
+            vec![Op::AddChain {
+                name: "in".into(),
+                base: base(Hook::Input, ChainType::Filter, true),
+            }],
             &TableView::default(),
             &[],
         )
         .unwrap_err();
-        assert!(matches!(&e, Refusal::Denied(m) if m.contains("drop policy")), "{e}");
+        assert!(
+            matches!(&e, Refusal::Denied(m) if m.contains("drop policy")),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_hook_chain_becomes_regular_and_is_dispatched_by_interface() {
         let out = run(
-            vec![Op::AddChain { name: "forward".into(), base: base(Hook::Forward, ChainType::Filter, false) }],
+            vec![Op::AddChain {
+                name: "forward".into(),
+                base: base(Hook::Forward, ChainType::Filter, false),
+            }],
             &TableView::default(),
             &[],
         )
         .unwrap();
-        assert!(out.contains(&Op::AddChain { name: "forward".into(), base: None }));
+        assert!(out.contains(&Op::AddChain {
+            name: "forward".into(),
+            base: None
+        }));
         let hc = host_chain(ChainType::Filter, Hook::Forward);
         let host_base = out.iter().find_map(|o| match o {
-            Op::AddChain { name, base: Some(b) } if *name == hc => Some(*b),
+            Op::AddChain {
+                name,
+                base: Some(b),
+            } if *name == hc => Some(*b),
             _ => None,
         });
-        assert_eq!(host_base.map(|b| (b.priority, b.policy_drop)), Some((0, false)));
+        assert_eq!(
+            host_base.map(|b| (b.priority, b.policy_drop)),
+            Some((0, false))
+        );
         let jumps: Vec<&Rule> = out
             .iter()
             .filter_map(|o| match o {
@@ -698,16 +797,25 @@ mod tests {
         assert_eq!(jumps.len(), 2);
         for j in &jumps {
             assert_eq!(j.action, Action::Jump("forward".into()));
-            assert!(j.matches.iter().any(|m| matches!(m, Match::IifIn(_) | Match::OifIn(_))));
+            assert!(j
+                .matches
+                .iter()
+                .any(|m| matches!(m, Match::IifIn(_) | Match::OifIn(_))));
         }
         // Again with the chain in place: no second dispatch.
         let again = run(
-            vec![Op::AddChain { name: "forward".into(), base: base(Hook::Forward, ChainType::Filter, false) }],
+            vec![Op::AddChain {
+                name: "forward".into(),
+                base: base(Hook::Forward, ChainType::Filter, false),
+            }],
             &view_after(&out),
             &[],
         )
         .unwrap();
-        assert!(!again.iter().any(|o| matches!(o, Op::AddRule { .. })), "{again:?}");
+        assert!(
+            !again.iter().any(|o| matches!(o, Op::AddRule { .. })),
+            "{again:?}"
+        );
     }
 
     #[test]
@@ -715,10 +823,17 @@ mod tests {
         for op in [
             Op::FlushChain(host_chain(ChainType::Filter, Hook::Input)),
             Op::DeleteSet(IFS_SET.into()),
-            Op::AddElement { set: IFS_SET.into(), elem: Element::Ifindex(1) },
+            Op::AddElement {
+                set: IFS_SET.into(),
+                elem: Element::Ifindex(1),
+            },
             Op::AddRule {
                 chain: "c".into(),
-                rule: rule("j", vec![], Action::Jump(host_chain(ChainType::Nat, Hook::Postrouting))),
+                rule: rule(
+                    "j",
+                    vec![],
+                    Action::Jump(host_chain(ChainType::Nat, Hook::Postrouting)),
+                ),
             },
         ] {
             let e = run(vec![op.clone()], &TableView::default(), &[]).unwrap_err();
@@ -728,30 +843,60 @@ mod tests {
 
     #[test]
     fn masquerade_needs_the_networks_pool() {
-        let setup = vec![Op::AddChain { name: "post".into(), base: base(Hook::Postrouting, ChainType::Nat, false) }];
+        let setup = vec![Op::AddChain {
+            name: "post".into(),
+            base: base(Hook::Postrouting, ChainType::Nat, false),
+        }];
         let view = view_after(&run(setup, &TableView::default(), &[]).unwrap());
-        let bare = Op::AddRule { chain: "post".into(), rule: rule("m", vec![], Action::Masquerade) };
-        assert!(matches!(run(vec![bare], &view, &[]), Err(Refusal::Denied(_))));
+        let bare = Op::AddRule {
+            chain: "post".into(),
+            rule: rule("m", vec![], Action::Masquerade),
+        };
+        assert!(matches!(
+            run(vec![bare], &view, &[]),
+            Err(Refusal::Denied(_))
+        ));
         let other = Op::AddRule {
             chain: "post".into(),
-            rule: rule("m", vec![Match::Saddr("0.0.0.0/0".parse().unwrap())], Action::Masquerade),
+            rule: rule(
+                "m",
+                vec![Match::Saddr("0.0.0.0/0".parse().unwrap())],
+                Action::Masquerade,
+            ),
         };
-        assert!(matches!(run(vec![other], &view, &[]), Err(Refusal::Denied(_))));
+        assert!(matches!(
+            run(vec![other], &view, &[]),
+            Err(Refusal::Denied(_))
+        ));
         let ok = Op::AddRule {
             chain: "post".into(),
-            rule: rule("m", vec![Match::Saddr("10.77.0.0/24".parse().unwrap())], Action::Masquerade),
+            rule: rule(
+                "m",
+                vec![Match::Saddr("10.77.0.0/24".parse().unwrap())],
+                Action::Masquerade,
+            ),
         };
         run(vec![ok], &view, &[]).unwrap();
         let snat = Op::AddRule {
             chain: "post".into(),
-            rule: rule("s", vec![Match::Saddr("10.77.0.0/24".parse().unwrap())], Action::Snat("192.0.2.1".parse().unwrap())),
+            rule: rule(
+                "s",
+                vec![Match::Saddr("10.77.0.0/24".parse().unwrap())],
+                Action::Snat("192.0.2.1".parse().unwrap()),
+            ),
         };
-        assert!(matches!(run(vec![snat], &view, &[]), Err(Refusal::Denied(_))));
+        assert!(matches!(
+            run(vec![snat], &view, &[]),
+            Err(Refusal::Denied(_))
+        ));
     }
 
     #[test]
     fn dnat_only_for_what_this_call_publishes() {
-        let setup = vec![Op::AddChain { name: "pre".into(), base: base(Hook::Prerouting, ChainType::Nat, false) }];
+        let setup = vec![Op::AddChain {
+            name: "pre".into(),
+            base: base(Hook::Prerouting, ChainType::Nat, false),
+        }];
         let view = view_after(&run(setup, &TableView::default(), &[]).unwrap());
         let published = [Published {
             protocol: Protocol::Tcp,
@@ -763,33 +908,66 @@ mod tests {
             chain: "pre".into(),
             rule: rule(
                 "d",
-                vec![Match::Protocol(Protocol::Tcp), Match::Dport(port), Match::DaddrLocal],
+                vec![
+                    Match::Protocol(Protocol::Tcp),
+                    Match::Dport(port),
+                    Match::DaddrLocal,
+                ],
                 Action::Dnat(to.parse().unwrap(), Some(to_port)),
             ),
         };
         run(vec![dnat(8080, "10.77.0.5", 80)], &view, &published).unwrap();
-        for bad in [dnat(22, "10.77.0.5", 80), dnat(8080, "203.0.113.1", 80), dnat(8080, "127.0.0.1", 80)] {
-            assert!(matches!(run(vec![bad.clone()], &view, &published), Err(Refusal::Denied(_))), "{bad:?}");
+        for bad in [
+            dnat(22, "10.77.0.5", 80),
+            dnat(8080, "203.0.113.1", 80),
+            dnat(8080, "127.0.0.1", 80),
+        ] {
+            assert!(
+                matches!(
+                    run(vec![bad.clone()], &view, &published),
+                    Err(Refusal::Denied(_))
+                ),
+                "{bad:?}"
+            );
         }
         // Outside a publishing call there is nothing to DNAT to.
         assert!(run(vec![dnat(8080, "10.77.0.5", 80)], &view, &[]).is_err());
         // And nothing but DNAT sees the node's local traffic.
-        let drop = Op::AddRule { chain: "pre".into(), rule: rule("x", vec![], Action::Drop) };
-        assert!(matches!(run(vec![drop], &view, &published), Err(Refusal::Denied(_))));
+        let drop = Op::AddRule {
+            chain: "pre".into(),
+            rule: rule("x", vec![], Action::Drop),
+        };
+        assert!(matches!(
+            run(vec![drop], &view, &published),
+            Err(Refusal::Denied(_))
+        ));
     }
 
     #[test]
     fn sizes_are_bounded() {
         let many = vec![Op::FlushChain("c".into()); limits::NFT_BATCH_OPS + 1];
-        assert!(matches!(run(many, &TableView::default(), &[]), Err(Refusal::Invalid(_))));
+        assert!(matches!(
+            run(many, &TableView::default(), &[]),
+            Err(Refusal::Invalid(_))
+        ));
         let wide = Op::AddRule {
             chain: "c".into(),
-            rule: rule("w", vec![Match::IifnameNot("x".into()); 5000], Action::Accept),
+            rule: rule(
+                "w",
+                vec![Match::IifnameNot("x".into()); 5000],
+                Action::Accept,
+            ),
         };
         let e = run(vec![wide], &TableView::default(), &[]).unwrap_err();
         assert!(e.to_string().contains("5000 matches"), "{e}");
-        let long = Op::AddChain { name: "c".repeat(300), base: None };
-        assert!(matches!(run(vec![long], &TableView::default(), &[]), Err(Refusal::Invalid(_))));
+        let long = Op::AddChain {
+            name: "c".repeat(300),
+            base: None,
+        };
+        assert!(matches!(
+            run(vec![long], &TableView::default(), &[]),
+            Err(Refusal::Invalid(_))
+        ));
     }
 
     fn jumps_into<'a>(out: &'a [Op], host: &str) -> Vec<&'a Rule> {
@@ -803,10 +981,16 @@ mod tests {
 
     #[test]
     fn attach_points_dispatch_only_the_networks_traffic() {
-        let attach = |point| Op::AttachChain { name: "fwd".into(), point };
+        let attach = |point| Op::AttachChain {
+            name: "fwd".into(),
+            point,
+        };
         let out = run(
             vec![
-                Op::AddChain { name: "fwd".into(), base: None },
+                Op::AddChain {
+                    name: "fwd".into(),
+                    base: None,
+                },
                 attach(AttachPoint::ForwardFromNetwork),
                 attach(AttachPoint::ForwardToNetwork),
             ],
@@ -815,25 +999,44 @@ mod tests {
         )
         .unwrap();
         let set = network_set("n1");
-        assert!(out.contains(&Op::AddSet { name: set.clone(), ty: SetType::Ifindex }));
+        assert!(out.contains(&Op::AddSet {
+            name: set.clone(),
+            ty: SetType::Ifindex
+        }));
         let hc = host_chain(ChainType::Filter, Hook::Forward);
         let jumps = jumps_into(&out, &hc);
         assert_eq!(jumps.len(), 2, "{out:?}");
         assert_eq!(jumps[0].matches, vec![Match::IifIn(set.clone())]);
-        assert_eq!(jumps[1].matches, vec![Match::IifNotIn(set.clone()), Match::OifIn(set.clone())]);
+        assert_eq!(
+            jumps[1].matches,
+            vec![Match::IifNotIn(set.clone()), Match::OifIn(set.clone())]
+        );
         // Attached again: nothing new. Detached: its jumps go.
         let view = view_after(&out);
         let again = run(vec![attach(AttachPoint::ForwardFromNetwork)], &view, &[]).unwrap();
         assert!(jumps_into(&again, &hc).is_empty(), "{again:?}");
-        let gone = run(vec![Op::DetachChain { name: "fwd".into(), point: AttachPoint::ForwardFromNetwork }], &view, &[])
-            .unwrap();
-        assert!(gone.iter().any(|o| matches!(o, Op::DeleteRule { chain, id } if *chain == hc && id == &jumps[0].id)));
+        let gone = run(
+            vec![Op::DetachChain {
+                name: "fwd".into(),
+                point: AttachPoint::ForwardFromNetwork,
+            }],
+            &view,
+            &[],
+        )
+        .unwrap();
+        assert!(gone.iter().any(
+            |o| matches!(o, Op::DeleteRule { chain, id } if *chain == hc && id == &jumps[0].id)
+        ));
         // No network, no attachment.
         let p = pools();
         let e = scope_batch(
             vec![attach(AttachPoint::InputFromNetwork)],
             &TableView::default(),
-            &Scope { pools: &p, published: &[], network: None },
+            &Scope {
+                pools: &p,
+                published: &[],
+                network: None,
+            },
         )
         .unwrap_err();
         assert!(matches!(e, Refusal::Denied(_)), "{e}");
@@ -843,10 +1046,17 @@ mod tests {
     fn network_relative_matches_become_the_networks_set() {
         let out = run(
             vec![
-                Op::AddChain { name: "fwd".into(), base: None },
+                Op::AddChain {
+                    name: "fwd".into(),
+                    base: None,
+                },
                 Op::AddRule {
                     chain: "fwd".into(),
-                    rule: rule("r", vec![Match::FromNetwork, Match::ToNetwork], Action::Reject),
+                    rule: rule(
+                        "r",
+                        vec![Match::FromNetwork, Match::ToNetwork],
+                        Action::Reject,
+                    ),
                 },
             ],
             &TableView::default(),
@@ -862,8 +1072,14 @@ mod tests {
     fn the_nat_to_node_point_takes_only_published_dnat() {
         let out = run(
             vec![
-                Op::AddChain { name: "ports".into(), base: None },
-                Op::AttachChain { name: "ports".into(), point: AttachPoint::NatToNode },
+                Op::AddChain {
+                    name: "ports".into(),
+                    base: None,
+                },
+                Op::AttachChain {
+                    name: "ports".into(),
+                    point: AttachPoint::NatToNode,
+                },
             ],
             &TableView::default(),
             &[],
@@ -872,7 +1088,10 @@ mod tests {
         let view = view_after(&out);
         for action in [Action::Accept, Action::Reject, Action::Jump("x".into())] {
             let e = run(
-                vec![Op::AddRule { chain: "ports".into(), rule: rule("r", vec![], action.clone()) }],
+                vec![Op::AddRule {
+                    chain: "ports".into(),
+                    rule: rule("r", vec![], action.clone()),
+                }],
                 &view,
                 &[],
             )
@@ -890,6 +1109,14 @@ mod tests {
             vec![Match::Protocol(Protocol::Tcp), Match::Dport(8080)],
             Action::Dnat("10.77.0.2".parse().unwrap(), Some(80)),
         );
-        run(vec![Op::AddRule { chain: "ports".into(), rule: dnat }], &view, &published).unwrap();
+        run(
+            vec![Op::AddRule {
+                chain: "ports".into(),
+                rule: dnat,
+            }],
+            &view,
+            &published,
+        )
+        .unwrap();
     }
 }

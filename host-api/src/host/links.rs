@@ -16,7 +16,6 @@ use crate::host::convert::to_ip;
 use crate::journal::Undo;
 use crate::kernel::{LinkChange, LinkInfo, LinkKind, Mac, NewLink, NsId};
 
-
 /// The kernel's rules for interface names, checked before asking it so the
 /// guest gets a message that says which name and why.
 fn check_name(name: &str) -> HostResult<()> {

@@ -168,7 +168,6 @@ pub struct HostState {
     pub(crate) log_lines: usize,
 }
 
-
 impl HostState {
     pub fn new(
         kernel: Arc<dyn Kernel>,

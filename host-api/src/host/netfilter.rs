@@ -100,7 +100,8 @@ impl HostState {
         // the inverse needs nothing more.
         let table = self.grant.nft_table();
         let exists = self.kernel.nft_tables(NsId::NODE)?.contains(&table);
-        self.kernel.nft_apply(NsId::NODE, &table, &guard::admit_link(index, &network))?;
+        self.kernel
+            .nft_apply(NsId::NODE, &table, &guard::admit_link(index, &network))?;
         self.journal.record(Undo::Nft {
             ns: NsId::NODE,
             table,
@@ -137,7 +138,10 @@ impl HostState {
         // the driver-wide set only.
         if self.kernel.nft_apply(NsId::NODE, &table, &ops).is_err() {
             for op in ops {
-                if let Err(e) = self.kernel.nft_apply(NsId::NODE, &table, std::slice::from_ref(&op)) {
+                if let Err(e) = self
+                    .kernel
+                    .nft_apply(NsId::NODE, &table, std::slice::from_ref(&op))
+                {
                     tracing::debug!(table, index, error = %e, "link not in a dispatch set");
                 }
             }
@@ -179,13 +183,20 @@ impl HostState {
 /// Remove what the host kept in a driver's table for one network (its
 /// dispatch set and the jumps tagged with it) once the network is gone.
 /// Best effort and idempotent: the table may be gone with the network.
-pub fn release_network(kernel: &dyn crate::kernel::Kernel, driver: &str, network_id: &str) -> crate::kernel::KResult<()> {
+pub fn release_network(
+    kernel: &dyn crate::kernel::Kernel,
+    driver: &str,
+    network_id: &str,
+) -> crate::kernel::KResult<()> {
     let table = super::nft_table(driver);
     if !kernel.nft_tables(NsId::NODE)?.contains(&table) {
         return Ok(());
     }
     let set = guard::network_set(network_id);
-    let tag = format!(":{}>", set.strip_prefix(guard::RESERVED_PREFIX).unwrap_or(&set));
+    let tag = format!(
+        ":{}>",
+        set.strip_prefix(guard::RESERVED_PREFIX).unwrap_or(&set)
+    );
     let mut ops = Vec::new();
     for chain in kernel.nft_chains(NsId::NODE, &table)? {
         if !chain.starts_with(guard::RESERVED_PREFIX) {
@@ -193,7 +204,10 @@ pub fn release_network(kernel: &dyn crate::kernel::Kernel, driver: &str, network
         }
         for id in kernel.nft_rules(NsId::NODE, &table, &chain)? {
             if id.contains(&tag) {
-                ops.push(Op::DeleteRule { chain: chain.clone(), id });
+                ops.push(Op::DeleteRule {
+                    chain: chain.clone(),
+                    id,
+                });
             }
         }
     }
@@ -218,7 +232,10 @@ fn check_batch_len(n: usize) -> HostResult<()> {
 impl Host for HostState {
     fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
         check_batch_len(batch.len())?;
-        let batch = batch.iter().map(super::nft_v01::op).collect::<HostResult<_>>()?;
+        let batch = batch
+            .iter()
+            .map(super::nft_v01::op)
+            .collect::<HostResult<_>>()?;
         self.apply_batch(batch)
     }
 
@@ -230,7 +247,10 @@ impl Host for HostState {
 impl v0_2::Host for HostState {
     fn apply(&mut self, batch: Vec<v0_2::Op>) -> HostResult<()> {
         check_batch_len(batch.len())?;
-        let batch = batch.iter().map(super::nft_v02::op).collect::<HostResult<_>>()?;
+        let batch = batch
+            .iter()
+            .map(super::nft_v02::op)
+            .collect::<HostResult<_>>()?;
         self.apply_batch(batch)
     }
 

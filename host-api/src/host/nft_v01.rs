@@ -58,7 +58,9 @@ fn r#match(x: &w::Match) -> HostResult<m::Match> {
         w::Match::Protocol(p) => m::Match::Protocol(protocol(*p)),
         w::Match::Dport(p) => m::Match::Dport(*p),
         w::Match::DaddrLocal => m::Match::DaddrLocal,
-        w::Match::CtEstablished => m::Match::CtState(m::CtStates(m::CtStates::ESTABLISHED | m::CtStates::RELATED)),
+        w::Match::CtEstablished => {
+            m::Match::CtState(m::CtStates(m::CtStates::ESTABLISHED | m::CtStates::RELATED))
+        }
     })
 }
 

@@ -50,7 +50,9 @@ fn r#match(x: &w::Match) -> HostResult<m::Match> {
         w::Match::IcmpType(t) => m::Match::IcmpType(*t),
         w::Match::CtState(states) => {
             if states.len() > 4 {
-                return Err(HostError::invalid("a ct-state match lists at most the 4 states"));
+                return Err(HostError::invalid(
+                    "a ct-state match lists at most the 4 states",
+                ));
             }
             m::Match::CtState(ct_states(states))
         }

@@ -90,7 +90,9 @@ impl HostState {
             .kernel
             .routes(NsId::NODE, r.table)?
             .into_iter()
-            .find(|x| x.destination == r.destination && x.metric.unwrap_or(0) == r.metric.unwrap_or(0)))
+            .find(|x| {
+                x.destination == r.destination && x.metric.unwrap_or(0) == r.metric.unwrap_or(0)
+            }))
     }
 
     /// Whether an installed route is this network's: netshim installed it,
@@ -100,11 +102,18 @@ impl HostState {
         if r.protocol != ROUTE_PROTO_NETSHIM {
             return Ok(false);
         }
-        let in_grant = self.grant.route_prefixes.iter().any(|g| g.contains(&r.destination));
+        let in_grant = self
+            .grant
+            .route_prefixes
+            .iter()
+            .any(|g| g.contains(&r.destination));
         let Some(index) = r.oif else {
             return Ok(in_grant);
         };
-        let link = LinkRef { ns: NsId::NODE, index };
+        let link = LinkRef {
+            ns: NsId::NODE,
+            index,
+        };
         if self.grant.underlay == Some(link) {
             return Ok(in_grant);
         }
@@ -168,7 +177,10 @@ impl Host for HostState {
     fn del(&mut self, r: WitRoute) -> HostResult<()> {
         let route = self.resolve_route(&r, "del")?;
         let old = self.existing_route(&route)?.ok_or_else(|| {
-            HostError::not_found(format!("route {} in table {}", route.destination, route.table))
+            HostError::not_found(format!(
+                "route {} in table {}",
+                route.destination, route.table
+            ))
         })?;
         if !self.owns_route(&old)? {
             return Err(self.not_ours("del", &old));

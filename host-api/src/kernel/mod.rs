@@ -193,7 +193,12 @@ pub fn ifname_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > IFNAME_MAX {
         return Some(format!("must be 1 to {IFNAME_MAX} bytes long"));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         return Some("is \".\" or \"..\", or contains a character the kernel refuses ('/', ':', whitespace, control)".into());
     }
     None

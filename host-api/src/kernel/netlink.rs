@@ -102,7 +102,9 @@ impl Namespace {
     fn open(path: &Path, label: String) -> KResult<Namespace> {
         let what = format!("network namespace {}", path.display());
         let fd = File::open(path).map_err(|e| kernel_error(&NlError::io(e), &what))?;
-        let socket = super::netns::in_namespace(fd.as_fd(), NlSocket::open).map_err(|e| match e.raw_os_error() {
+        let socket = super::netns::in_namespace(fd.as_fd(), NlSocket::open).map_err(|e| match e
+            .raw_os_error()
+        {
             // setns(CLONE_NEWNET) refuses anything that is not a netns.
             Some(libc::EINVAL) => {
                 KernelError::Invalid(format!("{} is not a network namespace", path.display()))

@@ -8,7 +8,10 @@ use std::os::fd::BorrowedFd;
 use nix::sched::{setns, CloneFlags};
 
 /// Run `f` on a fresh thread inside the namespace `fd` refers to.
-pub fn in_namespace<T: Send>(fd: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+pub fn in_namespace<T: Send>(
+    fd: BorrowedFd<'_>,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(move || {

@@ -252,19 +252,43 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Create a chain (regular when `base` is None). Idempotent.
-    AddChain { name: String, base: Option<BaseChain> },
+    AddChain {
+        name: String,
+        base: Option<BaseChain>,
+    },
     /// Run a (regular) chain at an attach point for the call's network.
     /// Only the guard understands it: it becomes host chains and rules.
-    AttachChain { name: String, point: AttachPoint },
-    DetachChain { name: String, point: AttachPoint },
+    AttachChain {
+        name: String,
+        point: AttachPoint,
+    },
+    DetachChain {
+        name: String,
+        point: AttachPoint,
+    },
     DeleteChain(String),
     FlushChain(String),
-    AddRule { chain: String, rule: Rule },
-    DeleteRule { chain: String, id: String },
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
+    DeleteRule {
+        chain: String,
+        id: String,
+    },
     /// Create a named set. Idempotent when the set exists with this type.
-    AddSet { name: String, ty: SetType },
+    AddSet {
+        name: String,
+        ty: SetType,
+    },
     DeleteSet(String),
-    AddElement { set: String, elem: Element },
-    DeleteElement { set: String, elem: Element },
+    AddElement {
+        set: String,
+        elem: Element,
+    },
+    DeleteElement {
+        set: String,
+        elem: Element,
+    },
     DeleteTable,
 }

@@ -291,7 +291,8 @@ impl Global {
         tracing::debug!("wasm runtime ready");
         let kernel = self.kernel()?;
         tracing::debug!("netlink ready");
-        Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?.with_node_name(self.node_name.clone()))
+        Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?
+            .with_node_name(self.node_name.clone()))
     }
 }
 
@@ -338,7 +339,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Guest(GuestCmd::New { name, dir }) => {
-            let root = crate::scaffold::new_guest(&name, &dir).map_err(|e| CliError::Other(e.to_string()))?;
+            let root = crate::scaffold::new_guest(&name, &dir)
+                .map_err(|e| CliError::Other(e.to_string()))?;
             out.guest_created(&root, &name);
             Ok(())
         }

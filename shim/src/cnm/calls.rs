@@ -35,7 +35,10 @@ pub struct Calls<'a> {
 /// length limit: they reach logs, HTTP replies and terminals).
 pub fn describe(e: &WitError) -> String {
     let cut = |m: &str| {
-        netshim_host_api::guard::limits::truncate(m, netshim_host_api::guard::limits::ERROR_MESSAGE_BYTES)
+        netshim_host_api::guard::limits::truncate(
+            m,
+            netshim_host_api::guard::limits::ERROR_MESSAGE_BYTES,
+        )
     };
     match e {
         WitError::Exists(m) => format!("already exists: {}", cut(m)),
@@ -61,7 +64,13 @@ fn kind_of(e: &WitError) -> DriverErrorKind {
 }
 
 pub fn is_not_found(e: &CnmError) -> bool {
-    matches!(e, CnmError::Driver { kind: DriverErrorKind::NotFound, .. })
+    matches!(
+        e,
+        CnmError::Driver {
+            kind: DriverErrorKind::NotFound,
+            ..
+        }
+    )
 }
 
 pub fn wit_port(p: &PortMapping) -> wit::PortBinding {
@@ -258,7 +267,11 @@ impl<'a> Calls<'a> {
 /// for them is then refused).
 fn published(ep: &wit::EndpointRequest) -> Vec<netshim_host_api::guard::netfilter::Published> {
     use netshim_host_api::model::nft::Protocol;
-    let Some(target) = ep.ipv4.as_ref().map(|p| netshim_host_api::host::to_ip(&p.address)) else {
+    let Some(target) = ep
+        .ipv4
+        .as_ref()
+        .map(|p| netshim_host_api::host::to_ip(&p.address))
+    else {
         return Vec::new();
     };
     ep.ports

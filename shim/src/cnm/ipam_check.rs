@@ -71,11 +71,18 @@ pub fn taken_pools(s: &mut dyn Store) -> CnmResult<Vec<(String, IpNet)>> {
     let mut out = Vec::new();
     for e in s.list(SPACE, "networks/")? {
         if let Ok(n) = serde_json::from_slice::<Network>(&e.value) {
-            out.extend(n.ipv4.iter().map(|p| (format!("network {}", n.name), p.subnet)));
+            out.extend(
+                n.ipv4
+                    .iter()
+                    .map(|p| (format!("network {}", n.name), p.subnet)),
+            );
         }
     }
     for e in s.list(SPACE, "pools/")? {
-        if let Some(p) = std::str::from_utf8(&e.value).ok().and_then(|v| v.parse().ok()) {
+        if let Some(p) = std::str::from_utf8(&e.value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             out.push((format!("pool {}", &e.key["pools/".len()..]), p));
         }
     }
@@ -147,7 +154,11 @@ pub fn check_pool(
             if !defaults.iter().any(|d| d.contains(&got)) {
                 return Err(bad(format!(
                     "no pool was asked for, and it is outside the default pools [{}]",
-                    defaults.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ")
+                    defaults
+                        .iter()
+                        .map(IpNet::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -178,17 +189,24 @@ pub const ROUTE_PREFIXES_OPTION: &str = "netshim.route-prefixes";
 /// the operator's word is bounded: never the default route or a half of
 /// it (/8 at the shortest), never a forbidden range or the node's own
 /// addresses, so no grant lets a driver take the node's way out.
-pub fn route_prefixes(options: &[(String, String)], node: Option<&NodeFacts>) -> CnmResult<Vec<IpNet>> {
+pub fn route_prefixes(
+    options: &[(String, String)],
+    node: Option<&NodeFacts>,
+) -> CnmResult<Vec<IpNet>> {
     let mut out = Vec::new();
     for (_, v) in options.iter().filter(|(k, _)| k == ROUTE_PREFIXES_OPTION) {
         for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let bad = |why: String| {
                 CnmError::Invalid(format!("option {ROUTE_PREFIXES_OPTION}: {item:?}: {why}"))
             };
-            let p: IpNet = item.parse().map_err(|_| bad("not a CIDR prefix such as 10.244.0.0/16".into()))?;
+            let p: IpNet = item
+                .parse()
+                .map_err(|_| bad("not a CIDR prefix such as 10.244.0.0/16".into()))?;
             let min = if p.addr().is_ipv4() { 8 } else { 16 };
             if p.prefix_len() < min {
-                return Err(bad(format!("shorter than /{min}: it would cover the node's own way out")));
+                return Err(bad(format!(
+                    "shorter than /{min}: it would cover the node's own way out"
+                )));
             }
             if let Some((f, why)) = forbidden().into_iter().find(|(f, _)| overlaps(f, &p)) {
                 return Err(bad(format!("it overlaps the {why} range {f}")));
@@ -252,16 +270,36 @@ mod tests {
         let check = |req: Option<&str>, got: &str| {
             check_pool("evil", req.map(n), n(got), &node(), &taken).map_err(|e| e.to_string())
         };
-        assert!(check(Some("10.123.0.0/16"), "0.0.0.0/0").unwrap_err().contains("/8 to /30"));
-        assert!(check(Some("10.123.0.0/16"), "10.124.0.0/16").unwrap_err().contains("asked for"));
-        assert!(check(None, "198.51.100.0/24").unwrap_err().contains("default pools"));
-        assert!(check(Some("127.0.0.0/16"), "127.0.0.0/16").unwrap_err().contains("loopback"));
-        assert!(check(Some("169.254.0.0/24"), "169.254.0.0/24").unwrap_err().contains("link-local"));
-        assert!(check(Some("10.1.2.0/24"), "10.1.2.0/24").unwrap_err().contains("route"));
-        assert!(check(Some("203.0.113.0/25"), "203.0.113.0/25").unwrap_err().contains("route"));
-        assert!(check(Some("10.200.0.0/24"), "10.200.0.0/24").unwrap_err().contains("own address"));
-        assert!(check(Some("10.77.0.0/16"), "10.77.0.0/16").unwrap_err().contains("network a"));
-        assert!(check(Some("10.5.0.1/24"), "10.5.0.1/24").unwrap_err().contains("host bits"));
+        assert!(check(Some("10.123.0.0/16"), "0.0.0.0/0")
+            .unwrap_err()
+            .contains("/8 to /30"));
+        assert!(check(Some("10.123.0.0/16"), "10.124.0.0/16")
+            .unwrap_err()
+            .contains("asked for"));
+        assert!(check(None, "198.51.100.0/24")
+            .unwrap_err()
+            .contains("default pools"));
+        assert!(check(Some("127.0.0.0/16"), "127.0.0.0/16")
+            .unwrap_err()
+            .contains("loopback"));
+        assert!(check(Some("169.254.0.0/24"), "169.254.0.0/24")
+            .unwrap_err()
+            .contains("link-local"));
+        assert!(check(Some("10.1.2.0/24"), "10.1.2.0/24")
+            .unwrap_err()
+            .contains("route"));
+        assert!(check(Some("203.0.113.0/25"), "203.0.113.0/25")
+            .unwrap_err()
+            .contains("route"));
+        assert!(check(Some("10.200.0.0/24"), "10.200.0.0/24")
+            .unwrap_err()
+            .contains("own address"));
+        assert!(check(Some("10.77.0.0/16"), "10.77.0.0/16")
+            .unwrap_err()
+            .contains("network a"));
+        assert!(check(Some("10.5.0.1/24"), "10.5.0.1/24")
+            .unwrap_err()
+            .contains("host bits"));
         check(Some("10.5.0.0/24"), "10.5.0.0/24").unwrap();
         check(None, "172.18.0.0/16").unwrap();
     }
@@ -273,8 +311,17 @@ mod tests {
             route_prefixes(&o("10.244.0.0/16, 10.96.0.0/12"), Some(&node())).unwrap(),
             [n("10.244.0.0/16"), n("10.96.0.0/12")]
         );
-        for bad in ["0.0.0.0/0", "0.0.0.0/1", "128.0.0.0/1", "127.0.0.0/8", "nope", "203.0.113.0/24"] {
-            let e = route_prefixes(&o(bad), Some(&node())).unwrap_err().to_string();
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "127.0.0.0/8",
+            "nope",
+            "203.0.113.0/24",
+        ] {
+            let e = route_prefixes(&o(bad), Some(&node()))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(ROUTE_PREFIXES_OPTION), "{bad}: {e}");
         }
         assert!(route_prefixes(&[], None).unwrap().is_empty());
@@ -290,8 +337,14 @@ mod tests {
         check(None, "10.5.0.2/24").unwrap();
         assert!(check(None, "10.6.0.2/24").is_err());
         assert!(check(None, "10.5.0.2/16").is_err());
-        assert!(check(None, "10.5.0.0/24").unwrap_err().contains("network address"));
-        assert!(check(None, "10.5.0.255/24").unwrap_err().contains("broadcast"));
-        assert!(check(Some("10.5.0.9"), "10.5.0.2/24").unwrap_err().contains("asked for"));
+        assert!(check(None, "10.5.0.0/24")
+            .unwrap_err()
+            .contains("network address"));
+        assert!(check(None, "10.5.0.255/24")
+            .unwrap_err()
+            .contains("broadcast"));
+        assert!(check(Some("10.5.0.9"), "10.5.0.2/24")
+            .unwrap_err()
+            .contains("asked for"));
     }
 }

@@ -410,7 +410,12 @@ fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option
     if others {
         return host::release_network(kernel, &net.driver, &net.id)
             .err()
-            .map(|e| format!("removing network {}'s dispatch from table inet {table}: {e}", net.name));
+            .map(|e| {
+                format!(
+                    "removing network {}'s dispatch from table inet {table}: {e}",
+                    net.name
+                )
+            });
     }
     match kernel.nft_tables(NsId::NODE) {
         Ok(tables) if tables.contains(&table) => kernel

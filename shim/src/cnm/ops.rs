@@ -9,11 +9,11 @@ use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
 use wasmtime::component::Resource;
 
-use super::ipam_check;
 use super::calls::{is_not_found, wit_endpoint, wit_network, wit_port, Calls};
+use super::ipam_check;
 use super::model::{self, Endpoint, Network, Pool, SPACE};
 use super::{
-    check_name, get_json, release_netfilter, now, put_json, random_id, Attach, CnmError, CnmResult,
+    check_name, get_json, now, put_json, random_id, release_netfilter, Attach, CnmError, CnmResult,
     Core, CreateNetwork, DetachTarget,
 };
 use crate::sandbox;
@@ -131,7 +131,11 @@ impl Core {
 
     /// The driver's create-network, then the network's records.
     pub(super) fn create_network_call(&self, calls: &mut Calls, net: &Network) -> CnmResult<()> {
-        if net.options.iter().any(|(k, _)| k == ipam_check::ROUTE_PREFIXES_OPTION) {
+        if net
+            .options
+            .iter()
+            .any(|(k, _)| k == ipam_check::ROUTE_PREFIXES_OPTION)
+        {
             let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
             ipam_check::route_prefixes(&net.options, Some(&node))?;
         }

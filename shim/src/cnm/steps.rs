@@ -13,10 +13,10 @@ use netshim_host_api::host::{from_ip, from_prefix, to_prefix};
 use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
 
-use super::ipam_check;
 use super::calls::{wit_endpoint, wit_network, Calls};
+use super::ipam_check;
 use super::model::{self, Endpoint, Network, PortMapping, SPACE};
-use super::{get_json, release_netfilter, now, put_json, CnmError, CnmResult, Core};
+use super::{get_json, now, put_json, release_netfilter, CnmError, CnmResult, Core};
 
 /// An IPAM pool as IPAM answered.
 pub struct PoolGrant {
@@ -96,7 +96,10 @@ impl Core {
             let taken = ipam_check::taken_pools(c.store())?;
             ipam_check::check_pool(driver, pool, got, &node, &taken)?;
             ipam_check::record_pool(c.store(), driver, &p.id, got)?;
-            Ok(PoolGrant { id: p.id, pool: got })
+            Ok(PoolGrant {
+                id: p.id,
+                pool: got,
+            })
         })
     }
 
@@ -130,7 +133,9 @@ impl Core {
             )?;
             let got = to_prefix(&a).map_err(|e| CnmError::Invalid(e.to_string()))?;
             let pool = ipam_check::recorded_pool(c.store(), driver, pool_id)?.ok_or_else(|| {
-                CnmError::NotFound(format!("pool {pool_id} of driver {driver} not found: netshim handed out no such pool"))
+                CnmError::NotFound(format!(
+                    "pool {pool_id} of driver {driver} not found: netshim handed out no such pool"
+                ))
             })?;
             ipam_check::check_address(driver, pool, address, got)?;
             Ok(got)
@@ -388,9 +393,12 @@ impl Core {
     /// GetCapabilities): (scope, connectivity scope), "local" or "global".
     pub fn driver_capabilities(&self, driver: &str) -> CnmResult<(&'static str, &'static str)> {
         let caps = self.step(driver, |c| {
-            c.call(Core::ipam_grant(driver), "get-capabilities", &[], |p, st, _| {
-                p.netshim_plugin_driver().call_get_capabilities(st).map(Ok)
-            })
+            c.call(
+                Core::ipam_grant(driver),
+                "get-capabilities",
+                &[],
+                |p, st, _| p.netshim_plugin_driver().call_get_capabilities(st).map(Ok),
+            )
         })?;
         let name = |s: wit::Scope| match s {
             wit::Scope::Local => "local",
@@ -401,17 +409,29 @@ impl Core {
 
     /// Operational data the driver reports for an endpoint (Docker's
     /// EndpointOperInfo), bounded: it ends up in `docker inspect`.
-    pub fn endpoint_oper_info(&self, network_id: &str, endpoint_id: &str) -> CnmResult<Vec<(String, String)>> {
+    pub fn endpoint_oper_info(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> CnmResult<Vec<(String, String)>> {
         use netshim_host_api::guard::limits::truncate;
         // dockerd asks for endpoints it is removing: unknown ones have none.
-        let Some(net) = get_json::<Network>(&mut self.store.session()?, &model::network_key(network_id))? else {
+        let Some(net) =
+            get_json::<Network>(&mut self.store.session()?, &model::network_key(network_id))?
+        else {
             return Ok(Vec::new());
         };
         let wnet = wit_network(&net);
         let info = self.step(&net.driver, |c| {
-            c.call(self.grant(&net, false), "endpoint-oper-info", &[], |p, st, _| {
-                p.netshim_plugin_driver().call_endpoint_oper_info(st, &wnet, endpoint_id)
-            })
+            c.call(
+                self.grant(&net, false),
+                "endpoint-oper-info",
+                &[],
+                |p, st, _| {
+                    p.netshim_plugin_driver()
+                        .call_endpoint_oper_info(st, &wnet, endpoint_id)
+                },
+            )
         })?;
         Ok(info
             .into_iter()

@@ -29,7 +29,10 @@ pub const WIT_PACKAGES: [&str; 2] = ["netshim:plugin@0.1.0", "netshim:plugin@0.2
 
 /// The WIT package a guest targets, from the interfaces it imports.
 pub fn wit_package(imports: &[String]) -> &'static str {
-    if imports.iter().any(|i| i.starts_with("netshim:plugin/") && i.ends_with("@0.2.0")) {
+    if imports
+        .iter()
+        .any(|i| i.starts_with("netshim:plugin/") && i.ends_with("@0.2.0"))
+    {
         WIT_PACKAGES[1]
     } else {
         WIT_PACKAGES[0]

@@ -14,7 +14,10 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let cases: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let cases: u64 = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let seed: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0x5eed);
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
@@ -64,7 +67,11 @@ fn main() {
             }
         }
         if (i + 1) % 100_000 == 0 {
-            eprintln!("fuzz-netfilter: {} cases, {crashes} crashes, {:.0} s", i + 1, started.elapsed().as_secs_f64());
+            eprintln!(
+                "fuzz-netfilter: {} cases, {crashes} crashes, {:.0} s",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     println!(

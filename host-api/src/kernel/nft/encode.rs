@@ -10,7 +10,9 @@ use ipnet::IpNet;
 
 use super::wire::{Mark, TooLarge, Writer};
 use crate::kernel::{KResult, KernelError};
-use crate::model::nft::{Action, BaseChain, ChainType, CtStates, Element, Hook, Match, Protocol, Rule, SetType};
+use crate::model::nft::{
+    Action, BaseChain, ChainType, CtStates, Element, Hook, Match, Protocol, Rule, SetType,
+};
 
 /// Kernel ABI numbers (include/uapi/linux/netfilter/nf_tables.h,
 /// nfnetlink.h, netlink.h; datatype ids from nftables' datatype.h).
@@ -321,7 +323,10 @@ pub fn element_keys(kind: SetKind, set: &str, elem: &Element) -> KResult<Vec<(Ve
         return Err(invalid("it does not fit the set's key type"));
     }
     Ok(match elem {
-        Element::Ifname(n) => vec![(ifname_key(n, false).map_err(|e| invalid(&e.to_string()))?, 0)],
+        Element::Ifname(n) => vec![(
+            ifname_key(n, false).map_err(|e| invalid(&e.to_string()))?,
+            0,
+        )],
         Element::Ifindex(i) => vec![(i.to_ne_bytes().to_vec(), 0)],
         Element::Port(p) => vec![(p.to_be_bytes().to_vec(), 0)],
         Element::Addr(net) => {
@@ -346,7 +351,11 @@ struct Exprs<'w> {
 }
 
 impl Exprs<'_> {
-    fn expr(&mut self, name: &str, data: impl FnOnce(&mut Writer) -> Result<(), TooLarge>) -> KResult<()> {
+    fn expr(
+        &mut self,
+        name: &str,
+        data: impl FnOnce(&mut Writer) -> Result<(), TooLarge>,
+    ) -> KResult<()> {
         let e = self.w.begin_nest(k::LIST_ELEM).map_err(too_large)?;
         self.w.attr_str(k::EXPR_NAME, name).map_err(too_large)?;
         let d = self.w.begin_nest(k::EXPR_DATA).map_err(too_large)?;
@@ -549,13 +558,20 @@ impl RuleBuild<'_, '_> {
             self.e.payload(k::PAYLOAD_NETWORK, offset, nbytes as u32)?;
             self.e.cmp(op, &net[..nbytes])
         } else {
-            self.e.payload(k::PAYLOAD_NETWORK, offset, bytes.len() as u32)?;
+            self.e
+                .payload(k::PAYLOAD_NETWORK, offset, bytes.len() as u32)?;
             self.e.bitwise(&masked(&vec![0xff; bytes.len()], plen))?;
             self.e.cmp(op, &net)
         }
     }
 
-    fn expect(&self, set: &str, kind: Option<SetKind>, want: &[SetType], what: &str) -> KResult<SetType> {
+    fn expect(
+        &self,
+        set: &str,
+        kind: Option<SetKind>,
+        want: &[SetType],
+        what: &str,
+    ) -> KResult<SetType> {
         match kind {
             None => Err(KernelError::NotFound(format!("set {set}"))),
             Some(SetKind::Typed(t)) if want.contains(&t) => Ok(t),
@@ -612,8 +628,17 @@ pub fn rule_body(
             Match::DaddrNot(p) => b.addr(p, false, k::CMP_NEQ)?,
             Match::SaddrIn(s) | Match::DaddrIn(s) => {
                 let kind = set_kind(s)?;
-                let t = b.expect(s, kind, &[SetType::Ipv4Addr, SetType::Ipv6Addr], "addresses")?;
-                let family = if t == SetType::Ipv4Addr { k::NFPROTO_IPV4 } else { k::NFPROTO_IPV6 };
+                let t = b.expect(
+                    s,
+                    kind,
+                    &[SetType::Ipv4Addr, SetType::Ipv6Addr],
+                    "addresses",
+                )?;
+                let family = if t == SetType::Ipv4Addr {
+                    k::NFPROTO_IPV4
+                } else {
+                    k::NFPROTO_IPV6
+                };
                 b.nfproto(family)?;
                 let len = if family == k::NFPROTO_IPV4 { 4 } else { 16 };
                 let source = matches!(m, Match::SaddrIn(_));
@@ -623,21 +648,31 @@ pub fn rule_body(
             Match::IifnameIn(s) | Match::OifnameIn(s) => {
                 let kind = set_kind(s)?;
                 b.expect(s, kind, &[SetType::Ifname], "interface names")?;
-                let key = if matches!(m, Match::IifnameIn(_)) { k::META_IIFNAME } else { k::META_OIFNAME };
+                let key = if matches!(m, Match::IifnameIn(_)) {
+                    k::META_IIFNAME
+                } else {
+                    k::META_OIFNAME
+                };
                 b.e.meta(key)?;
                 b.e.lookup(s, false)?;
             }
             Match::IifIn(s) | Match::IifNotIn(s) | Match::OifIn(s) | Match::OifNotIn(s) => {
                 let kind = set_kind(s)?;
                 b.expect(s, kind, &[SetType::Ifindex], "interface indexes")?;
-                let key = if matches!(m, Match::IifIn(_) | Match::IifNotIn(_)) { k::META_IIF } else { k::META_OIF };
+                let key = if matches!(m, Match::IifIn(_) | Match::IifNotIn(_)) {
+                    k::META_IIF
+                } else {
+                    k::META_OIF
+                };
                 b.e.meta(key)?;
                 b.e.lookup(s, matches!(m, Match::IifNotIn(_) | Match::OifNotIn(_)))?;
             }
             Match::Protocol(p) => {
                 if let Some(prev) = b.l4 {
                     if prev != *p {
-                        return Err(b.invalid("matches two different protocols, it could never match"));
+                        return Err(
+                            b.invalid("matches two different protocols, it could never match")
+                        );
                     }
                     continue;
                 }
@@ -647,14 +682,18 @@ pub fn rule_body(
             }
             Match::Dport(port) => {
                 if !b.has_ports() {
-                    return Err(b.invalid("dport needs a protocol match (tcp, udp or sctp) before it"));
+                    return Err(
+                        b.invalid("dport needs a protocol match (tcp, udp or sctp) before it")
+                    );
                 }
                 b.e.payload(k::PAYLOAD_TRANSPORT, 2, 2)?;
                 b.e.cmp(k::CMP_EQ, &port.to_be_bytes())?;
             }
             Match::DportIn(s) => {
                 if !b.has_ports() {
-                    return Err(b.invalid("dport needs a protocol match (tcp, udp or sctp) before it"));
+                    return Err(
+                        b.invalid("dport needs a protocol match (tcp, udp or sctp) before it")
+                    );
                 }
                 let kind = set_kind(s)?;
                 b.expect(s, kind, &[SetType::InetService], "ports")?;
@@ -676,7 +715,9 @@ pub fn rule_body(
             }
             Match::DportRange(first, last) => {
                 if !b.has_ports() {
-                    return Err(b.invalid("dport needs a protocol match (tcp, udp or sctp) before it"));
+                    return Err(
+                        b.invalid("dport needs a protocol match (tcp, udp or sctp) before it")
+                    );
                 }
                 if first > last {
                     return Err(b.invalid(format!("port range {first}-{last} is empty")));
@@ -746,7 +787,9 @@ pub fn rule_body(
 pub fn rule_id(udata: &[u8]) -> String {
     let mut off = 0usize;
     while let Some(&[ty, len]) = udata.get(off..off + 2) {
-        let Some(v) = udata.get(off + 2..off + 2 + len as usize) else { break };
+        let Some(v) = udata.get(off + 2..off + 2 + len as usize) else {
+            break;
+        };
         if ty == k::UDATA_RULE_COMMENT {
             return super::wire::attr_string(v);
         }
@@ -772,10 +815,16 @@ pub fn chain_body(w: &mut Writer, table: &str, name: &str, base: Option<BaseChai
     w.attr_str(k::CHAIN_NAME, name).map_err(too_large)?;
     if let Some(b) = base {
         let h = w.begin_nest(k::CHAIN_HOOK).map_err(too_large)?;
-        w.attr_be32(k::HOOK_HOOKNUM, hook_number(b.hook)).map_err(too_large)?;
-        w.attr_be32(k::HOOK_PRIORITY, b.priority as u32).map_err(too_large)?;
+        w.attr_be32(k::HOOK_HOOKNUM, hook_number(b.hook))
+            .map_err(too_large)?;
+        w.attr_be32(k::HOOK_PRIORITY, b.priority as u32)
+            .map_err(too_large)?;
         nest_end(w, h)?;
-        let policy = if b.policy_drop { k::NF_DROP } else { k::NF_ACCEPT };
+        let policy = if b.policy_drop {
+            k::NF_DROP
+        } else {
+            k::NF_ACCEPT
+        };
         w.attr_be32(k::CHAIN_POLICY, policy).map_err(too_large)?;
         let ty = match b.chain_type {
             ChainType::Filter => "filter",
@@ -804,8 +853,14 @@ pub fn set_body(w: &mut Writer, table: &str, name: &str, ty: SetType, id: u32) -
 }
 
 /// The attributes of an element list message for `keys` of set `set`.
-pub fn elements_body(w: &mut Writer, table: &str, set: &str, keys: &[(Vec<u8>, u32)]) -> KResult<()> {
-    w.attr_str(k::SET_ELEM_LIST_TABLE, table).map_err(too_large)?;
+pub fn elements_body(
+    w: &mut Writer,
+    table: &str,
+    set: &str,
+    keys: &[(Vec<u8>, u32)],
+) -> KResult<()> {
+    w.attr_str(k::SET_ELEM_LIST_TABLE, table)
+        .map_err(too_large)?;
     w.attr_str(k::SET_ELEM_LIST_SET, set).map_err(too_large)?;
     let list = w.begin_nest(k::SET_ELEM_LIST_ELEMENTS).map_err(too_large)?;
     for (key, flags) in keys {
@@ -840,10 +895,17 @@ mod tests {
     #[test]
     fn rule_ids_round_trip() {
         let mut w = Writer::new(4096);
-        let r = Rule { id: "masq-n1".into(), matches: vec![], counter: false, action: Action::Accept };
+        let r = Rule {
+            id: "masq-n1".into(),
+            matches: vec![],
+            counter: false,
+            action: Action::Accept,
+        };
         rule_body(&mut w, "c", &r, |_| Ok(None)).unwrap();
         let body = w.bytes();
-        let (_, udata) = super::super::wire::attrs(body).find(|(t, _)| *t == k::RULE_USERDATA).unwrap();
+        let (_, udata) = super::super::wire::attrs(body)
+            .find(|(t, _)| *t == k::RULE_USERDATA)
+            .unwrap();
         assert_eq!(rule_id(udata), "masq-n1");
         assert_eq!(rule_id(&[0, 200, 1]), "");
     }
@@ -866,12 +928,18 @@ mod props {
     fn net() -> impl Strategy<Value = IpNet> {
         prop_oneof![
             (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| IpNet::new(IpAddr::from(a), l).unwrap()),
-            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, l)| IpNet::new(IpAddr::from(a), l).unwrap()),
+            (any::<[u8; 16]>(), 0u8..=128)
+                .prop_map(|(a, l)| IpNet::new(IpAddr::from(a), l).unwrap()),
         ]
     }
 
     fn proto() -> impl Strategy<Value = Protocol> {
-        prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp])
+        prop::sample::select(vec![
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Sctp,
+            Protocol::Icmp,
+        ])
     }
 
     fn r#match() -> impl Strategy<Value = Match> {
@@ -904,7 +972,8 @@ mod props {
             name().prop_map(Action::Jump),
             Just(Action::Masquerade),
             any::<[u8; 4]>().prop_map(|a| Action::Snat(IpAddr::from(a))),
-            (any::<[u8; 16]>(), any::<Option<u16>>()).prop_map(|(a, p)| Action::Dnat(IpAddr::from(a), p)),
+            (any::<[u8; 16]>(), any::<Option<u16>>())
+                .prop_map(|(a, p)| Action::Dnat(IpAddr::from(a), p)),
         ]
     }
 

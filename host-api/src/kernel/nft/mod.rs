@@ -130,10 +130,14 @@ fn open_sock(ns: Option<BorrowedFd<'_>>) -> KResult<Sock> {
     };
     match ns {
         None => Sock::open().map_err(sock_err),
-        Some(fd) => crate::kernel::netns::in_namespace(fd, Sock::open).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => KernelError::Permission("entering the network namespace".into()),
-            _ => sock_err(e),
-        }),
+        Some(fd) => {
+            crate::kernel::netns::in_namespace(fd, Sock::open).map_err(|e| match e.raw_os_error() {
+                Some(libc::EPERM) => {
+                    KernelError::Permission("entering the network namespace".into())
+                }
+                _ => sock_err(e),
+            })
+        }
     }
 }
 
@@ -262,7 +266,14 @@ impl Batch {
     }
 
     fn marker(&mut self, ty: u16) -> KResult<()> {
-        self.msg(Ctx::Batch, ty, 0, k::NFPROTO_UNSPEC, k::NFNL_SUBSYS_NFTABLES, |_| Ok(()))
+        self.msg(
+            Ctx::Batch,
+            ty,
+            0,
+            k::NFPROTO_UNSPEC,
+            k::NFNL_SUBSYS_NFTABLES,
+            |_| Ok(()),
+        )
     }
 
     /// One message whose attributes `body` writes. A body that fails
@@ -299,7 +310,13 @@ impl Batch {
         }
     }
 
-    fn obj(&mut self, ctx: Ctx, msg: u16, flags: u16, body: impl FnOnce(&mut Writer) -> KResult<()>) -> KResult<()> {
+    fn obj(
+        &mut self,
+        ctx: Ctx,
+        msg: u16,
+        flags: u16,
+        body: impl FnOnce(&mut Writer) -> KResult<()>,
+    ) -> KResult<()> {
         let (at, seq) = (self.w.len(), self.next);
         self.msg(ctx, nft_type(msg), flags, k::NFPROTO_INET, 0, body)?;
         self.last_obj = Some((at, seq));
@@ -340,12 +357,18 @@ impl Default for Nft {
 
 impl Nft {
     pub fn new() -> Nft {
-        Nft { sock: Mutex::new(None) }
+        Nft {
+            sock: Mutex::new(None),
+        }
     }
 
     /// Run `f` on the namespace's socket (`ns`: None for the process's own
     /// namespace), opening it on first use.
-    fn with_sock<R>(&self, ns: Option<BorrowedFd<'_>>, f: impl FnOnce(&mut Sock) -> KResult<R>) -> KResult<R> {
+    fn with_sock<R>(
+        &self,
+        ns: Option<BorrowedFd<'_>>,
+        f: impl FnOnce(&mut Sock) -> KResult<R>,
+    ) -> KResult<R> {
         let mut guard = self.sock.lock().unwrap_or_else(|e| e.into_inner());
         let sock = match guard.as_mut() {
             Some(s) => s,
@@ -379,7 +402,8 @@ impl Nft {
                 .begin_msg(nft_type(msg), flags, seq, k::NFPROTO_INET, 0)
                 .map_err(|e| ReqError::Io(io::Error::other(too_large(e).to_string())))?;
             body(&mut w).map_err(|e| ReqError::Io(io::Error::other(e.to_string())))?;
-            w.end_msg(m).map_err(|e| ReqError::Io(io::Error::other(too_large(e).to_string())))?;
+            w.end_msg(m)
+                .map_err(|e| ReqError::Io(io::Error::other(too_large(e).to_string())))?;
             sock.send(w.bytes()).map_err(ReqError::Io)?;
             let mut interrupted = false;
             let mut objects: Vec<Vec<u8>> = Vec::new();
@@ -461,7 +485,9 @@ impl Nft {
         let mut each = |msg: &[u8]| {
             let ktype = wire::msg_attr(msg, k::SET_KEY_TYPE).and_then(wire::attr_be32);
             let klen = wire::msg_attr(msg, k::SET_KEY_LEN).and_then(wire::attr_be32);
-            let flags = wire::msg_attr(msg, k::SET_FLAGS).and_then(wire::attr_be32).unwrap_or(0);
+            let flags = wire::msg_attr(msg, k::SET_FLAGS)
+                .and_then(wire::attr_be32)
+                .unwrap_or(0);
             let is_map = wire::msg_attr(msg, k::SET_DATA_TYPE).is_some();
             kind = Some(match (ktype, klen) {
                 (Some(t), Some(l)) => SetKind::from_kernel(t, l, flags, is_map),
@@ -471,7 +497,10 @@ impl Nft {
         match Self::request(sock, k::MSG_GETSET, false, &body, &mut each) {
             Ok(()) => Ok(kind),
             Err(ReqError::Kernel(libc::ENOENT, _)) => Ok(None),
-            Err(e) => Err(Self::req_err(format!("set {name} in table inet {table}"), e)),
+            Err(e) => Err(Self::req_err(
+                format!("set {name} in table inet {table}"),
+                e,
+            )),
         }
     }
 
@@ -485,7 +514,8 @@ impl Nft {
             w.attr_str(k::CHAIN_TABLE, table).map_err(too_large)?;
             w.attr_str(k::CHAIN_NAME, chain).map_err(too_large)
         };
-        Self::request(sock, k::MSG_GETCHAIN, false, &body, &mut |_| {}).map_err(|e| Self::req_err(what(), e))?;
+        Self::request(sock, k::MSG_GETCHAIN, false, &body, &mut |_| {})
+            .map_err(|e| Self::req_err(what(), e))?;
 
         let body = |w: &mut Writer| -> KResult<()> {
             w.attr_str(k::RULE_TABLE, table).map_err(too_large)?;
@@ -501,10 +531,13 @@ impl Nft {
             let Some(handle) = wire::msg_attr(msg, k::RULE_HANDLE).and_then(wire::attr_be64) else {
                 return;
             };
-            let id = wire::msg_attr(msg, k::RULE_USERDATA).map(encode::rule_id).unwrap_or_default();
+            let id = wire::msg_attr(msg, k::RULE_USERDATA)
+                .map(encode::rule_id)
+                .unwrap_or_default();
             out.push((handle, id));
         };
-        Self::request(sock, k::MSG_GETRULE, true, &body, &mut each).map_err(|e| Self::req_err(what(), e))?;
+        Self::request(sock, k::MSG_GETRULE, true, &body, &mut each)
+            .map_err(|e| Self::req_err(what(), e))?;
         Ok(out)
     }
 
@@ -543,21 +576,24 @@ impl Nft {
                 w.attr_str(k::TABLE_NAME, table).map_err(too_large)
             })
         };
-        let kind_of = |sock: &mut L, sets: &mut HashMap<String, Option<SetKind>>, fresh: bool, name: &str| {
-            if let Some(k) = sets.get(name) {
-                return Ok(*k);
-            }
-            if fresh {
-                return Ok(None);
-            }
-            let k = sock.set_kind(table, name)?;
-            sets.insert(name.to_string(), k);
-            Ok::<_, KernelError>(k)
-        };
+        let kind_of =
+            |sock: &mut L, sets: &mut HashMap<String, Option<SetKind>>, fresh: bool, name: &str| {
+                if let Some(k) = sets.get(name) {
+                    return Ok(*k);
+                }
+                if fresh {
+                    return Ok(None);
+                }
+                let k = sock.set_kind(table, name)?;
+                sets.insert(name.to_string(), k);
+                Ok::<_, KernelError>(k)
+            };
 
         for op in ops {
             if matches!(op, Op::DeleteTable) {
-                b.obj(Ctx::Table, k::MSG_DELTABLE, 0, |w| w.attr_str(k::TABLE_NAME, table).map_err(too_large))?;
+                b.obj(Ctx::Table, k::MSG_DELTABLE, 0, |w| {
+                    w.attr_str(k::TABLE_NAME, table).map_err(too_large)
+                })?;
                 need_table = true;
                 fresh = true;
                 sets.clear();
@@ -694,8 +730,12 @@ impl Nft {
     fn commit(sock: &mut Sock, table: &str, b: &Batch) -> KResult<()> {
         if let Err(e) = sock.send(b.w.bytes()) {
             return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => KernelError::Permission(format!("nftables table inet {table}")),
-                _ => KernelError::Other(format!("sending the nftables batch for table inet {table}: {e}")),
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    KernelError::Permission(format!("nftables table inet {table}"))
+                }
+                _ => KernelError::Other(format!(
+                    "sending the nftables batch for table inet {table}: {e}"
+                )),
             });
         }
         // The batch ran inside sendmsg: every error, and the ACK of its last
@@ -711,7 +751,11 @@ impl Nft {
                     lost = true;
                     continue;
                 }
-                Err(e) => return Err(KernelError::Other(format!("nftables batch for table inet {table}: {e}"))),
+                Err(e) => {
+                    return Err(KernelError::Other(format!(
+                        "nftables batch for table inet {table}: {e}"
+                    )))
+                }
             };
             for (h, msg) in wire::messages(&sock.buf[..n]) {
                 let h: Hdr = h;
@@ -726,7 +770,9 @@ impl Nft {
                 }
             }
         }
-        if let Some((seq, errno, text)) = errors.iter().min_by_key(|(s, ..)| s.wrapping_sub(b.first)) {
+        if let Some((seq, errno, text)) =
+            errors.iter().min_by_key(|(s, ..)| s.wrapping_sub(b.first))
+        {
             let ctx = b.ctx_of(*seq).unwrap_or(&Ctx::Batch);
             return Err(map_error(table, ctx, *errno, text.as_deref()));
         }
@@ -746,16 +792,28 @@ impl Nft {
     }
 
     /// Ids of the rules of `chain`, in order ("" for a rule without one).
-    pub fn rules(&self, ns: Option<BorrowedFd<'_>>, table: &str, chain: &str) -> KResult<Vec<String>> {
+    pub fn rules(
+        &self,
+        ns: Option<BorrowedFd<'_>>,
+        table: &str,
+        chain: &str,
+    ) -> KResult<Vec<String>> {
         encode::check_name("table", table)?;
-        self.with_sock(ns, |sock| Ok(Self::chain_rules(sock, table, chain)?.into_iter().map(|(_, id)| id).collect()))
+        self.with_sock(ns, |sock| {
+            Ok(Self::chain_rules(sock, table, chain)?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect())
+        })
     }
 
     /// Names of the chains of `table`; empty when the table does not exist.
     pub fn chains(&self, ns: Option<BorrowedFd<'_>>, table: &str) -> KResult<Vec<String>> {
         encode::check_name("table", table)?;
         self.with_sock(ns, |sock| {
-            let body = |w: &mut Writer| -> KResult<()> { w.attr_str(k::CHAIN_TABLE, table).map_err(too_large) };
+            let body = |w: &mut Writer| -> KResult<()> {
+                w.attr_str(k::CHAIN_TABLE, table).map_err(too_large)
+            };
             let mut out = Vec::new();
             let mut each = |msg: &[u8]| {
                 let t = wire::msg_attr(msg, k::CHAIN_TABLE).map(wire::attr_string);

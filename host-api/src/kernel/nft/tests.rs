@@ -2,7 +2,9 @@
 //! deletes. `nft list` is run only to check results.
 
 use super::*;
-use crate::model::nft::{Action, BaseChain, ChainType, CtStates, Hook, Match, Protocol, Rule, SetType};
+use crate::model::nft::{
+    Action, BaseChain, ChainType, CtStates, Hook, Match, Protocol, Rule, SetType,
+};
 use ipnet::IpNet;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -95,22 +97,40 @@ fn el(s: &str) -> Element {
 }
 
 fn add_rule(chain: &str, rule: Rule) -> Op {
-    Op::AddRule { chain: chain.into(), rule }
+    Op::AddRule {
+        chain: chain.into(),
+        rule,
+    }
 }
 fn add_chain(name: &str, base: Option<BaseChain>) -> Op {
-    Op::AddChain { name: name.into(), base }
+    Op::AddChain {
+        name: name.into(),
+        base,
+    }
 }
 fn del_rule(chain: &str, id: &str) -> Op {
-    Op::DeleteRule { chain: chain.into(), id: id.into() }
+    Op::DeleteRule {
+        chain: chain.into(),
+        id: id.into(),
+    }
 }
 fn add_set(name: &str, ty: SetType) -> Op {
-    Op::AddSet { name: name.into(), ty }
+    Op::AddSet {
+        name: name.into(),
+        ty,
+    }
 }
 fn add_el(set: &str, elem: &str) -> Op {
-    Op::AddElement { set: set.into(), elem: el(elem) }
+    Op::AddElement {
+        set: set.into(),
+        elem: el(elem),
+    }
 }
 fn del_el(set: &str, elem: &str) -> Op {
-    Op::DeleteElement { set: set.into(), elem: el(elem) }
+    Op::DeleteElement {
+        set: set.into(),
+        elem: el(elem),
+    }
 }
 
 fn rule(id: &str, matches: Vec<Match>, action: Action) -> Rule {
@@ -138,15 +158,9 @@ fn setup_ops() -> Vec<Op> {
         add_set("nets", SetType::Ipv4Addr),
         add_el("nets", "10.88.0.0/16"),
         add_el("nets", "10.99.0.5"),
-        add_chain(
-            "postrouting",
-            base(Hook::Postrouting, ChainType::Nat, 100),
-        ),
+        add_chain("postrouting", base(Hook::Postrouting, ChainType::Nat, 100)),
         add_chain("forward", base(Hook::Forward, ChainType::Filter, 0)),
-        add_chain(
-            "prerouting",
-            base(Hook::Prerouting, ChainType::Nat, -100),
-        ),
+        add_chain("prerouting", base(Hook::Prerouting, ChainType::Nat, -100)),
         add_chain("sub", None),
     ]
 }
@@ -194,7 +208,13 @@ fn nft_apply_lists_and_deletes() {
         ),
         add_rule(
             "forward",
-            rule("est", vec![Match::CtState(CtStates(CtStates::ESTABLISHED | CtStates::RELATED))], Action::Accept),
+            rule(
+                "est",
+                vec![Match::CtState(CtStates(
+                    CtStates::ESTABLISHED | CtStates::RELATED,
+                ))],
+                Action::Accept,
+            ),
         ),
         add_rule(
             "forward",
@@ -320,19 +340,11 @@ fn nft_apply_lists_and_deletes() {
     );
 
     // Things that are not there.
-    match nft.apply(
-        ns.fd(),
-        t,
-        &[del_rule("forward", "est")],
-    ) {
+    match nft.apply(ns.fd(), t, &[del_rule("forward", "est")]) {
         Err(KernelError::NotFound(m)) => assert!(m.contains("est"), "{m}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
-    match nft.apply(
-        ns.fd(),
-        t,
-        &[del_el("nets", "10.99.0.5")],
-    ) {
+    match nft.apply(ns.fd(), t, &[del_el("nets", "10.99.0.5")]) {
         Err(KernelError::NotFound(m)) => assert!(m.contains("10.99.0.5"), "{m}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
@@ -389,15 +401,11 @@ fn nft_failed_batch_leaves_nothing() {
     assert_eq!(nft.tables(ns.fd()).unwrap(), Vec::<String>::new());
 
     // On an existing table: nothing of the failed batch remains.
-    nft.apply(ns.fd(), t, &[add_chain("a", None)])
-        .unwrap();
+    nft.apply(ns.fd(), t, &[add_chain("a", None)]).unwrap();
     let bad = vec![
         add_chain("b", None),
         add_rule("a", rule("r1", vec![], Action::Accept)),
-        add_rule(
-            "a",
-            rule("r2", vec![], Action::Jump("nowhere".into())),
-        ),
+        add_rule("a", rule("r2", vec![], Action::Jump("nowhere".into()))),
     ];
     assert!(matches!(
         nft.apply(ns.fd(), t, &bad),
@@ -444,19 +452,13 @@ fn nft_failed_batch_leaves_nothing() {
     nft.apply(
         ns.fd(),
         t,
-        &[add_chain(
-            "f",
-            base(Hook::Forward, ChainType::Filter, 0),
-        )],
+        &[add_chain("f", base(Hook::Forward, ChainType::Filter, 0))],
     )
     .unwrap();
     let res = nft.apply(
         ns.fd(),
         t,
-        &[add_rule(
-            "f",
-            rule("m", vec![], Action::Masquerade),
-        )],
+        &[add_rule("f", rule("m", vec![], Action::Masquerade))],
     );
     assert!(matches!(res, Err(KernelError::Invalid(_))), "{res:?}");
     assert_eq!(nft.rules(ns.fd(), t, "f").unwrap(), Vec::<String>::new());
@@ -465,10 +467,7 @@ fn nft_failed_batch_leaves_nothing() {
     let res = nft.apply(
         ns.fd(),
         t,
-        &[add_chain(
-            "f",
-            base(Hook::Prerouting, ChainType::Nat, -100),
-        )],
+        &[add_chain("f", base(Hook::Prerouting, ChainType::Nat, -100))],
     );
     assert!(
         matches!(
@@ -477,38 +476,18 @@ fn nft_failed_batch_leaves_nothing() {
         ),
         "{res:?}"
     );
-    nft.apply(
-        ns.fd(),
-        t,
-        &[add_set("s4", SetType::Ipv4Addr)],
-    )
-    .unwrap();
+    nft.apply(ns.fd(), t, &[add_set("s4", SetType::Ipv4Addr)])
+        .unwrap();
     let res = nft.apply(ns.fd(), t, &[add_set("s4", SetType::Ifname)]);
     assert!(matches!(res, Err(KernelError::Exists(_))), "{res:?}");
-    let res = nft.apply(
-        ns.fd(),
-        t,
-        &[add_el("s4", "eth0")],
-    );
+    let res = nft.apply(ns.fd(), t, &[add_el("s4", "eth0")]);
     assert!(matches!(res, Err(KernelError::Invalid(_))), "{res:?}");
     // Overlapping intervals.
-    nft.apply(
-        ns.fd(),
-        t,
-        &[add_el("s4", "10.0.0.0/24")],
-    )
-    .unwrap();
-    nft.apply(
-        ns.fd(),
-        t,
-        &[add_el("s4", "10.0.0.0/24")],
-    )
-    .expect("same element twice");
-    let res = nft.apply(
-        ns.fd(),
-        t,
-        &[add_el("s4", "10.0.0.0/16")],
-    );
+    nft.apply(ns.fd(), t, &[add_el("s4", "10.0.0.0/24")])
+        .unwrap();
+    nft.apply(ns.fd(), t, &[add_el("s4", "10.0.0.0/24")])
+        .expect("same element twice");
+    let res = nft.apply(ns.fd(), t, &[add_el("s4", "10.0.0.0/16")]);
     assert!(
         matches!(
             res,
@@ -540,15 +519,9 @@ fn nft_large_batch() {
     let Some(ns) = TestNs::new() else { return };
     let nft = Nft::new();
     let t = "nsh-large";
-    let mut ops = vec![
-        add_set("big", SetType::Ipv4Addr),
-        add_chain("c", None),
-    ];
+    let mut ops = vec![add_set("big", SetType::Ipv4Addr), add_chain("c", None)];
     for i in 0..4000u32 {
-        ops.push(add_el(
-            "big",
-            &format!("10.{}.{}.0/24", i / 256, i % 256),
-        ));
+        ops.push(add_el("big", &format!("10.{}.{}.0/24", i / 256, i % 256)));
     }
     for i in 0..500 {
         ops.push(add_rule(
@@ -632,12 +605,8 @@ fn nft_ipv6_and_traffic() {
         "counter did not count:\n{text}"
     );
 
-    nft.apply(
-        ns.fd(),
-        t,
-        &[del_rule("output", "block")],
-    )
-    .unwrap();
+    nft.apply(ns.fd(), t, &[del_rule("output", "block")])
+        .unwrap();
     let (ok, _) = ns.exec(&["ping", "-c1", "-W1", "127.0.0.2"]);
     assert!(ok, "127.0.0.2 should answer once the rule is gone");
     nft.apply(ns.fd(), t, &[Op::DeleteTable]).unwrap();
@@ -656,20 +625,50 @@ fn nft_ifindex_and_port_sets() {
         t,
         &[
             add_set("ifs", SetType::Ifindex),
-            Op::AddElement { set: "ifs".into(), elem: Element::Ifindex(1) },
+            Op::AddElement {
+                set: "ifs".into(),
+                elem: Element::Ifindex(1),
+            },
             add_set("ports", SetType::InetService),
-            Op::AddElement { set: "ports".into(), elem: Element::Port(8080) },
-            Op::AddElement { set: "ports".into(), elem: Element::Port(443) },
+            Op::AddElement {
+                set: "ports".into(),
+                elem: Element::Port(8080),
+            },
+            Op::AddElement {
+                set: "ports".into(),
+                elem: Element::Port(443),
+            },
             add_chain("fwd", base(Hook::Forward, ChainType::Filter, 0)),
-            add_rule("fwd", rule("in", vec![Match::IifIn("ifs".into())], Action::Accept)),
             add_rule(
                 "fwd",
-                rule("out", vec![Match::IifNotIn("ifs".into()), Match::OifIn("ifs".into())], Action::Accept),
+                rule("in", vec![Match::IifIn("ifs".into())], Action::Accept),
             ),
-            add_rule("fwd", rule("not-out", vec![Match::OifNotIn("ifs".into())], Action::Return)),
             add_rule(
                 "fwd",
-                rule("ports", vec![Match::Protocol(Protocol::Tcp), Match::DportIn("ports".into())], Action::Drop),
+                rule(
+                    "out",
+                    vec![Match::IifNotIn("ifs".into()), Match::OifIn("ifs".into())],
+                    Action::Accept,
+                ),
+            ),
+            add_rule(
+                "fwd",
+                rule(
+                    "not-out",
+                    vec![Match::OifNotIn("ifs".into())],
+                    Action::Return,
+                ),
+            ),
+            add_rule(
+                "fwd",
+                rule(
+                    "ports",
+                    vec![
+                        Match::Protocol(Protocol::Tcp),
+                        Match::DportIn("ports".into()),
+                    ],
+                    Action::Drop,
+                ),
             ),
         ],
     )
@@ -687,11 +686,33 @@ fn nft_ifindex_and_port_sets() {
     }
     assert!(text.contains("8080") && text.contains("443"), "{text}");
     // A set of one type is not looked up as another.
-    let res = nft.apply(ns.fd(), t, &[add_rule("fwd", rule("x", vec![Match::SaddrIn("ifs".into())], Action::Drop))]);
+    let res = nft.apply(
+        ns.fd(),
+        t,
+        &[add_rule(
+            "fwd",
+            rule("x", vec![Match::SaddrIn("ifs".into())], Action::Drop),
+        )],
+    );
     assert!(matches!(res, Err(KernelError::Invalid(_))), "{res:?}");
-    let res = nft.apply(ns.fd(), t, &[Op::AddElement { set: "ifs".into(), elem: Element::Port(1) }]);
+    let res = nft.apply(
+        ns.fd(),
+        t,
+        &[Op::AddElement {
+            set: "ifs".into(),
+            elem: Element::Port(1),
+        }],
+    );
     assert!(matches!(res, Err(KernelError::Invalid(_))), "{res:?}");
-    nft.apply(ns.fd(), t, &[Op::DeleteElement { set: "ifs".into(), elem: Element::Ifindex(1) }]).unwrap();
+    nft.apply(
+        ns.fd(),
+        t,
+        &[Op::DeleteElement {
+            set: "ifs".into(),
+            elem: Element::Ifindex(1),
+        }],
+    )
+    .unwrap();
     assert!(!ns.list(t).contains("elements = { lo }"));
     nft.apply(ns.fd(), t, &[Op::DeleteTable]).unwrap();
 }
@@ -703,8 +724,20 @@ fn nft_oversize_rule_is_an_error() {
     let Some(ns) = TestNs::new() else { return };
     let nft = Nft::new();
     let t = "nsh-big";
-    let matches = (0..5000).map(|i| Match::IifnameNot(format!("x{i}"))).collect();
-    let res = nft.apply(ns.fd(), t, &[add_chain("c", None), add_rule("c", rule("huge", matches, Action::Accept))]);
-    assert!(matches!(&res, Err(KernelError::Invalid(m)) if m.contains("larger than")), "{res:?}");
+    let matches = (0..5000)
+        .map(|i| Match::IifnameNot(format!("x{i}")))
+        .collect();
+    let res = nft.apply(
+        ns.fd(),
+        t,
+        &[
+            add_chain("c", None),
+            add_rule("c", rule("huge", matches, Action::Accept)),
+        ],
+    );
+    assert!(
+        matches!(&res, Err(KernelError::Invalid(m)) if m.contains("larger than")),
+        "{res:?}"
+    );
     assert_eq!(nft.tables(ns.fd()).unwrap(), Vec::<String>::new());
 }

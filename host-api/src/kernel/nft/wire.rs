@@ -142,7 +142,8 @@ impl Writer {
         let start = self.buf.len();
         self.reserve(4)?;
         self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         Ok(Mark(start))
     }
 
@@ -226,7 +227,9 @@ pub fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> + '_ {
 
 /// The attribute `ty` of an nfnetlink message, if present.
 pub fn msg_attr(msg: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(msg.get(ATTRS_AT..)?).find(|(t, _)| *t == ty).map(|(_, v)| v)
+    attrs(msg.get(ATTRS_AT..)?)
+        .find(|(t, _)| *t == ty)
+        .map(|(_, v)| v)
 }
 
 /// A NUL-terminated string attribute's text.
@@ -261,7 +264,9 @@ pub fn nlmsg_error(h: &Hdr, msg: &[u8]) -> (i32, Option<String>) {
         let inner = if h.flags & NLM_F_CAPPED != 0 {
             Some(NLMSG_HDRLEN)
         } else {
-            u32_at(msg, 20).and_then(|l| usize::try_from(l).ok()?.checked_add(3)).map(|l| l & !3)
+            u32_at(msg, 20)
+                .and_then(|l| usize::try_from(l).ok()?.checked_add(3))
+                .map(|l| l & !3)
         };
         let tlvs = inner
             .filter(|i| *i >= NLMSG_HDRLEN)
@@ -320,7 +325,13 @@ mod tests {
         assert_eq!(messages(&b).count(), 0);
         let a = [200u8, 0, 1, 0, 1, 2];
         assert_eq!(attrs(&a).count(), 0);
-        let h = Hdr { len: 10, ty: 2, flags: NLM_F_ACK_TLVS, seq: 0, pid: 0 };
+        let h = Hdr {
+            len: 10,
+            ty: 2,
+            flags: NLM_F_ACK_TLVS,
+            seq: 0,
+            pid: 0,
+        };
         assert_eq!(nlmsg_error(&h, &[0; 10]).0, libc::EIO);
     }
 }

@@ -58,7 +58,9 @@ use exports::netshim::plugin::ipam::{Guest as Ipam, Pool, PoolRequest};
 use exports::netshim::plugin::reconcile::{Event, Guest as Reconcile};
 use netshim::plugin::link::{self, BridgeSpec, Link, Sandbox};
 use netshim::plugin::log::{log, Level};
-use netshim::plugin::netfilter::{self, Action, BaseChain, ChainType, Hook, Match, Op, Protocol, Rule};
+use netshim::plugin::netfilter::{
+    self, Action, BaseChain, ChainType, Hook, Match, Op, Protocol, Rule,
+};
 use netshim::plugin::route::{self, Route, RouteKind, RouteScope};
 use netshim::plugin::sysctl::{self, LinkKey};
 use netshim::plugin::types::{Error, IpAddress, IpPrefix};
@@ -88,7 +90,11 @@ fn make_bridge(net: &Network) -> Result<Link, Error> {
         mtu: None,
         mac: None,
     })?;
-    let gateway = net.ipv4.first().and_then(|p| p.gateway).unwrap_or(prefix(10, 99, 0, 1, 24));
+    let gateway = net
+        .ipv4
+        .first()
+        .and_then(|p| p.gateway)
+        .unwrap_or(prefix(10, 99, 0, 1, 24));
     br.add_address(gateway)?;
     // Up, so that the routes some modes add through it are taken.
     br.set_up(true)?;
@@ -116,13 +122,22 @@ fn membomb() -> ! {
     }
 }
 
-
 fn base(hook: Hook, chain_type: ChainType, priority: i32, policy_drop: bool) -> Option<BaseChain> {
-    Some(BaseChain { hook, chain_type, priority, policy_drop })
+    Some(BaseChain {
+        hook,
+        chain_type,
+        priority,
+        policy_drop,
+    })
 }
 
 fn rule(id: &str, matches: Vec<Match>, action: Action) -> Rule {
-    Rule { id: id.into(), matches, counter: false, action }
+    Rule {
+        id: id.into(),
+        matches,
+        counter: false,
+        action,
+    }
 }
 
 /// A chain at `hook` with one rule in it, in one batch.
@@ -137,8 +152,16 @@ fn via(dst: IpPrefix, dev: &Link, kind: RouteKind) -> Route<'_> {
     Route {
         destination: dst,
         gateway: None,
-        device: if matches!(kind, RouteKind::Unicast) { Some(dev) } else { None },
-        scope: if matches!(kind, RouteKind::Unicast) { RouteScope::Link } else { RouteScope::Universe },
+        device: if matches!(kind, RouteKind::Unicast) {
+            Some(dev)
+        } else {
+            None
+        },
+        scope: if matches!(kind, RouteKind::Unicast) {
+            RouteScope::Link
+        } else {
+            RouteScope::Universe
+        },
         kind,
         onlink: false,
         table: None,
@@ -163,36 +186,62 @@ fn vxlan(port: Option<u16>, local: Option<IpAddress>) -> Result<(), Error> {
 }
 
 fn on_attach(net: &Network) -> Result<(), Error> {
-    let Some(mode) = option(net, "on-attach") else { return Ok(()) };
+    let Some(mode) = option(net, "on-attach") else {
+        return Ok(());
+    };
     let br = link::open_owned(option(net, "bridge").unwrap_or(DEFAULT_BRIDGE))?;
     match mode {
-        "replace-foreign" => route::replace(&via(prefix(10, 99, 0, 128, 25), &br, RouteKind::Unicast)),
+        "replace-foreign" => {
+            route::replace(&via(prefix(10, 99, 0, 128, 25), &br, RouteKind::Unicast))
+        }
         "replace-then-fail" => {
             route::replace(&via(prefix(10, 99, 0, 64, 26), &br, RouteKind::Blackhole))?;
-            Err(Error::Failed("hostile: failing after replacing its route".into()))
+            Err(Error::Failed(
+                "hostile: failing after replacing its route".into(),
+            ))
         }
-        other => Err(Error::Invalid(format!("hostile: unknown on-attach mode {other:?}"))),
+        other => Err(Error::Invalid(format!(
+            "hostile: unknown on-attach mode {other:?}"
+        ))),
     }
 }
 
 fn on_publish(net: &Network, ep: &EndpointRequest) -> Result<(), Error> {
-    let Some(mode) = option(net, "on-publish") else { return Ok(()) };
+    let Some(mode) = option(net, "on-publish") else {
+        return Ok(());
+    };
     let chain = "pre";
-    netfilter::apply(&[Op::AddChain((chain.into(), base(Hook::Prerouting, ChainType::Nat, -100, false)))])?;
+    netfilter::apply(&[Op::AddChain((
+        chain.into(),
+        base(Hook::Prerouting, ChainType::Nat, -100, false),
+    ))])?;
     let p = ep.ports.first();
-    let (host_port, container_port) = p.map(|p| (p.host_port, p.container_port)).unwrap_or((8080, 80));
-    let target = ep.ipv4.map(|a| a.address).unwrap_or(IpAddress::Ipv4((10, 99, 0, 2)));
+    let (host_port, container_port) = p
+        .map(|p| (p.host_port, p.container_port))
+        .unwrap_or((8080, 80));
+    let target = ep
+        .ipv4
+        .map(|a| a.address)
+        .unwrap_or(IpAddress::Ipv4((10, 99, 0, 2)));
     let (port, to, to_port) = match mode {
         "dnat-ssh" => (22, IpAddress::Ipv4((203, 0, 113, 1)), 22),
         "dnat-loopback" => (host_port, IpAddress::Ipv4((127, 0, 0, 1)), container_port),
         "dnat-ok" => (host_port, target, container_port),
-        other => return Err(Error::Invalid(format!("hostile: unknown on-publish mode {other:?}"))),
+        other => {
+            return Err(Error::Invalid(format!(
+                "hostile: unknown on-publish mode {other:?}"
+            )))
+        }
     };
     netfilter::apply(&[Op::AddRule((
         chain.into(),
         rule(
             &format!("pub-{port}"),
-            vec![Match::Protocol(Protocol::Tcp), Match::Dport(port), Match::DaddrLocal],
+            vec![
+                Match::Protocol(Protocol::Tcp),
+                Match::Dport(port),
+                Match::DaddrLocal,
+            ],
             Action::Dnat((to, Some(to_port))),
         ),
     ))])
@@ -440,7 +489,11 @@ impl Ipam for Hostile {
             IpAddress::Ipv4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}/{}", pool.prefix_len),
             IpAddress::Ipv6(_) => "v6".into(),
         };
-        Ok(Pool { id, pool, gateway: None })
+        Ok(Pool {
+            id,
+            pool,
+            gateway: None,
+        })
     }
 
     fn release_pool(_pool_id: String) -> Result<(), Error> {
@@ -454,13 +507,19 @@ impl Ipam for Hostile {
         _options: Vec<(String, String)>,
     ) -> Result<IpPrefix, Error> {
         // The pool's first address for the gateway, its second otherwise.
-        let octets: Vec<u8> = pool_id.split(['.', '/']).filter_map(|x| x.parse().ok()).collect();
+        let octets: Vec<u8> = pool_id
+            .split(['.', '/'])
+            .filter_map(|x| x.parse().ok())
+            .collect();
         let (a, b, c, len) = match octets[..] {
             [a, b, c, _, len] => (a, b, c, len),
             _ => (10, 99, 0, 24),
         };
         Ok(match address {
-            Some(address) => IpPrefix { address, prefix_len: len },
+            Some(address) => IpPrefix {
+                address,
+                prefix_len: len,
+            },
             None => prefix(a, b, c, if gateway { 1 } else { 2 }, len),
         })
     }
