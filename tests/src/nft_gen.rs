@@ -168,25 +168,44 @@ pub fn model_ops(s: Sizes) -> impl Strategy<Value = Vec<m::Op>> {
             .unwrap()),
         ]
     };
-    let mmatch = prop_oneof![
-        mname().prop_map(m::Match::Iifname),
-        net().prop_map(m::Match::Saddr),
-        mname().prop_map(m::Match::DaddrIn),
-        mname().prop_map(m::Match::IifNotIn),
-        mname().prop_map(m::Match::DportIn),
-        prop::sample::select(vec![m::Protocol::Tcp, m::Protocol::Icmp])
-            .prop_map(m::Match::Protocol),
-        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| m::Match::DportRange(a, b)),
-        any::<u8>().prop_map(m::Match::IcmpType),
-        any::<u32>().prop_map(|x| m::Match::CtState(m::CtStates(x))),
-        Just(m::Match::FromNetwork),
+    let mmatch = || {
+        prop_oneof![
+            mname().prop_map(m::Match::Iifname),
+            net().prop_map(m::Match::Saddr),
+            mname().prop_map(m::Match::DaddrIn),
+            mname().prop_map(m::Match::IifNotIn),
+            mname().prop_map(m::Match::DportIn),
+            prop::sample::select(vec![m::Protocol::Tcp, m::Protocol::Icmp])
+                .prop_map(m::Match::Protocol),
+            (any::<u16>(), any::<u16>()).prop_map(|(a, b)| m::Match::DportRange(a, b)),
+            any::<u8>().prop_map(m::Match::IcmpType),
+            any::<u32>().prop_map(|x| m::Match::CtState(m::CtStates(x))),
+            Just(m::Match::FromNetwork),
+        ]
+    };
+    let matches = prop_oneof![
+        4 => prop::collection::vec(mmatch(), 0..6),
+        1 => prop::collection::vec(mmatch(), 0..s.big_rule),
+    ];
+    let addr = || net().prop_map(|n| n.addr());
+    let action = prop_oneof![
+        Just(m::Action::Accept),
+        Just(m::Action::Drop),
+        Just(m::Action::Return),
+        Just(m::Action::Reject),
+        mname().prop_map(m::Action::Jump),
+        Just(m::Action::Masquerade),
+        addr().prop_map(m::Action::Snat),
+        (addr(), any::<Option<u16>>()).prop_map(|(a, p)| m::Action::Dnat(a, p)),
     ];
     let rule =
-        (mname(), prop::collection::vec(mmatch, 0..s.big_rule)).prop_map(|(id, matches)| m::Rule {
-            id,
-            matches,
-            counter: true,
-            action: m::Action::Reject,
+        (mname(), matches, any::<bool>(), action).prop_map(|(id, matches, counter, action)| {
+            m::Rule {
+                id,
+                matches,
+                counter,
+                action,
+            }
         });
     let ty = prop::sample::select(vec![
         m::SetType::Ipv4Addr,

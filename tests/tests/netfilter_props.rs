@@ -24,7 +24,7 @@ proptest! {
     }
 
     #[test]
-    fn the_encoder_answers_any_ops(ops in nft_gen::model_ops(Sizes::FUZZ)) {
+    fn the_encoder_answers_any_ops(ops in nft_gen::model_ops(Sizes::CI)) {
         if let Err(e) = nft_gen::encode(&ops) {
             prop_assert!(false, "{}", e);
         }

@@ -11,11 +11,11 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guests/fixtures/bridge-v0.1.0.wasm")
 }
 
-#[test]
-fn guest_check_reports_each_version() {
+/// `guest check` of a component: its JSON report.
+fn check(file: &std::path::Path) -> serde_json::Value {
     let out = std::process::Command::new(netshim_bin())
         .args(["--output", "json", "guest", "check"])
-        .arg(fixture())
+        .arg(file)
         .output()
         .unwrap();
     assert!(
@@ -23,11 +23,26 @@ fn guest_check_reports_each_version() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn guest_check_reports_each_version() {
+    let v = check(&fixture());
     assert_eq!(v["wit"], "netshim:plugin@0.1.0", "{v}");
     let imports = v["imports"].to_string();
     assert!(
         imports.contains("netshim:plugin/netfilter@0.1.0"),
+        "{imports}"
+    );
+    // The built-in bridge, as shim/build.rs built it for this test run.
+    let builtin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests/wasm32-wasip2/release/netshim_guest_bridge.wasm");
+    let v = check(&builtin);
+    assert_eq!(v["wit"], "netshim:plugin@0.2.0", "{v}");
+    let imports = v["imports"].to_string();
+    assert!(
+        imports.contains("netshim:plugin/netfilter@0.2.0") && !imports.contains("netfilter@0.1.0"),
         "{imports}"
     );
 }
@@ -96,7 +111,7 @@ fn a_0_1_driver_and_a_0_2_driver_side_by_side() {
         "{ruleset}"
     );
     assert!(
-        ruleset.contains("table inet netshim-bridge") && ruleset.contains("@netshim-net-"),
+        ruleset.contains("table inet netshim-bridge {") && ruleset.contains("@netshim-net-"),
         "{ruleset}"
     );
     assert!(!ruleset.contains("policy drop"), "{ruleset}");

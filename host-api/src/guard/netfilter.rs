@@ -34,12 +34,42 @@ pub const IFS_SET: &str = "netshim-ifs";
 /// The ifindexes of one network's node-side links: what WIT 0.2's attach
 /// points and `from-network` / `to-network` resolve to.
 pub fn network_set(network_id: &str) -> String {
+    format!("{RESERVED_PREFIX}{}", network_tag(network_id))
+}
+
+/// What names a network in the host's set and jump ids: `net-<id[:12]>`.
+fn network_tag(network_id: &str) -> String {
     let short: String = network_id
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(12)
         .collect();
-    format!("{RESERVED_PREFIX}net-{short}")
+    format!("net-{short}")
+}
+
+/// The dispatch sets a node-side link of `network` belongs to: the
+/// driver-wide one (0.1's hooked chains) and, for a call that acts for a
+/// network, that network's own.
+pub fn dispatch_sets(network: Option<&str>) -> Vec<String> {
+    let mut sets = vec![IFS_SET.to_string()];
+    sets.extend(network.map(network_set));
+    sets
+}
+
+/// True for the id of a jump the host added for `network_id`'s attachments.
+pub fn is_network_jump(id: &str, network_id: &str) -> bool {
+    id.contains(&format!(":{}>", network_tag(network_id)))
+}
+
+/// Refuse an oversized batch before anything else looks at it.
+pub fn check_batch_len(n: usize) -> Checked<()> {
+    if n > limits::NFT_BATCH_OPS {
+        return Err(invalid(format!(
+            "a netfilter batch of {n} operations is more than the {} allowed",
+            limits::NFT_BATCH_OPS
+        )));
+    }
+    Ok(())
 }
 
 /// Why a batch was refused.
@@ -160,6 +190,7 @@ fn attach_dispatch(
 ) -> Vec<(ChainType, Hook, String, Vec<Match>)> {
     let set = || net.to_string();
     let tag = net.strip_prefix(RESERVED_PREFIX).unwrap_or(net);
+    // `is_network_jump` finds these again by ":<tag>>".
     let id = |scope: &str| format!("{scope}:{tag}>{chain}");
     match point {
         AttachPoint::ForwardFromNetwork => {
@@ -209,29 +240,22 @@ fn attach_dispatch(
 
 /// `from-network` / `to-network` as lookups in the network's set.
 fn resolve_network_matches(rule: &mut Rule, chain: &str, net: Option<&str>) -> Checked<()> {
+    let relative = |m: &Match| matches!(m, Match::FromNetwork | Match::ToNetwork);
+    if !rule.matches.iter().any(relative) {
+        return Ok(());
+    }
+    let Some(net) = net else {
+        return Err(denied(format!(
+            "{}: from-network / to-network need a call that acts for a network",
+            rule_where(chain, rule)
+        )));
+    };
     for m in &mut rule.matches {
-        let inbound = match m {
-            Match::FromNetwork => true,
-            Match::ToNetwork => false,
-            _ => continue,
-        };
-        let Some(net) = net else {
-            return Err(denied(format!(
-                "{}: from-network / to-network need a call that acts for a network",
-                rule_where(
-                    chain,
-                    &Rule {
-                        matches: Vec::new(),
-                        ..rule.clone()
-                    }
-                )
-            )));
-        };
-        *m = if inbound {
-            Match::IifIn(net.to_string())
-        } else {
-            Match::OifIn(net.to_string())
-        };
+        match m {
+            Match::FromNetwork => *m = Match::IifIn(net.to_string()),
+            Match::ToNetwork => *m = Match::OifIn(net.to_string()),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -428,13 +452,7 @@ fn list(p: &[IpNet]) -> String {
 /// driver's hook chains made regular and dispatched from the host's base
 /// chains, the host's set ensured. Refused whole if any op is.
 pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<Vec<Op>> {
-    if batch.len() > limits::NFT_BATCH_OPS {
-        return Err(invalid(format!(
-            "a netfilter batch of {} operations is more than the {} allowed",
-            batch.len(),
-            limits::NFT_BATCH_OPS
-        )));
-    }
+    check_batch_len(batch.len())?;
     let mut roles = Roles::of(view);
     let mut host_chains: BTreeSet<String> = view
         .chains
@@ -443,19 +461,21 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
         .cloned()
         .collect();
     let mut rules = view.rules;
+    // The host's jumps (base chain, rule id) as this batch leaves them.
+    let mut jumps: BTreeSet<(String, String)> = view
+        .dispatch
+        .iter()
+        .flat_map(|(hc, ids)| ids.iter().map(move |id| (hc.clone(), id.clone())))
+        .collect();
     let net_set = scope.network.map(network_set);
     let host_sets = || {
-        let mut v = vec![Op::AddSet {
-            name: IFS_SET.into(),
-            ty: SetType::Ifindex,
-        }];
-        if let Some(n) = &net_set {
-            v.push(Op::AddSet {
-                name: n.clone(),
+        dispatch_sets(scope.network)
+            .into_iter()
+            .map(|name| Op::AddSet {
+                name,
                 ty: SetType::Ifindex,
-            });
-        }
-        v
+            })
+            .collect::<Vec<_>>()
     };
     let mut out = host_sets();
     for op in batch {
@@ -467,35 +487,15 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                         "chain {name}: attaching a chain needs a call that acts for a network"
                     )));
                 };
+                let mut d = Dispatch {
+                    roles: &mut roles,
+                    host_chains: &mut host_chains,
+                    jumps: &mut jumps,
+                    rules: &mut rules,
+                    out: &mut out,
+                };
                 for (t, h, id, matches) in attach_dispatch(point, net, &name) {
-                    let hc = host_chain(t, h);
-                    let present = view.dispatch.get(&hc).is_some_and(|ids| ids.contains(&id))
-                        || out.iter().any(|o| matches!(o, Op::AddRule { chain, rule } if *chain == hc && rule.id == id));
-                    if host_chains.insert(hc.clone()) {
-                        out.push(Op::AddChain {
-                            name: hc.clone(),
-                            base: Some(BaseChain {
-                                hook: h,
-                                chain_type: t,
-                                priority: host_priority(t, h),
-                                policy_drop: false,
-                            }),
-                        });
-                    }
-                    roles.0.entry(name.clone()).or_default().insert(key(t, h));
-                    if present {
-                        continue;
-                    }
-                    rules += 1;
-                    out.push(Op::AddRule {
-                        chain: hc,
-                        rule: Rule {
-                            id,
-                            matches,
-                            counter: false,
-                            action: Action::Jump(name.clone()),
-                        },
-                    });
+                    d.jump(&name, t, h, id, matches);
                 }
             }
             Op::DetachChain { name, point } => {
@@ -510,10 +510,13 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                     continue;
                 }
                 for (t, h, id, _) in attach_dispatch(point, net, &name) {
-                    let hc = host_chain(t, h);
-                    if view.dispatch.get(&hc).is_some_and(|ids| ids.contains(&id)) {
+                    let jump = (host_chain(t, h), id);
+                    if jumps.remove(&jump) {
                         rules = rules.saturating_sub(1);
-                        out.push(Op::DeleteRule { chain: hc, id });
+                        out.push(Op::DeleteRule {
+                            chain: jump.0,
+                            id: jump.1,
+                        });
                     }
                 }
             }
@@ -526,21 +529,27 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                 base: Some(b),
             } => {
                 check_own("chain", &name)?;
-                hook_chain(&name, b, &mut roles, &mut host_chains, &mut rules, &mut out)?;
+                let mut d = Dispatch {
+                    roles: &mut roles,
+                    host_chains: &mut host_chains,
+                    jumps: &mut jumps,
+                    rules: &mut rules,
+                    out: &mut out,
+                };
+                hook_chain(&name, b, &mut d)?;
             }
             Op::DeleteChain(name) => {
                 check_own("chain", &name)?;
                 // The host's jumps into it go first, or the kernel refuses.
-                for (hc, ids) in &view.dispatch {
-                    for id in ids
-                        .iter()
-                        .filter(|id| id.split_once('>').is_some_and(|(_, c)| c == name))
-                    {
-                        out.push(Op::DeleteRule {
-                            chain: hc.clone(),
-                            id: id.clone(),
-                        });
-                    }
+                let into: Vec<(String, String)> = jumps
+                    .iter()
+                    .filter(|(_, id)| id.split_once('>').is_some_and(|(_, c)| c == name))
+                    .cloned()
+                    .collect();
+                for (chain, id) in into {
+                    jumps.remove(&(chain.clone(), id.clone()));
+                    rules = rules.saturating_sub(1);
+                    out.push(Op::DeleteRule { chain, id });
                 }
                 roles.0.remove(&name);
                 out.push(Op::DeleteChain(name));
@@ -584,6 +593,7 @@ pub fn scope_batch(batch: Vec<Op>, view: &TableView, scope: &Scope) -> Checked<V
                 // with the next batch or link.
                 roles = Roles(HashMap::new());
                 host_chains.clear();
+                jumps.clear();
                 rules = 0;
                 out.push(Op::DeleteTable);
                 out.extend(host_sets());
@@ -608,14 +618,7 @@ fn check_element(set: &str, e: &Element) -> Checked<()> {
 
 /// A chain the driver asked to hook: regular, plus the host's base chain and
 /// dispatch rules into it.
-fn hook_chain(
-    name: &str,
-    b: BaseChain,
-    roles: &mut Roles,
-    host_chains: &mut BTreeSet<String>,
-    rules: &mut usize,
-    out: &mut Vec<Op>,
-) -> Checked<()> {
+fn hook_chain(name: &str, b: BaseChain, d: &mut Dispatch) -> Checked<()> {
     if b.policy_drop {
         return Err(denied(format!(
             "chain {name}: a drop policy on a {} {} hook would drop the node's traffic; base chains and their policies are the host's (drop the network's packets with rules instead)",
@@ -624,50 +627,67 @@ fn hook_chain(
         )));
     }
     let rules_in = dispatch(b.chain_type, b.hook, name)?;
-    out.push(Op::AddChain {
+    d.out.push(Op::AddChain {
         name: name.to_string(),
         base: None,
     });
-    if roles.has(name, b.chain_type, b.hook) {
-        return Ok(());
-    }
-    let hc = host_chain(b.chain_type, b.hook);
-    if host_chains.insert(hc.clone()) {
-        out.push(Op::AddChain {
-            name: hc.clone(),
-            base: Some(BaseChain {
-                hook: b.hook,
-                chain_type: b.chain_type,
-                priority: host_priority(b.chain_type, b.hook),
-                policy_drop: false,
-            }),
-        });
-    }
     for (id, matches) in rules_in {
-        *rules += 1;
-        out.push(Op::AddRule {
-            chain: hc.clone(),
+        d.jump(name, b.chain_type, b.hook, id, matches);
+    }
+    Ok(())
+}
+
+/// What a batch has decided so far about the host's dispatch.
+struct Dispatch<'a> {
+    roles: &'a mut Roles,
+    host_chains: &'a mut BTreeSet<String>,
+    jumps: &'a mut BTreeSet<(String, String)>,
+    rules: &'a mut usize,
+    out: &'a mut Vec<Op>,
+}
+
+impl Dispatch<'_> {
+    /// A jump from the host's base chain for (`t`, `h`) into `chain`, rule
+    /// `id` with `matches`; the base chain is made when missing, and a jump
+    /// already there (in the table or earlier in the batch) is not doubled.
+    fn jump(&mut self, chain: &str, t: ChainType, h: Hook, id: String, matches: Vec<Match>) {
+        let hc = host_chain(t, h);
+        if self.host_chains.insert(hc.clone()) {
+            self.out.push(Op::AddChain {
+                name: hc.clone(),
+                base: Some(BaseChain {
+                    hook: h,
+                    chain_type: t,
+                    priority: host_priority(t, h),
+                    policy_drop: false,
+                }),
+            });
+        }
+        self.roles
+            .0
+            .entry(chain.to_string())
+            .or_default()
+            .insert(key(t, h));
+        if !self.jumps.insert((hc.clone(), id.clone())) {
+            return;
+        }
+        *self.rules += 1;
+        self.out.push(Op::AddRule {
+            chain: hc,
             rule: Rule {
                 id,
                 matches,
                 counter: false,
-                action: Action::Jump(name.to_string()),
+                action: Action::Jump(chain.to_string()),
             },
         });
     }
-    roles
-        .0
-        .entry(name.to_string())
-        .or_default()
-        .insert(key(b.chain_type, b.hook));
-    Ok(())
 }
 
-/// The ops that put a link of the driver's networks in scope.
 /// Ops that put a node-side link of `network` in the driver-wide and the
 /// network's dispatch sets.
 pub fn admit_link(index: u32, network: &str) -> Vec<Op> {
-    [IFS_SET.to_string(), network_set(network)]
+    dispatch_sets(Some(network))
         .into_iter()
         .flat_map(|set| {
             [

@@ -375,7 +375,7 @@ impl Host for HostState {
             self.forget_link(h.link.index);
         }
         if let Err(e) = self.kernel.delete_link(h.link) {
-            if node {
+            if node && !matches!(e, crate::kernel::KernelError::NotFound(_)) {
                 // Still there: back in the scope of the driver's rules.
                 let _ = self.admit_link(h.link.index);
             }

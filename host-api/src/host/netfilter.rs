@@ -106,7 +106,7 @@ impl HostState {
             ns: NsId::NODE,
             table,
             ops: if exists {
-                [guard::IFS_SET.to_string(), guard::network_set(&network)]
+                guard::dispatch_sets(Some(&network))
                     .into_iter()
                     .map(|set| Op::DeleteElement {
                         set,
@@ -124,9 +124,7 @@ impl HostState {
     /// may be gone already).
     pub(crate) fn forget_link(&mut self, index: u32) {
         let table = self.grant.nft_table();
-        let mut sets = vec![guard::IFS_SET.to_string()];
-        sets.extend(self.grant.network_id.as_deref().map(guard::network_set));
-        let ops: Vec<Op> = sets
+        let ops: Vec<Op> = guard::dispatch_sets(self.grant.network_id.as_deref())
             .into_iter()
             .map(|set| Op::DeleteElement {
                 set,
@@ -192,18 +190,13 @@ pub fn release_network(
     if !kernel.nft_tables(NsId::NODE)?.contains(&table) {
         return Ok(());
     }
-    let set = guard::network_set(network_id);
-    let tag = format!(
-        ":{}>",
-        set.strip_prefix(guard::RESERVED_PREFIX).unwrap_or(&set)
-    );
     let mut ops = Vec::new();
     for chain in kernel.nft_chains(NsId::NODE, &table)? {
         if !chain.starts_with(guard::RESERVED_PREFIX) {
             continue;
         }
         for id in kernel.nft_rules(NsId::NODE, &table, &chain)? {
-            if id.contains(&tag) {
+            if guard::is_network_jump(&id, network_id) {
                 ops.push(Op::DeleteRule {
                     chain: chain.clone(),
                     id,
@@ -211,27 +204,16 @@ pub fn release_network(
             }
         }
     }
-    ops.push(Op::DeleteSet(set));
+    ops.push(Op::DeleteSet(guard::network_set(network_id)));
     match kernel.nft_apply(NsId::NODE, &table, &ops) {
         Ok(()) | Err(crate::kernel::KernelError::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-/// Refuse an oversized batch before converting any of it.
-fn check_batch_len(n: usize) -> HostResult<()> {
-    if n > crate::guard::limits::NFT_BATCH_OPS {
-        return Err(HostError::invalid(format!(
-            "a netfilter batch of {n} operations is more than the {} allowed",
-            crate::guard::limits::NFT_BATCH_OPS
-        )));
-    }
-    Ok(())
-}
-
 impl Host for HostState {
     fn apply(&mut self, batch: Vec<WitOp>) -> HostResult<()> {
-        check_batch_len(batch.len())?;
+        guard::check_batch_len(batch.len())?;
         let batch = batch
             .iter()
             .map(super::nft_v01::op)
@@ -246,7 +228,7 @@ impl Host for HostState {
 
 impl v0_2::Host for HostState {
     fn apply(&mut self, batch: Vec<v0_2::Op>) -> HostResult<()> {
-        check_batch_len(batch.len())?;
+        guard::check_batch_len(batch.len())?;
         let batch = batch
             .iter()
             .map(super::nft_v02::op)

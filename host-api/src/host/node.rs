@@ -5,29 +5,15 @@
 use super::{from_prefix, HostState};
 use crate::bindings::netshim::plugin::types::IpPrefix;
 use crate::bindings::v0_2::netshim::plugin0_2_0::node::{Host, NodeIdentity};
-use crate::kernel::{LinkRef, NsId, MAIN_TABLE};
-
-impl HostState {
-    /// The underlay: the lent one, else the link of the node's IPv4
-    /// default route. Read only when a driver asks (not on every attach).
-    fn underlay_link(&self) -> Option<LinkRef> {
-        if let Some(l) = self.grant.underlay {
-            return Some(l);
-        }
-        let routes = self.kernel.routes(NsId::NODE, MAIN_TABLE).ok()?;
-        let default = routes
-            .iter()
-            .find(|r| r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4())?;
-        Some(LinkRef {
-            ns: NsId::NODE,
-            index: default.oif?,
-        })
-    }
-}
 
 impl Host for HostState {
     fn identity(&mut self) -> wasmtime::Result<NodeIdentity> {
-        let link = self.underlay_link();
+        // The lent underlay, else the detected one: read only when a driver
+        // asks, not on every attach.
+        let link = self
+            .grant
+            .underlay
+            .or_else(|| crate::kernel::default_route_link(self.kernel.as_ref()));
         let name = link
             .and_then(|l| self.kernel.link_by_index(l).ok().flatten())
             .map(|i| i.name);

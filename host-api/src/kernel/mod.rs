@@ -182,6 +182,19 @@ pub enum KernelError {
 
 pub type KResult<T> = Result<T, KernelError>;
 
+/// The node's underlay as netshim detects it: the link of the IPv4
+/// default route in the node namespace.
+pub fn default_route_link(kernel: &dyn Kernel) -> Option<LinkRef> {
+    let routes = kernel.routes(NsId::NODE, MAIN_TABLE).ok()?;
+    let default = routes
+        .iter()
+        .find(|r| r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4())?;
+    Some(LinkRef {
+        ns: NsId::NODE,
+        index: default.oif?,
+    })
+}
+
 /// IFNAMSIZ - 1: the longest interface name the kernel takes.
 pub const IFNAME_MAX: usize = 15;
 

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use netshim_host_api::host::{self, Grant};
 use netshim_host_api::journal::Journal;
 use netshim_host_api::kernel::metered::Metered;
-use netshim_host_api::kernel::{Kernel, KernelError, LinkRef, NsId, MAIN_TABLE};
+use netshim_host_api::kernel::{Kernel, KernelError, LinkRef, NsId};
 use netshim_host_api::store::{Condition, LocalStore, Store, StoreError};
 
 use crate::guests::{self, Source};
@@ -126,8 +126,8 @@ pub struct Core {
     guest_dirs: Vec<PathBuf>,
     loaded: Mutex<BTreeMap<String, Guest>>,
     underlay: OnceLock<Option<LinkRef>>,
-    node: OnceLock<String>,
-    node_name: Option<String>,
+    /// The node's name: `--node-name`, else the host name, read once.
+    node_name: OnceLock<String>,
     timing: Mutex<Timing>,
 }
 
@@ -214,8 +214,7 @@ impl Core {
             guest_dirs,
             loaded: Mutex::new(BTreeMap::new()),
             underlay: OnceLock::new(),
-            node: OnceLock::new(),
-            node_name: None,
+            node_name: OnceLock::new(),
             timing: Mutex::new(Timing::default()),
         })
     }
@@ -277,33 +276,25 @@ impl Core {
 
     /// The node's underlay: the link of the default route, resolved once.
     fn underlay(&self) -> Option<LinkRef> {
-        *self.underlay.get_or_init(|| {
-            let routes = self.kernel.routes(NsId::NODE, MAIN_TABLE).ok()?;
-            let default = routes
-                .iter()
-                .find(|r| r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4())?;
-            default.oif.map(|index| LinkRef {
-                ns: NsId::NODE,
-                index,
-            })
-        })
+        *self
+            .underlay
+            .get_or_init(|| netshim_host_api::kernel::default_route_link(self.kernel.as_ref()))
     }
 
     /// Name the node (`--node-name`); the host name otherwise.
-    pub fn with_node_name(mut self, name: Option<String>) -> Core {
-        self.node_name = name;
+    pub fn with_node_name(self, name: Option<String>) -> Core {
+        if let Some(n) = name {
+            let _ = self.node_name.set(n);
+        }
         self
     }
 
-    /// The node's name: `--node-name`, else the host name (read once).
     fn node_name(&self) -> String {
-        self.node
+        self.node_name
             .get_or_init(|| {
-                self.node_name.clone().unwrap_or_else(|| {
-                    std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_string())
-                        .unwrap_or_default()
-                })
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default()
             })
             .clone()
     }

@@ -9,10 +9,11 @@
 //! comment TLV (what `nft` itself uses for `comment "..."`), so `nft list`
 //! shows them and [`Nft::rules`] / `delete-rule` find rules again by id.
 //!
-//! Messages in a batch carry no NLM_F_ACK: the kernel answers only failing
-//! messages, and since a batch is processed synchronously inside `sendmsg`,
-//! every error is queued by the time `send` returns (the same approach as
-//! `nft` itself). No reply means the whole batch was committed.
+//! Only the last object message of a batch carries NLM_F_ACK: the kernel
+//! answers failing messages and that one, and since a batch is processed
+//! synchronously inside `sendmsg`, every answer is queued by the time
+//! `send` returns. The batch counts as committed only with that ACK and no
+//! error; silence is never taken for a commit.
 
 mod encode;
 mod wire;
@@ -28,11 +29,9 @@ use netlink_sys::protocols::NETLINK_NETFILTER;
 use netlink_sys::{Socket, SocketAddr};
 
 use self::encode::{k, nft_type, too_large, SetKind};
-use self::wire::{Hdr, Writer};
+use self::wire::Writer;
 use crate::kernel::{KResult, KernelError};
 use crate::model::nft::{Element, Op};
-
-pub use self::encode::element_keys;
 
 /// The largest batch netshim sends. The guard keeps a driver's batches far
 /// below it (1,024 ops of bounded size); this is the encoder's own bound.
@@ -141,19 +140,20 @@ fn open_sock(ns: Option<BorrowedFd<'_>>) -> KResult<Sock> {
     }
 }
 
-/// What a message in a batch was about, to name it in an error.
-enum Ctx {
+/// What a message in a batch was about, to name it in an error. Borrows
+/// from the ops being planned.
+enum Ctx<'a> {
     Batch,
     Table,
-    AddChain(String),
-    DelChain(String),
-    FlushChain(String),
-    AddRule { chain: String, id: String },
-    DelRule { chain: String, id: String },
-    AddSet(String),
-    DelSet(String),
-    AddElem { set: String, elem: Element },
-    DelElem { set: String, elem: Element },
+    AddChain(&'a str),
+    DelChain(&'a str),
+    FlushChain(&'a str),
+    AddRule { chain: &'a str, id: &'a str },
+    DelRule { chain: &'a str, id: &'a str },
+    AddSet(&'a str),
+    DelSet(&'a str),
+    AddElem { set: &'a str, elem: &'a Element },
+    DelElem { set: &'a str, elem: &'a Element },
 }
 
 fn strerror(errno: i32) -> String {
@@ -165,7 +165,7 @@ fn strerror(errno: i32) -> String {
     }
 }
 
-fn map_error(table: &str, ctx: &Ctx, errno: i32, text: Option<&str>) -> KernelError {
+fn map_error(table: &str, ctx: &Ctx<'_>, errno: i32, text: Option<&str>) -> KernelError {
     let t = format!("table inet {table}");
     let obj = match ctx {
         Ctx::Batch => format!("nftables batch for {t}"),
@@ -238,11 +238,11 @@ fn map_error(table: &str, ctx: &Ctx, errno: i32, text: Option<&str>) -> KernelEr
 }
 
 /// An nftables transaction under construction: whole messages only.
-struct Batch {
+struct Batch<'a> {
     w: Writer,
+    /// Sequence number of the first message; message i has first + i.
     first: u32,
-    next: u32,
-    ctx: Vec<Ctx>,
+    ctx: Vec<Ctx<'a>>,
     /// Offset and sequence number of the last object message: it asks for
     /// an ACK, the proof that the kernel processed the batch to its end.
     last_obj: Option<(usize, u32)>,
@@ -251,13 +251,12 @@ struct Batch {
 /// Sequence numbers one batch reserves (messages in a batch at most).
 const SEQ_BLOCK: u32 = 1 << 16;
 
-impl Batch {
-    fn new() -> KResult<Batch> {
+impl<'a> Batch<'a> {
+    fn new() -> KResult<Batch<'a>> {
         let first = next_seqs(SEQ_BLOCK);
         let mut b = Batch {
             w: Writer::new(BATCH_MAX),
             first,
-            next: first,
             ctx: Vec::new(),
             last_obj: None,
         };
@@ -276,54 +275,55 @@ impl Batch {
         )
     }
 
-    /// One message whose attributes `body` writes. A body that fails
-    /// leaves no partial message behind.
+    fn next_seq(&self) -> u32 {
+        self.first.wrapping_add(self.ctx.len() as u32)
+    }
+
+    /// One message whose attributes `body` writes.
     fn msg(
         &mut self,
-        ctx: Ctx,
+        ctx: Ctx<'a>,
         ty: u16,
         flags: u16,
         family: u8,
         res_id: u16,
         body: impl FnOnce(&mut Writer) -> KResult<()>,
     ) -> KResult<()> {
-        let seq = self.next;
-        if seq.wrapping_sub(self.first) >= SEQ_BLOCK {
+        if self.ctx.len() >= SEQ_BLOCK as usize {
             return Err(KernelError::Invalid(format!(
                 "an nftables batch may hold at most {SEQ_BLOCK} messages"
             )));
         }
         let m = self
             .w
-            .begin_msg(ty, k::NLM_F_REQUEST | flags, seq, family, res_id)
+            .begin_msg(
+                ty,
+                k::NLM_F_REQUEST | flags,
+                self.next_seq(),
+                family,
+                res_id,
+            )
             .map_err(too_large)?;
-        match body(&mut self.w).and_then(|()| self.w.end_msg(m).map_err(too_large)) {
-            Ok(()) => {
-                self.next = self.next.wrapping_add(1);
-                self.ctx.push(ctx);
-                Ok(())
-            }
-            Err(e) => {
-                self.w.rewind(m);
-                Err(e)
-            }
-        }
+        body(&mut self.w)?;
+        self.w.end_msg(m).map_err(too_large)?;
+        self.ctx.push(ctx);
+        Ok(())
     }
 
     fn obj(
         &mut self,
-        ctx: Ctx,
+        ctx: Ctx<'a>,
         msg: u16,
         flags: u16,
         body: impl FnOnce(&mut Writer) -> KResult<()>,
     ) -> KResult<()> {
-        let (at, seq) = (self.w.len(), self.next);
+        let (at, seq) = (self.w.len(), self.next_seq());
         self.msg(ctx, nft_type(msg), flags, k::NFPROTO_INET, 0, body)?;
         self.last_obj = Some((at, seq));
         Ok(())
     }
 
-    fn finish(mut self) -> KResult<Batch> {
+    fn finish(mut self) -> KResult<Batch<'a>> {
         if let Some((at, _)) = self.last_obj {
             self.w.set_flag(at, k::NLM_F_ACK);
         }
@@ -331,7 +331,7 @@ impl Batch {
         Ok(self)
     }
 
-    fn ctx_of(&self, seq: u32) -> Option<&Ctx> {
+    fn ctx_of(&self, seq: u32) -> Option<&Ctx<'a>> {
         self.ctx.get(seq.wrapping_sub(self.first) as usize)
     }
 }
@@ -560,7 +560,7 @@ impl Nft {
 
     /// The batch for `ops`, reading from the kernel what the encoding
     /// depends on (set kinds, rule handles).
-    fn plan<L: Lookup>(sock: &mut L, table: &str, ops: &[Op]) -> KResult<Batch> {
+    fn plan<'a, L: Lookup>(sock: &mut L, table: &str, ops: &'a [Op]) -> KResult<Batch<'a>> {
         let mut b = Batch::new()?;
         // Sets as this batch leaves them (None: deleted in the batch).
         let mut sets: HashMap<String, Option<SetKind>> = HashMap::new();
@@ -613,14 +613,14 @@ impl Nft {
                 }
                 Op::AddChain { name, base } => {
                     encode::check_name("chain", name)?;
-                    b.obj(Ctx::AddChain(name.clone()), k::MSG_NEWCHAIN, k::NLM_F_CREATE, |w| {
+                    b.obj(Ctx::AddChain(name), k::MSG_NEWCHAIN, k::NLM_F_CREATE, |w| {
                         encode::chain_body(w, table, name, *base)
                     })?;
                 }
                 Op::DeleteChain(name) => {
                     encode::check_name("chain", name)?;
                     // NONREC: like `nft delete chain`, refuse a chain that still has rules.
-                    b.obj(Ctx::DelChain(name.clone()), k::MSG_DELCHAIN, k::NLM_F_NONREC, |w| {
+                    b.obj(Ctx::DelChain(name), k::MSG_DELCHAIN, k::NLM_F_NONREC, |w| {
                         encode::chain_body(w, table, name, None)
                     })?;
                     rules.insert(name.clone(), Vec::new());
@@ -628,7 +628,7 @@ impl Nft {
                 Op::FlushChain(name) => {
                     encode::check_name("chain", name)?;
                     // DELRULE with a chain and no handle flushes the chain.
-                    b.obj(Ctx::FlushChain(name.clone()), k::MSG_DELRULE, 0, |w| {
+                    b.obj(Ctx::FlushChain(name), k::MSG_DELRULE, 0, |w| {
                         w.attr_str(k::RULE_TABLE, table).map_err(too_large)?;
                         w.attr_str(k::RULE_CHAIN, name).map_err(too_large)
                     })?;
@@ -636,7 +636,7 @@ impl Nft {
                 }
                 Op::AddRule { chain, rule } => {
                     encode::check_name("chain", chain)?;
-                    let ctx = Ctx::AddRule { chain: chain.clone(), id: rule.id.clone() };
+                    let ctx = Ctx::AddRule { chain, id: &rule.id };
                     // Resolve the sets first: the writer is busy once the message is open.
                     let mut kinds = HashMap::new();
                     for s in rule.matches.iter().filter_map(|m| m.set()) {
@@ -678,7 +678,7 @@ impl Nft {
                     // the same id in this batch takes the next one.
                     let pos = list.iter().position(|(_, rid)| rid == id).ok_or_else(not_found)?;
                     let (handle, _) = list.remove(pos);
-                    let ctx = Ctx::DelRule { chain: chain.clone(), id: id.clone() };
+                    let ctx = Ctx::DelRule { chain, id };
                     b.obj(ctx, k::MSG_DELRULE, 0, |w| {
                         w.attr_str(k::RULE_TABLE, table).map_err(too_large)?;
                         w.attr_str(k::RULE_CHAIN, chain).map_err(too_large)?;
@@ -691,14 +691,14 @@ impl Nft {
                     let id = set_id;
                     // If the set already exists with another type the kernel
                     // refuses this message and the batch fails.
-                    b.obj(Ctx::AddSet(name.clone()), k::MSG_NEWSET, k::NLM_F_CREATE, |w| {
+                    b.obj(Ctx::AddSet(name), k::MSG_NEWSET, k::NLM_F_CREATE, |w| {
                         encode::set_body(w, table, name, *ty, id)
                     })?;
                     sets.insert(name.clone(), Some(SetKind::Typed(*ty)));
                 }
                 Op::DeleteSet(name) => {
                     encode::check_name("set", name)?;
-                    b.obj(Ctx::DelSet(name.clone()), k::MSG_DELSET, 0, |w| {
+                    b.obj(Ctx::DelSet(name), k::MSG_DELSET, 0, |w| {
                         w.attr_str(k::SET_TABLE, table).map_err(too_large)?;
                         w.attr_str(k::SET_NAME, name).map_err(too_large)
                     })?;
@@ -709,12 +709,12 @@ impl Nft {
                     let add = matches!(op, Op::AddElement { .. });
                     let kind = kind_of(sock, &mut sets, fresh, set)?
                         .ok_or_else(|| KernelError::NotFound(format!("set {set} in table inet {table}")))?;
-                    let keys = element_keys(kind, set, elem)?;
+                    let keys = encode::element_keys(kind, set, elem)?;
                     let (ctx, msg, flags) = if add {
                         // No EXCL: adding an element that is there is a no-op.
-                        (Ctx::AddElem { set: set.clone(), elem: elem.clone() }, k::MSG_NEWSETELEM, k::NLM_F_CREATE)
+                        (Ctx::AddElem { set, elem }, k::MSG_NEWSETELEM, k::NLM_F_CREATE)
                     } else {
-                        (Ctx::DelElem { set: set.clone(), elem: elem.clone() }, k::MSG_DELSETELEM, 0)
+                        (Ctx::DelElem { set, elem }, k::MSG_DELSETELEM, 0)
                     };
                     b.obj(ctx, msg, flags, |w| encode::elements_body(w, table, set, &keys))?;
                 }
@@ -758,7 +758,6 @@ impl Nft {
                 }
             };
             for (h, msg) in wire::messages(&sock.buf[..n]) {
-                let h: Hdr = h;
                 if h.ty != k::NLMSG_ERROR || b.ctx_of(h.seq).is_none() {
                     continue;
                 }

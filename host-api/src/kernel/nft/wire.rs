@@ -163,12 +163,6 @@ impl Writer {
             f.copy_from_slice(&v.to_ne_bytes());
         }
     }
-
-    /// Drop everything written since `m` (a message that could not be
-    /// finished), so the buffer stays a sequence of whole messages.
-    pub fn rewind(&mut self, m: Mark) {
-        self.buf.truncate(m.0);
-    }
 }
 
 /// One netlink message header, read without assuming alignment.
