@@ -2,9 +2,8 @@
 //! shape inside the container's namespace (name, address, up, routes,
 //! default gateway) from the driver's join-info, the way dockerd does.
 
+use crate::cnm::{Join, RouteVia};
 use ipnet::IpNet;
-use netshim_host_api::bindings::exports::netshim::plugin::driver::{JoinInfo, RouteType};
-use netshim_host_api::host::{to_ip, to_prefix};
 use netshim_host_api::kernel::{Kernel, KernelError, LinkChange, NsId, Route, RouteScope};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,14 +76,10 @@ pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str, mark: &str) -> Result
 
 /// The driver's static routes stay inside what the network may route:
 /// its prefixes, or a connected host route (Calico's 169.254.1.1).
-pub fn check_static_routes(join: &JoinInfo, grant: &[IpNet]) -> Result<(), SandboxError> {
+pub fn check_static_routes(join: &Join, grant: &[IpNet]) -> Result<(), SandboxError> {
     for r in &join.static_routes {
-        let dst = to_prefix(&r.destination).map_err(|_| SandboxError::Kernel {
-            what: "static route".into(),
-            source: KernelError::Invalid("bad prefix".into()),
-        })?;
-        let host_route =
-            dst.prefix_len() == dst.max_prefix_len() && r.route_type == RouteType::Connected;
+        let dst = r.destination;
+        let host_route = dst.prefix_len() == dst.max_prefix_len() && r.via == RouteVia::Connected;
         if !host_route && !grant.iter().any(|g| g.contains(&dst)) {
             let list = grant
                 .iter()
@@ -101,7 +96,7 @@ pub fn configure(
     kernel: &dyn Kernel,
     ns: NsId,
     mark: &str,
-    join: &JoinInfo,
+    join: &Join,
     ifname: &str,
     address: Option<IpNet>,
 ) -> Result<(), SandboxError> {
@@ -140,21 +135,18 @@ pub fn configure(
     // Static routes first: a gateway outside the subnet (Calico's
     // 169.254.1.1) is reachable only through one of them.
     for r in &join.static_routes {
-        let dst = to_prefix(&r.destination).map_err(|_| SandboxError::Kernel {
-            what: "static route".into(),
-            source: KernelError::Invalid("bad prefix".into()),
-        })?;
+        let dst = r.destination;
         let mut route = Route::new(dst);
         route.oif = Some(link_ref.index);
-        match r.route_type {
-            RouteType::Connected => route.scope = RouteScope::Link,
-            RouteType::NextHop => route.gateway = r.next_hop.as_ref().map(to_ip),
+        match r.via {
+            RouteVia::Connected => route.scope = RouteScope::Link,
+            RouteVia::NextHop(hop) => route.gateway = hop,
         }
         kernel
             .add_route(ns, &route, false)
             .map_err(k(format!("adding route {dst}")))?;
     }
-    if let Some(gw) = join.gateway.as_ref().map(to_ip) {
+    if let Some(gw) = join.gateway {
         let mut route = Route::new(if gw.is_ipv4() {
             "0.0.0.0/0".parse().unwrap()
         } else {

@@ -5,25 +5,20 @@
 use std::path::Path;
 use std::time::Instant;
 
-use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
 use netshim_host_api::bindings::netshim::plugin::types::Error as WitError;
 use netshim_host_api::bindings::Plugin;
-use netshim_host_api::host::{from_prefix, HostState, SandboxHandle};
+use netshim_host_api::host::{HostState, SandboxHandle};
 use netshim_host_api::journal::Journal;
 use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::Store;
 use wasmtime::component::Resource;
 
-use std::net::IpAddr;
-
-use netshim_host_api::host::from_ip;
-
-use super::{CnmError, CnmResult, Core, DriverErrorKind, Endpoint, Network, PortMapping, Timing};
+use super::{CnmError, CnmResult, Core, DriverErrorKind, Timing};
 use crate::runtime::{CallData, Guest};
 
 pub struct Calls<'a> {
-    core: &'a Core,
-    pub guest: Guest,
+    pub(super) core: &'a Core,
+    pub(super) guest: Guest,
     store: Option<Box<dyn Store + Send>>,
     journals: Vec<Journal>,
     started: Instant,
@@ -73,47 +68,6 @@ pub fn is_not_found(e: &CnmError) -> bool {
     )
 }
 
-pub fn wit_port(p: &PortMapping) -> wit::PortBinding {
-    wit::PortBinding {
-        protocol: p.protocol.clone(),
-        container_port: p.container_port,
-        host_ip: p.host_ip.map(from_ip),
-        host_port: p.host_port,
-    }
-}
-
-/// What the driver is told of a stored endpoint, with these ports.
-pub fn wit_endpoint(ep: &Endpoint, ports: &[PortMapping]) -> wit::EndpointRequest {
-    wit::EndpointRequest {
-        id: ep.id.clone(),
-        ipv4: ep.ipv4.map(from_prefix),
-        ipv6: None,
-        mac: None,
-        ifname: ep.ifname.clone(),
-        options: Vec::new(),
-        ports: ports.iter().map(wit_port).collect(),
-    }
-}
-
-pub fn wit_network(n: &Network) -> wit::Network {
-    wit::Network {
-        id: n.id.clone(),
-        name: n.name.clone(),
-        options: n.options.clone(),
-        internal: n.internal,
-        ipv4: n
-            .ipv4
-            .iter()
-            .map(|p| wit::PoolData {
-                pool: from_prefix(p.subnet),
-                gateway: p.gateway.map(from_prefix),
-                aux_addresses: Vec::new(),
-            })
-            .collect(),
-        ipv6: Vec::new(),
-    }
-}
-
 impl<'a> Calls<'a> {
     pub fn new(core: &'a Core, driver: &str, store: Box<dyn Store + Send>) -> CnmResult<Calls<'a>> {
         let guest = core.guest(driver)?;
@@ -134,9 +88,9 @@ impl<'a> Calls<'a> {
             .expect("store session is present between calls")
     }
 
-    /// Run one export. A driver error or a trap rolls back what this call
-    /// did before it is returned.
-    pub fn call<R>(
+    /// Run one export (through the typed wrappers of `driver`). A driver
+    /// error or a trap rolls back what this call did before it is returned.
+    pub(super) fn call<R>(
         &mut self,
         grant: netshim_host_api::host::Grant,
         name: &str,
@@ -188,46 +142,6 @@ impl<'a> Calls<'a> {
         Err(failure)
     }
 
-    /// IPAM's release-address: no network is involved.
-    pub fn release_address(
-        &mut self,
-        driver: &str,
-        pool_id: &str,
-        address: IpAddr,
-    ) -> CnmResult<()> {
-        let a = from_ip(address);
-        self.call(
-            Core::ipam_grant(driver),
-            "release-address",
-            &[],
-            |p, st, _| p.netshim_plugin_ipam().call_release_address(st, pool_id, a),
-        )
-    }
-
-    /// Publish (program-external-connectivity) or withdraw (revoke-…) the
-    /// ports in `ep`.
-    pub fn ports(
-        &mut self,
-        net: &Network,
-        ep: &wit::EndpointRequest,
-        publish: bool,
-    ) -> CnmResult<()> {
-        let wnet = wit_network(net);
-        let mut grant = self.core.grant(net, false);
-        if publish {
-            grant.published = published(ep);
-            self.call(grant, "program-external-connectivity", &[], |p, st, _| {
-                p.netshim_plugin_driver()
-                    .call_program_external_connectivity(st, &wnet, ep)
-            })
-        } else {
-            self.call(grant, "revoke-external-connectivity", &[], |p, st, _| {
-                p.netshim_plugin_driver()
-                    .call_revoke_external_connectivity(st, &wnet, ep)
-            })
-        }
-    }
-
     /// While on, calls are teardown: best effort, never rolled back.
     pub fn teardown(&mut self, on: bool) {
         self.teardown = on;
@@ -260,35 +174,4 @@ impl<'a> Calls<'a> {
         self.timing.total = self.started.elapsed();
         self.core.record_timing(self.timing);
     }
-}
-
-/// The DNAT a publishing call may add: each binding to the endpoint's own
-/// address. Bindings the host cannot read are left out (the driver's DNAT
-/// for them is then refused).
-fn published(ep: &wit::EndpointRequest) -> Vec<netshim_host_api::guard::netfilter::Published> {
-    use netshim_host_api::model::nft::Protocol;
-    let Some(target) = ep
-        .ipv4
-        .as_ref()
-        .map(|p| netshim_host_api::host::to_ip(&p.address))
-    else {
-        return Vec::new();
-    };
-    ep.ports
-        .iter()
-        .filter_map(|b| {
-            let protocol = match b.protocol.to_ascii_lowercase().as_str() {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                "sctp" => Protocol::Sctp,
-                _ => return None,
-            };
-            Some(netshim_host_api::guard::netfilter::Published {
-                protocol,
-                host_port: b.host_port,
-                target,
-                container_port: b.container_port,
-            })
-        })
-        .collect()
 }

@@ -4,7 +4,9 @@
 //! neither kernel objects nor state behind.
 
 mod calls;
+mod driver;
 mod ipam_check;
+mod lifecycle;
 pub mod model;
 
 use std::collections::BTreeMap;
@@ -424,7 +426,8 @@ fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option
 
 mod ops;
 mod steps;
-pub use steps::PoolGrant;
+pub use driver::{Join, Mac, RouteVia, Scope, StaticRoute};
+pub use lifecycle::PoolGrant;
 
 #[cfg(test)]
 mod tests;

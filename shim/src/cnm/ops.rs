@@ -1,16 +1,14 @@
-//! The CNM operations: network create/rm, attach, detach.
+//! The CNM operations as the CLI and the OCI hook run them: each one
+//! transaction made of the lifecycle's steps.
 
-use std::path::Path;
-
-use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
-use netshim_host_api::bindings::exports::netshim::plugin::ipam;
-use netshim_host_api::host::{from_ip, from_prefix, ownership_mark, to_ip, to_prefix};
+use netshim_host_api::host::ownership_mark;
 use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
-use wasmtime::component::Resource;
 
-use super::calls::{is_not_found, wit_endpoint, wit_network, wit_port, Calls};
+use super::calls::Calls;
+use super::driver::{EndpointSpec, PoolAsk};
 use super::ipam_check;
+use super::lifecycle::{network_of, save_endpoint};
 use super::model::{self, Endpoint, Network, Pool, SPACE};
 use super::{
     check_name, get_json, now, put_json, random_id, release_netfilter, Attach, CnmError, CnmResult,
@@ -28,10 +26,6 @@ impl Drop for OpenNs<'_> {
     fn drop(&mut self) {
         self.core.kernel.close_ns(self.ns);
     }
-}
-
-fn to_cnm(e: impl std::fmt::Display) -> CnmError {
-    CnmError::Invalid(e.to_string())
 }
 
 impl Core {
@@ -54,116 +48,37 @@ impl Core {
                 req.name
             )));
         }
-        let mut calls = Calls::new(self, &req.driver, Box::new(s))?;
-        match self.create_steps(&mut calls, &req) {
-            Ok(net) => {
-                calls.commit()?;
-                Ok(net)
-            }
-            Err(e) => {
-                for r in calls.abort() {
-                    tracing::error!(error = %r, "rollback of network create is incomplete");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn create_steps(&self, calls: &mut Calls, req: &CreateNetwork) -> CnmResult<Network> {
-        let driver = req.driver.clone();
-        let pool_req = ipam::PoolRequest {
-            address_space: "local".into(),
-            pool: req.subnet.map(from_prefix),
-            sub_pool: None,
-            options: Vec::new(),
-            v6: false,
-        };
-        let pool = calls.call(
-            Core::ipam_grant(&driver),
-            "request-pool",
-            &[],
-            |p, st, _| p.netshim_plugin_ipam().call_request_pool(st, &pool_req),
-        )?;
-        let subnet = to_prefix(&pool.pool).map_err(|_| CnmError::Driver {
-            driver: driver.clone(),
-            kind: super::DriverErrorKind::Refused,
-            message: "request-pool returned a bad prefix".into(),
-        })?;
-        let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
-        let taken = ipam_check::taken_pools(calls.store())?;
-        ipam_check::check_pool(&driver, req.subnet, subnet, &node, &taken)?;
-        let gw_req = req.gateway.map(from_ip);
-        let gateway = match pool.gateway {
-            Some(g) => g,
-            None => calls.call(
-                Core::ipam_grant(&driver),
-                "request-address",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_ipam().call_request_address(
-                        st,
-                        &pool.id,
-                        gw_req,
-                        true,
-                        &Vec::new(),
-                    )
+        self.transaction_in(Box::new(s), &req.driver, "network create", |c| {
+            let pool = self.take_pool(
+                c,
+                &PoolAsk {
+                    pool: req.subnet,
+                    ..PoolAsk::default()
                 },
-            )?,
-        };
-        let gateway = to_prefix(&gateway).map_err(to_cnm)?;
-        ipam_check::check_address(&driver, subnet, req.gateway, gateway)?;
-        let net = Network {
-            id: random_id(),
-            name: req.name.clone(),
-            driver: driver.clone(),
-            internal: req.internal,
-            options: req.options.clone(),
-            ipv4: vec![Pool {
-                id: pool.id.clone(),
-                subnet,
-                gateway: Some(gateway),
-            }],
-            created: now(),
-        };
-        self.create_network_call(calls, &net)?;
-        Ok(net)
-    }
-
-    /// The driver's create-network, then the network's records.
-    pub(super) fn create_network_call(&self, calls: &mut Calls, net: &Network) -> CnmResult<()> {
-        if net
-            .options
-            .iter()
-            .any(|(k, _)| k == ipam_check::ROUTE_PREFIXES_OPTION)
-        {
-            let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
-            ipam_check::route_prefixes(&net.options, Some(&node))?;
-        }
-        let wnet = wit_network(net);
-        calls.call(self.grant(net, true), "create-network", &[], |p, st, _| {
-            p.netshim_plugin_driver().call_create_network(st, &wnet)
-        })?;
-        let s = calls.store();
-        put_json(s, &model::network_key(&net.id), net)?;
-        s.put(
-            SPACE,
-            &model::name_key(&net.name),
-            net.id.as_bytes(),
-            Condition::Absent,
-            None,
-        )?;
-        Ok(())
-    }
-
-    /// Remove a network's records; true when other networks of its driver
-    /// remain (so the driver's nftables table must stay).
-    pub(super) fn forget_network(s: &mut dyn Store, net: &Network) -> CnmResult<bool> {
-        s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
-        s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
-        Ok(s.list(SPACE, "networks/")?
-            .into_iter()
-            .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())
-            .any(|n| n.driver == net.driver))
+            )?;
+            let gateway = match pool.gateway {
+                Some(g) => {
+                    ipam_check::check_address(&req.driver, pool.pool, req.gateway, g)?;
+                    g
+                }
+                None => self.take_address(c, &pool.id, pool.pool, req.gateway, true, &[])?,
+            };
+            let net = Network {
+                id: random_id(),
+                name: req.name.clone(),
+                driver: req.driver.clone(),
+                internal: req.internal,
+                options: req.options.clone(),
+                ipv4: vec![Pool {
+                    id: pool.id,
+                    subnet: pool.pool,
+                    gateway: Some(gateway),
+                }],
+                created: now(),
+            };
+            self.create_network_step(c, &net)?;
+            Ok(net)
+        })
     }
 
     /// Remove a network that has no endpoints. Keeps going past driver
@@ -180,32 +95,21 @@ impl Core {
                 net.name
             )));
         }
-        let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
-        calls.teardown(true);
         let mut errors = Vec::new();
-        let wnet = wit_network(&net);
-        if let Err(e) = calls.call(self.grant(&net, true), "delete-network", &[], |p, st, _| {
-            p.netshim_plugin_driver().call_delete_network(st, &wnet)
-        }) {
-            errors.push(e.to_string());
-        }
-        for pool in &net.ipv4 {
-            if let Some(gw) = pool.gateway {
-                if let Err(e) = calls.release_address(&net.driver, &pool.id, gw.addr()) {
+        let others = self.transaction_in(Box::new(s), &net.driver, "network rm", |c| {
+            let others = self.delete_network_step(c, &net, &mut errors)?;
+            for pool in &net.ipv4 {
+                if let Some(gw) = pool.gateway {
+                    if let Err(e) = c.release_address(&pool.id, gw.addr()) {
+                        errors.push(e.to_string());
+                    }
+                }
+                if let Err(e) = self.give_back_pool(c, &pool.id) {
                     errors.push(e.to_string());
                 }
             }
-            if let Err(e) = calls.call(
-                Core::ipam_grant(&net.driver),
-                "release-pool",
-                &[],
-                |p, st, _| p.netshim_plugin_ipam().call_release_pool(st, &pool.id),
-            ) {
-                errors.push(e.to_string());
-            }
-        }
-        let others = Core::forget_network(calls.store(), &net)?;
-        calls.commit()?;
+            Ok(others)
+        })?;
         errors.extend(release_netfilter(self.kernel.as_ref(), &net, others));
         if errors.is_empty() {
             Ok(net)
@@ -290,36 +194,27 @@ impl Core {
         put_json(&mut s, &intent_key, &intent)?;
         s.checkpoint()?;
 
-        let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
-        let result = match &unfinished {
-            Some(old) => self.finish_unfinished(&mut calls, &net, old, ns.ns),
-            None => sandbox::clear_stale(
-                self.kernel.as_ref(),
-                ns.ns,
-                &req.ifname,
-                &ownership_mark(&net.id),
-            )
-            .map_err(CnmError::from),
-        }
-        .and_then(|_| {
-            self.attach_steps(&mut calls, &net, &req, &netns, ns.ns, &intent.endpoint_id)
+        let outcome = self.transaction_in(Box::new(s), &net.driver, "attach", |c| {
+            match &unfinished {
+                Some(old) => self.finish_unfinished(c, &net, old, ns.ns)?,
+                None => sandbox::clear_stale(
+                    self.kernel.as_ref(),
+                    ns.ns,
+                    &req.ifname,
+                    &ownership_mark(&net.id),
+                )?,
+            }
+            let ep = self.attach_steps(c, &net, &req, &netns, ns.ns, &intent.endpoint_id)?;
+            c.store().delete(SPACE, &intent_key, Condition::None)?;
+            Ok(ep)
         });
-        match result {
-            Ok(ep) => {
-                calls.store().delete(SPACE, &intent_key, Condition::None)?;
-                calls.commit()?;
-                Ok(ep)
-            }
-            Err(e) => {
-                for r in calls.abort() {
-                    tracing::error!(error = %r, "rollback of attach is incomplete");
-                }
-                let mut s = self.store.session()?;
-                s.delete(SPACE, &intent_key, Condition::None)?;
-                s.commit()?;
-                Err(e)
-            }
+        if outcome.is_err() {
+            // Everything the attach made is undone: so is its intent.
+            let mut s = self.store.session()?;
+            s.delete(SPACE, &intent_key, Condition::None)?;
+            s.commit()?;
         }
+        outcome
     }
 
     /// Remove what an interrupted attach made: the driver's endpoint (its
@@ -327,24 +222,15 @@ impl Core {
     /// sandbox, marked or not. Nothing of it was committed, so IPAM is clean.
     fn finish_unfinished(
         &self,
-        calls: &mut Calls,
+        c: &mut Calls,
         net: &Network,
         old: &model::Intent,
         ns: NsId,
     ) -> CnmResult<()> {
         tracing::info!(endpoint = %old.endpoint_id, "cleaning up an attach that was interrupted");
-        let wnet = wit_network(net);
-        calls.teardown(true);
-        let cleanup = calls.call(
-            self.grant(net, false),
-            "delete-endpoint",
-            &[],
-            |p, st, _| {
-                p.netshim_plugin_driver()
-                    .call_delete_endpoint(st, &wnet, &old.endpoint_id)
-            },
-        );
-        calls.teardown(false);
+        c.teardown(true);
+        let cleanup = c.delete_endpoint(net, &old.endpoint_id);
+        c.teardown(false);
         if let Err(e) = cleanup {
             // An unmarked veth is not the driver's to delete; the sandbox
             // end below takes it with it.
@@ -361,7 +247,7 @@ impl Core {
 
     fn attach_steps(
         &self,
-        calls: &mut Calls,
+        c: &mut Calls,
         net: &Network,
         req: &Attach,
         netns: &str,
@@ -372,51 +258,17 @@ impl Core {
             .ipv4
             .first()
             .ok_or_else(|| CnmError::Invalid(format!("network {} has no IPv4 pool", net.name)))?;
-        let want = req.ip.map(from_ip);
-        let address = calls.call(
-            Core::ipam_grant(&net.driver),
-            "request-address",
-            &[],
-            |p, st, _| {
-                p.netshim_plugin_ipam()
-                    .call_request_address(st, &pool.id, want, false, &Vec::new())
-            },
-        )?;
-        let ipv4 = to_prefix(&address).map_err(to_cnm)?;
-        ipam_check::check_address(&net.driver, pool.subnet, req.ip, ipv4)?;
-        let ep_req = wit::EndpointRequest {
+        let ipv4 = self.take_address(c, &pool.id, pool.subnet, req.ip, false, &[])?;
+        let spec = EndpointSpec {
             id: endpoint_id.to_string(),
-            ipv4: Some(address),
-            ipv6: None,
+            ipv4: Some(ipv4),
             mac: None,
             ifname: req.ifname.clone(),
-            options: Vec::new(),
-            ports: req.ports.iter().map(wit_port).collect(),
+            ports: req.ports.clone(),
         };
-        let wnet = wit_network(net);
-        let sb: [(NsId, &Path); 1] = [(ns, req.netns.as_path())];
-        let info = calls.call(
-            self.grant(net, false),
-            "create-endpoint",
-            &sb,
-            |p, st, h| {
-                p.netshim_plugin_driver().call_create_endpoint(
-                    st,
-                    &wnet,
-                    &ep_req,
-                    Some(Resource::new_borrow(h[0].rep())),
-                )
-            },
-        )?;
-        let join = calls.call(self.grant(net, false), "join", &sb, |p, st, h| {
-            p.netshim_plugin_driver().call_join(
-                st,
-                &wnet,
-                &ep_req,
-                Some(Resource::new_borrow(h[0].rep())),
-            )
-        })?;
-        let gateway = join.gateway.as_ref().map(to_ip);
+        let sb = Some((ns, req.netns.as_path()));
+        let mac = c.create_endpoint(net, &spec, sb)?;
+        let join = c.join(net, &spec, sb)?;
         sandbox::check_static_routes(&join, &self.grant(net, false).route_prefixes)?;
         sandbox::configure(
             self.kernel.as_ref(),
@@ -426,45 +278,22 @@ impl Core {
             &req.ifname,
             Some(ipv4),
         )?;
-        let mac = info.mac.map(|m| {
-            format!(
-                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m.0, m.1, m.2, m.3, m.4, m.5
-            )
-        });
+        if !req.ports.is_empty() {
+            c.ports(net, &spec, true)?;
+        }
         let ep = Endpoint {
-            id: ep_req.id.clone(),
+            id: spec.id,
             network_id: net.id.clone(),
             netns: netns.to_string(),
             ifname: req.ifname.clone(),
             ipv4: Some(ipv4),
-            mac,
-            gateway,
+            mac: mac.map(|m| m.to_string()),
+            gateway: join.gateway,
             created: now(),
             container: req.container.clone(),
             ports: req.ports.clone(),
         };
-        if !req.ports.is_empty() {
-            calls.ports(net, &ep_req, true)?;
-        }
-        let s = calls.store();
-        if let Some(cid) = &ep.container {
-            s.put(
-                SPACE,
-                &model::container_key(cid, &net.id),
-                ep.id.as_bytes(),
-                Condition::None,
-                None,
-            )?;
-        }
-        put_json(s, &model::endpoint_key(&ep.id), &ep)?;
-        s.put(
-            SPACE,
-            &model::sandbox_key(&net.id, netns),
-            ep.id.as_bytes(),
-            Condition::None,
-            None,
-        )?;
+        save_endpoint(c.store(), &ep)?;
         Ok(ep)
     }
 
@@ -539,56 +368,10 @@ impl Core {
                     .ok_or_else(|| CnmError::NotFound(format!("endpoint {id} not found")))?
             }
         };
-        let net: Network =
-            get_json(&mut s, &model::network_key(&ep.network_id))?.ok_or_else(|| {
-                CnmError::NotFound(format!(
-                    "network {} of endpoint {} not found",
-                    ep.network_id, ep.id
-                ))
-            })?;
-
-        let mut calls = Calls::new(self, &net.driver, Box::new(s))?;
-        calls.teardown(true);
-        let mut errors = Vec::new();
-        let wnet = wit_network(&net);
-        let grant = self.grant(&net, false);
-        let revoke = if ep.ports.is_empty() {
-            Ok(())
-        } else {
-            calls.ports(&net, &wit_endpoint(&ep, &ep.ports), false)
-        };
-        let leave = calls.call(grant.clone(), "leave", &[], |p, st, _| {
-            p.netshim_plugin_driver().call_leave(st, &wnet, &ep.id)
-        });
-        let delete = calls.call(grant, "delete-endpoint", &[], |p, st, _| {
-            p.netshim_plugin_driver()
-                .call_delete_endpoint(st, &wnet, &ep.id)
-        });
-        for e in [revoke.err(), leave.err(), delete.err()]
-            .into_iter()
-            .flatten()
-        {
-            // The sandbox may be gone and taken its end of the pair with it.
-            if !is_not_found(&e) {
-                errors.push(e.to_string());
-            }
-        }
-        if let (Some(addr), Some(pool)) = (ep.ipv4, net.ipv4.first()) {
-            if let Err(e) = calls.release_address(&net.driver, &pool.id, addr.addr()) {
-                errors.push(e.to_string());
-            }
-        }
-        let s = calls.store();
-        s.delete(SPACE, &model::endpoint_key(&ep.id), Condition::None)?;
-        if let Some(cid) = &ep.container {
-            s.delete(SPACE, &model::container_key(cid, &net.id), Condition::None)?;
-        }
-        s.delete(
-            SPACE,
-            &model::sandbox_key(&net.id, &ep.netns),
-            Condition::None,
-        )?;
-        calls.commit()?;
+        let net = network_of(&mut s, &ep)?;
+        let errors = self.transaction_in(Box::new(s), &net.driver, "detach", |c| {
+            self.remove_endpoint_step(c, &net, &ep)
+        })?;
         if errors.is_empty() {
             Ok(ep)
         } else {

@@ -1,67 +1,26 @@
 //! The CNM lifecycle one step at a time, for a front-end that drives the
 //! steps itself (Docker's remote driver protocol: IPAM, CreateNetwork,
 //! CreateEndpoint, Join, … arrive as separate requests). Each step is one
-//! guest call in its own state session: it commits, or leaves nothing.
+//! transaction of the lifecycle: it commits, or leaves nothing.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
-use netshim_host_api::bindings::exports::netshim::plugin::ipam;
-use netshim_host_api::bindings::netshim::plugin::types::MacAddress;
-use netshim_host_api::host::{from_ip, from_prefix, to_prefix};
+use netshim_host_api::guard::limits::truncate;
+use netshim_host_api::host::ownership_mark;
 use netshim_host_api::kernel::NsId;
-use netshim_host_api::store::{Condition, Store};
+use netshim_host_api::store::Store;
 
-use super::calls::{wit_endpoint, wit_network, Calls};
-use super::ipam_check;
+use super::calls::is_not_found;
+use super::driver::{EndpointSpec, Join, Mac, PoolAsk, Scope};
+use super::lifecycle::{forget_endpoint, save_endpoint, spec_of, PoolGrant};
 use super::model::{self, Endpoint, Network, PortMapping, SPACE};
-use super::{get_json, now, put_json, release_netfilter, CnmError, CnmResult, Core};
+use super::{get_json, ipam_check, now, release_netfilter, CnmError, CnmResult, Core};
 
-/// An IPAM pool as IPAM answered.
-pub struct PoolGrant {
-    pub id: String,
-    pub pool: IpNet,
-}
-
-fn mac_text(m: MacAddress) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m.0, m.1, m.2, m.3, m.4, m.5
-    )
-}
-
-fn parse_mac(s: &str) -> CnmResult<MacAddress> {
-    let b: Vec<u8> = s
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| CnmError::Invalid(format!("bad MAC address {s:?}")))?;
-    match b.as_slice() {
-        [a, b, c, d, e, f] => Ok((*a, *b, *c, *d, *e, *f)),
-        _ => Err(CnmError::Invalid(format!("bad MAC address {s:?}"))),
-    }
-}
+/// Entries of a driver's endpoint-oper-info that reach dockerd.
+const OPER_INFO_ENTRIES: usize = 64;
 
 impl Core {
-    /// Run one step: a session, the guest call(s) in `f`, a commit.
-    fn step<R>(&self, driver: &str, f: impl FnOnce(&mut Calls) -> CnmResult<R>) -> CnmResult<R> {
-        let s = self.store.session()?;
-        let mut calls = Calls::new(self, driver, Box::new(s))?;
-        match f(&mut calls) {
-            Ok(r) => {
-                calls.commit()?;
-                Ok(r)
-            }
-            Err(e) => {
-                for r in calls.abort() {
-                    tracing::error!(error = %r, "rollback is incomplete");
-                }
-                Err(e)
-            }
-        }
-    }
-
     fn network_by_id(&self, s: &mut dyn Store, id: &str) -> CnmResult<Network> {
         get_json(s, &model::network_key(id))?
             .ok_or_else(|| CnmError::NotFound(format!("network {id} not found")))
@@ -80,36 +39,17 @@ impl Core {
         options: Vec<(String, String)>,
         v6: bool,
     ) -> CnmResult<PoolGrant> {
-        let req = ipam::PoolRequest {
-            address_space: "local".into(),
-            pool: pool.map(from_prefix),
-            sub_pool: sub_pool.map(from_prefix),
+        let ask = PoolAsk {
+            pool,
+            sub_pool,
             options,
             v6,
         };
-        self.step(driver, |c| {
-            let p = c.call(Core::ipam_grant(driver), "request-pool", &[], |p, st, _| {
-                p.netshim_plugin_ipam().call_request_pool(st, &req)
-            })?;
-            let got = to_prefix(&p.pool).map_err(|e| CnmError::Invalid(e.to_string()))?;
-            let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
-            let taken = ipam_check::taken_pools(c.store())?;
-            ipam_check::check_pool(driver, pool, got, &node, &taken)?;
-            ipam_check::record_pool(c.store(), driver, &p.id, got)?;
-            Ok(PoolGrant {
-                id: p.id,
-                pool: got,
-            })
-        })
+        self.transaction(driver, "RequestPool", |c| self.take_pool(c, &ask))
     }
 
     pub fn ipam_release_pool(&self, driver: &str, pool_id: &str) -> CnmResult<()> {
-        self.step(driver, |c| {
-            c.call(Core::ipam_grant(driver), "release-pool", &[], |p, st, _| {
-                p.netshim_plugin_ipam().call_release_pool(st, pool_id)
-            })?;
-            ipam_check::forget_pool(c.store(), driver, pool_id)
-        })
+        self.transaction(driver, "ReleasePool", |c| self.give_back_pool(c, pool_id))
     }
 
     pub fn ipam_request_address(
@@ -120,25 +60,13 @@ impl Core {
         gateway: bool,
         options: Vec<(String, String)>,
     ) -> CnmResult<IpNet> {
-        let want = address.map(from_ip);
-        self.step(driver, |c| {
-            let a = c.call(
-                Core::ipam_grant(driver),
-                "request-address",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_ipam()
-                        .call_request_address(st, pool_id, want, gateway, &options)
-                },
-            )?;
-            let got = to_prefix(&a).map_err(|e| CnmError::Invalid(e.to_string()))?;
+        self.transaction(driver, "RequestAddress", |c| {
             let pool = ipam_check::recorded_pool(c.store(), driver, pool_id)?.ok_or_else(|| {
                 CnmError::NotFound(format!(
                     "pool {pool_id} of driver {driver} not found: netshim handed out no such pool"
                 ))
             })?;
-            ipam_check::check_address(driver, pool, address, got)?;
-            Ok(got)
+            self.take_address(c, pool_id, pool, address, gateway, &options)
         })
     }
 
@@ -148,27 +76,26 @@ impl Core {
         pool_id: &str,
         address: IpAddr,
     ) -> CnmResult<()> {
-        self.step(driver, |c| c.release_address(driver, pool_id, address))
+        self.transaction(driver, "ReleaseAddress", |c| {
+            c.release_address(pool_id, address)
+        })
     }
 
     /// A network whose IPAM the caller already did (Docker's CreateNetwork).
     /// Creating the same id again is a no-op.
     pub fn network_register(&self, net: Network) -> CnmResult<Network> {
-        {
-            let mut s = self.store.session()?;
-            if let Some(existing) = get_json::<Network>(&mut s, &model::network_key(&net.id))? {
-                return Ok(existing);
-            }
-            if s.get(SPACE, &model::name_key(&net.name))?.is_some() {
-                return Err(CnmError::Exists(format!(
-                    "network {:?} already exists",
-                    net.name
-                )));
-            }
+        let mut s = self.store.session()?;
+        if let Some(existing) = get_json::<Network>(&mut s, &model::network_key(&net.id))? {
+            return Ok(existing);
         }
-        let driver = net.driver.clone();
-        self.step(&driver, |c| {
-            self.create_network_call(c, &net)?;
+        if s.get(SPACE, &model::name_key(&net.name))?.is_some() {
+            return Err(CnmError::Exists(format!(
+                "network {:?} already exists",
+                net.name
+            )));
+        }
+        self.transaction_in(Box::new(s), &net.driver.clone(), "CreateNetwork", |c| {
+            self.create_network_step(c, &net)?;
             Ok(net)
         })
     }
@@ -176,27 +103,22 @@ impl Core {
     /// Forget a network without touching IPAM (Docker released it already).
     /// Unknown ids are fine: deletes are idempotent.
     pub fn network_unregister(&self, id: &str) -> CnmResult<()> {
-        let net = {
-            let mut s = self.store.session()?;
-            match get_json::<Network>(&mut s, &model::network_key(id))? {
-                Some(n) => n,
-                None => return Ok(()),
-            }
+        let mut s = self.store.session()?;
+        let Some(net) = get_json::<Network>(&mut s, &model::network_key(id))? else {
+            return Ok(());
         };
-        let wnet = wit_network(&net);
-        let result = self.step(&net.driver, |c| {
-            c.teardown(true);
-            let r = c.call(self.grant(&net, true), "delete-network", &[], |p, st, _| {
-                p.netshim_plugin_driver().call_delete_network(st, &wnet)
-            });
-            let others = Core::forget_network(c.store(), &net)?;
-            Ok((r, others))
-        });
-        let (r, others) = result?;
+        let mut errors = Vec::new();
+        let others = self.transaction_in(Box::new(s), &net.driver, "DeleteNetwork", |c| {
+            self.delete_network_step(c, &net, &mut errors)
+        })?;
         if let Some(e) = release_netfilter(self.kernel.as_ref(), &net, others) {
             tracing::warn!(error = %e, "driver table");
         }
-        r
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CnmError::Teardown(errors))
+        }
     }
 
     /// Docker's CreateEndpoint: the interface is made in the node namespace
@@ -208,52 +130,45 @@ impl Core {
         ipv4: Option<IpNet>,
         mac: Option<&str>,
     ) -> CnmResult<Option<String>> {
-        let mac = mac.filter(|m| !m.is_empty()).map(parse_mac).transpose()?;
-        let net = self.network_by_id(&mut self.store.session()?, network_id)?;
-        let req = wit::EndpointRequest {
+        let mac = mac
+            .filter(|m| !m.is_empty())
+            .map(str::parse::<Mac>)
+            .transpose()?;
+        let mut s = self.store.session()?;
+        let net = self.network_by_id(&mut s, network_id)?;
+        // dockerd resends a request after a transport error: a second
+        // CreateEndpoint of the same endpoint answers like the first.
+        if let Some(ep) = get_json::<Endpoint>(&mut s, &model::endpoint_key(endpoint_id))? {
+            if ep.network_id != net.id {
+                return Err(CnmError::Exists(format!(
+                    "endpoint {endpoint_id} exists on another network"
+                )));
+            }
+            return Ok(if mac.is_none() { ep.mac } else { None });
+        }
+        let spec = EndpointSpec {
             id: endpoint_id.into(),
-            ipv4: ipv4.map(from_prefix),
-            ipv6: None,
+            ipv4,
             mac,
             ifname: "eth0".into(),
-            options: Vec::new(),
             ports: Vec::new(),
         };
-        let wnet = wit_network(&net);
-        self.step(&net.driver, |c| {
-            // dockerd resends a request after a transport error: a second
-            // CreateEndpoint of the same endpoint answers like the first.
-            if let Some(ep) = get_json::<Endpoint>(c.store(), &model::endpoint_key(endpoint_id))? {
-                if ep.network_id != net.id {
-                    return Err(CnmError::Exists(format!(
-                        "endpoint {endpoint_id} exists on another network"
-                    )));
-                }
-                return Ok(if mac.is_none() { ep.mac } else { None });
-            }
-            let info = c.call(
-                self.grant(&net, false),
-                "create-endpoint",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_driver()
-                        .call_create_endpoint(st, &wnet, &req, None)
-                },
-            )?;
+        self.transaction_in(Box::new(s), &net.driver, "CreateEndpoint", |c| {
+            let chosen = c.create_endpoint(&net, &spec, None)?;
             let ep = Endpoint {
                 id: endpoint_id.into(),
                 network_id: net.id.clone(),
                 netns: String::new(),
-                ifname: "eth0".into(),
+                ifname: spec.ifname.clone(),
                 ipv4,
-                mac: info.mac.or(mac).map(mac_text),
+                mac: chosen.or(mac).map(|m| m.to_string()),
                 gateway: None,
                 created: now(),
                 container: None,
                 ports: Vec::new(),
             };
-            put_json(c.store(), &model::endpoint_key(&ep.id), &ep)?;
-            Ok(info.mac.map(mac_text))
+            save_endpoint(c.store(), &ep)?;
+            Ok(chosen.map(|m| m.to_string()))
         })
     }
 
@@ -263,20 +178,15 @@ impl Core {
         network_id: &str,
         endpoint_id: &str,
         sandbox_key: &str,
-    ) -> CnmResult<wit::JoinInfo> {
+    ) -> CnmResult<Join> {
         let mut s = self.store.session()?;
         let net = self.network_by_id(&mut s, network_id)?;
-        let ep = self.endpoint_by_id(&mut s, endpoint_id)?;
-        drop(s);
-        let req = wit_endpoint(&ep, &[]);
-        let wnet = wit_network(&net);
-        self.step(&net.driver, |c| {
-            let join = c.call(self.grant(&net, false), "join", &[], |p, st, _| {
-                p.netshim_plugin_driver().call_join(st, &wnet, &req, None)
-            })?;
+        let mut ep = self.endpoint_by_id(&mut s, endpoint_id)?;
+        self.transaction_in(Box::new(s), &net.driver, "Join", |c| {
+            let join = c.join(&net, &spec_of(&ep, &[]), None)?;
             // dockerd moves whatever SrcName names into the container: only a
             // link this network made may be named.
-            let mark = netshim_host_api::host::ownership_mark(&net.id);
+            let mark = ownership_mark(&net.id);
             match self.kernel.link_by_name(NsId::NODE, &join.src_name) {
                 Ok(Some(l)) if l.alias.as_deref() == Some(mark.as_str()) => {}
                 _ => {
@@ -285,60 +195,49 @@ impl Core {
                         kind: super::DriverErrorKind::Refused,
                         message: format!(
                             "join named interface {:?} for dockerd to move into the container, which is not a link network {} created in the node namespace",
-                            netshim_host_api::guard::limits::truncate(&join.src_name, 32),
+                            truncate(&join.src_name, 32),
                             net.name
                         ),
                     })
                 }
             }
-            let mut ep = ep.clone();
+            // dockerd installs these in the container: they stay inside what
+            // the network may route, as the CLI's do.
+            crate::sandbox::check_static_routes(&join, &self.grant(&net, false).route_prefixes)?;
             ep.netns = sandbox_key.into();
-            ep.gateway = join.gateway.as_ref().map(netshim_host_api::host::to_ip);
-            put_json(c.store(), &model::endpoint_key(&ep.id), &ep)?;
+            ep.gateway = join.gateway;
+            save_endpoint(c.store(), &ep)?;
             Ok(join)
         })
     }
 
     pub fn endpoint_leave(&self, network_id: &str, endpoint_id: &str) -> CnmResult<()> {
-        let net = self.network_by_id(&mut self.store.session()?, network_id)?;
-        let wnet = wit_network(&net);
-        self.step(&net.driver, |c| {
-            c.call(self.grant(&net, false), "leave", &[], |p, st, _| {
-                p.netshim_plugin_driver().call_leave(st, &wnet, endpoint_id)
-            })
+        let mut s = self.store.session()?;
+        let net = self.network_by_id(&mut s, network_id)?;
+        self.transaction_in(Box::new(s), &net.driver, "Leave", |c| {
+            c.leave(&net, endpoint_id)
         })
     }
 
     /// Docker's DeleteEndpoint; unknown endpoints are fine (idempotent).
+    /// Docker only logs a failed DeleteEndpoint and never asks again: the
+    /// record goes either way, the error is reported.
     pub fn endpoint_delete(&self, network_id: &str, endpoint_id: &str) -> CnmResult<()> {
         let mut s = self.store.session()?;
         let Some(net) = get_json::<Network>(&mut s, &model::network_key(network_id))? else {
             return Ok(());
         };
-        if get_json::<Endpoint>(&mut s, &model::endpoint_key(endpoint_id))?.is_none() {
+        let Some(ep) = get_json::<Endpoint>(&mut s, &model::endpoint_key(endpoint_id))? else {
             return Ok(());
-        }
-        drop(s);
-        let wnet = wit_network(&net);
-        // Docker only logs a failed DeleteEndpoint and never asks again:
-        // the record goes either way, the error is reported.
-        let r = self.step(&net.driver, |c| {
+        };
+        let deleted = self.transaction_in(Box::new(s), &net.driver, "DeleteEndpoint", |c| {
             c.teardown(true);
-            let r = c.call(
-                self.grant(&net, false),
-                "delete-endpoint",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_driver()
-                        .call_delete_endpoint(st, &wnet, endpoint_id)
-                },
-            );
-            c.store()
-                .delete(SPACE, &model::endpoint_key(endpoint_id), Condition::None)?;
-            Ok(r)
+            let deleted = c.delete_endpoint(&net, endpoint_id);
+            forget_endpoint(c.store(), &ep)?;
+            Ok(deleted)
         })?;
-        match r {
-            Err(e) if super::calls::is_not_found(&e) => Ok(()),
+        match deleted {
+            Err(e) if is_not_found(&e) => Ok(()),
             other => other,
         }
     }
@@ -370,41 +269,22 @@ impl Core {
                 )))
             };
         };
-        drop(s);
         if ports.is_empty() && ep.ports.is_empty() {
             return Ok(());
         }
-        let revoke = ports.is_empty();
-        let list = if revoke {
-            ep.ports.clone()
-        } else {
-            ports.clone()
-        };
-        let req = wit_endpoint(&ep, &list);
-        self.step(&net.driver, |c| {
-            c.ports(&net, &req, !revoke)?;
+        let publish = !ports.is_empty();
+        let spec = spec_of(&ep, if publish { &ports } else { &ep.ports });
+        self.transaction_in(Box::new(s), &net.driver, "ExternalConnectivity", |c| {
+            c.ports(&net, &spec, publish)?;
             ep.ports = ports;
-            put_json(c.store(), &model::endpoint_key(&ep.id), &ep)?;
-            Ok(())
+            save_endpoint(c.store(), &ep)
         })
     }
 
     /// The driver's own word on where its networks live (Docker's
-    /// GetCapabilities): (scope, connectivity scope), "local" or "global".
-    pub fn driver_capabilities(&self, driver: &str) -> CnmResult<(&'static str, &'static str)> {
-        let caps = self.step(driver, |c| {
-            c.call(
-                Core::ipam_grant(driver),
-                "get-capabilities",
-                &[],
-                |p, st, _| p.netshim_plugin_driver().call_get_capabilities(st).map(Ok),
-            )
-        })?;
-        let name = |s: wit::Scope| match s {
-            wit::Scope::Local => "local",
-            wit::Scope::Global => "global",
-        };
-        Ok((name(caps.scope), name(caps.connectivity_scope)))
+    /// GetCapabilities): (scope, connectivity scope).
+    pub fn driver_capabilities(&self, driver: &str) -> CnmResult<(Scope, Scope)> {
+        self.transaction(driver, "GetCapabilities", |c| c.capabilities())
     }
 
     /// Operational data the driver reports for an endpoint (Docker's
@@ -414,24 +294,13 @@ impl Core {
         network_id: &str,
         endpoint_id: &str,
     ) -> CnmResult<Vec<(String, String)>> {
-        use netshim_host_api::guard::limits::truncate;
+        let mut s = self.store.session()?;
         // dockerd asks for endpoints it is removing: unknown ones have none.
-        let Some(net) =
-            get_json::<Network>(&mut self.store.session()?, &model::network_key(network_id))?
-        else {
+        let Some(net) = get_json::<Network>(&mut s, &model::network_key(network_id))? else {
             return Ok(Vec::new());
         };
-        let wnet = wit_network(&net);
-        let info = self.step(&net.driver, |c| {
-            c.call(
-                self.grant(&net, false),
-                "endpoint-oper-info",
-                &[],
-                |p, st, _| {
-                    p.netshim_plugin_driver()
-                        .call_endpoint_oper_info(st, &wnet, endpoint_id)
-                },
-            )
+        let info = self.transaction_in(Box::new(s), &net.driver, "EndpointOperInfo", |c| {
+            c.oper_info(&net, endpoint_id)
         })?;
         Ok(info
             .into_iter()
@@ -440,6 +309,3 @@ impl Core {
             .collect())
     }
 }
-
-/// Entries of a driver's endpoint-oper-info that reach dockerd.
-const OPER_INFO_ENTRIES: usize = 64;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cnm::{CnmError, Core, Network, Pool, PortMapping};
+use crate::cnm::{CnmError, Core, Network, Pool, PortMapping, RouteVia};
 
 pub struct Reply {
     pub status: u16,
@@ -152,7 +152,9 @@ pub fn handle(core: &Core, driver: &str, path: &str, raw: &[u8]) -> Reply {
         "Plugin.Activate" => Ok(json!({ "Implements": ["NetworkDriver", "IpamDriver"] })),
         "NetworkDriver.GetCapabilities" => core
             .driver_capabilities(driver)
-            .map(|(scope, connectivity)| json!({ "Scope": scope, "ConnectivityScope": connectivity }))
+            .map(|(scope, connectivity)| {
+                json!({ "Scope": scope.as_str(), "ConnectivityScope": connectivity.as_str() })
+            })
             .map_err(ApiError::from),
         "IpamDriver.GetCapabilities" => {
             Ok(json!({ "RequiresMACAddress": false, "RequiresRequestReplay": false }))
@@ -358,13 +360,28 @@ fn create_endpoint(core: &Core, method: &str, raw: &[u8]) -> ApiResult {
 fn join(core: &Core, method: &str, raw: &[u8]) -> ApiResult {
     let r = endpoint(method, raw)?;
     let info = core.endpoint_join(&r.network_id, &r.endpoint_id, &r.sandbox_key)?;
+    // RouteType: 0 is a next hop, 1 is connected (libnetwork's types).
+    let routes: Vec<serde_json::Value> = info
+        .static_routes
+        .iter()
+        .map(|r| match r.via {
+            RouteVia::Connected => {
+                json!({ "Destination": r.destination.to_string(), "RouteType": 1 })
+            }
+            RouteVia::NextHop(hop) => json!({
+                "Destination": r.destination.to_string(),
+                "RouteType": 0,
+                "NextHop": hop.map(|h| h.to_string()).unwrap_or_default(),
+            }),
+        })
+        .collect();
     let mut reply = json!({
         "InterfaceName": { "SrcName": info.src_name, "DstPrefix": info.dst_prefix },
-        "StaticRoutes": [],
+        "StaticRoutes": routes,
         "DisableGatewayService": info.disable_gateway_service,
     });
-    if let Some(gw) = info.gateway.as_ref() {
-        reply["Gateway"] = json!(netshim_host_api::host::to_ip(gw).to_string());
+    if let Some(gw) = info.gateway {
+        reply["Gateway"] = json!(gw.to_string());
     }
     Ok(reply)
 }

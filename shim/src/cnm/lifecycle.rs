@@ -1,0 +1,247 @@
+//! The CNM lifecycle, once, for every front-end. An operation is a
+//! transaction: a store session and the guest calls made in it, committed
+//! together or undone together, newest first ([`Core::transaction`]). The
+//! steps below are what an operation is made of; the CLI and the OCI hook
+//! run several in one transaction (`ops`), Docker sends each as a request
+//! of its own and gets one transaction per step (`steps`).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netshim_host_api::store::{Condition, Store};
+
+use super::calls::{is_not_found, Calls};
+use super::driver::{EndpointSpec, PoolAsk};
+use super::ipam_check;
+use super::model::{self, Endpoint, Network, SPACE};
+use super::{put_json, CnmError, CnmResult, Core};
+
+/// A pool that IPAM handed out and the host checked.
+pub struct PoolGrant {
+    pub id: String,
+    pub pool: IpNet,
+    /// The gateway IPAM reserved with the pool, if it did.
+    pub gateway: Option<IpNet>,
+}
+
+impl Core {
+    /// Run `f` in a new store session and commit what it did, or undo
+    /// every guest call it made and drop the session.
+    pub(super) fn transaction<R>(
+        &self,
+        driver: &str,
+        what: &str,
+        f: impl FnOnce(&mut Calls) -> CnmResult<R>,
+    ) -> CnmResult<R> {
+        let s = self.store.session()?;
+        self.transaction_in(Box::new(s), driver, what, f)
+    }
+
+    /// [`Core::transaction`] in a session the caller already holds.
+    pub(super) fn transaction_in<R>(
+        &self,
+        session: Box<dyn Store + Send>,
+        driver: &str,
+        what: &str,
+        f: impl FnOnce(&mut Calls) -> CnmResult<R>,
+    ) -> CnmResult<R> {
+        let mut calls = Calls::new(self, driver, session)?;
+        match f(&mut calls) {
+            Ok(r) => {
+                calls.commit()?;
+                Ok(r)
+            }
+            Err(e) => {
+                for r in calls.abort() {
+                    tracing::error!(operation = what, error = %r, "rollback is incomplete");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// IPAM's pool, checked against the node and every other pool, and
+    /// recorded as held so later address answers can be checked against it.
+    pub(super) fn take_pool(&self, c: &mut Calls, ask: &PoolAsk) -> CnmResult<PoolGrant> {
+        let driver = c.guest.name.clone();
+        let got = c.request_pool(ask)?;
+        let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+        let taken = ipam_check::taken_pools(c.store())?;
+        ipam_check::check_pool(&driver, ask.pool, got.pool, &node, &taken)?;
+        ipam_check::record_pool(c.store(), &driver, &got.id, got.pool)?;
+        Ok(PoolGrant {
+            id: got.id,
+            pool: got.pool,
+            gateway: got.gateway,
+        })
+    }
+
+    /// IPAM's release-pool; the record goes either way (in a teardown the
+    /// session commits past the error).
+    pub(super) fn give_back_pool(&self, c: &mut Calls, pool_id: &str) -> CnmResult<()> {
+        let driver = c.guest.name.clone();
+        let released = c.release_pool(pool_id);
+        ipam_check::forget_pool(c.store(), &driver, pool_id)?;
+        released
+    }
+
+    /// An address of `pool` from IPAM, checked to be a usable address of it
+    /// (and the one asked for, if one was).
+    pub(super) fn take_address(
+        &self,
+        c: &mut Calls,
+        pool_id: &str,
+        pool: IpNet,
+        want: Option<IpAddr>,
+        gateway: bool,
+        options: &[(String, String)],
+    ) -> CnmResult<IpNet> {
+        let got = c.request_address(pool_id, want, gateway, options)?;
+        ipam_check::check_address(&c.guest.name, pool, want, got)?;
+        Ok(got)
+    }
+
+    /// The driver's create-network, then the network's records.
+    pub(super) fn create_network_step(&self, c: &mut Calls, net: &Network) -> CnmResult<()> {
+        if net
+            .options
+            .iter()
+            .any(|(k, _)| k == ipam_check::ROUTE_PREFIXES_OPTION)
+        {
+            let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+            ipam_check::route_prefixes(&net.options, Some(&node))?;
+        }
+        c.create_network(net)?;
+        let s = c.store();
+        put_json(s, &model::network_key(&net.id), net)?;
+        s.put(
+            SPACE,
+            &model::name_key(&net.name),
+            net.id.as_bytes(),
+            Condition::Absent,
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// The driver's delete-network (teardown: its error is collected, not
+    /// returned), then the network's records. True when other networks of
+    /// its driver remain, so the driver's nftables table must stay.
+    pub(super) fn delete_network_step(
+        &self,
+        c: &mut Calls,
+        net: &Network,
+        errors: &mut Vec<String>,
+    ) -> CnmResult<bool> {
+        c.teardown(true);
+        if let Err(e) = c.delete_network(net) {
+            errors.push(e.to_string());
+        }
+        let s = c.store();
+        s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
+        s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
+        Ok(s.list(SPACE, "networks/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())
+            .any(|n| n.driver == net.driver))
+    }
+
+    /// Withdraw an endpoint's ports, leave, delete it, release its address
+    /// and forget it: teardown goes on past errors and returns them. A
+    /// driver's "not found" is no error here: the sandbox may be gone and
+    /// have taken its end of the pair with it.
+    pub(super) fn remove_endpoint_step(
+        &self,
+        c: &mut Calls,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> CnmResult<Vec<String>> {
+        c.teardown(true);
+        let spec = spec_of(ep, &ep.ports);
+        let revoke = if ep.ports.is_empty() {
+            Ok(())
+        } else {
+            c.ports(net, &spec, false)
+        };
+        let leave = c.leave(net, &ep.id);
+        let delete = c.delete_endpoint(net, &ep.id);
+        let mut errors: Vec<String> = [revoke.err(), leave.err(), delete.err()]
+            .into_iter()
+            .flatten()
+            .filter(|e| !is_not_found(e))
+            .map(|e| e.to_string())
+            .collect();
+        if let (Some(addr), Some(pool)) = (ep.ipv4, net.ipv4.first()) {
+            if let Err(e) = c.release_address(&pool.id, addr.addr()) {
+                errors.push(e.to_string());
+            }
+        }
+        forget_endpoint(c.store(), ep)?;
+        Ok(errors)
+    }
+}
+
+/// What the driver is told of a stored endpoint, with these ports.
+pub(super) fn spec_of(ep: &Endpoint, ports: &[model::PortMapping]) -> EndpointSpec {
+    EndpointSpec {
+        id: ep.id.clone(),
+        ipv4: ep.ipv4,
+        mac: None,
+        ifname: ep.ifname.clone(),
+        ports: ports.to_vec(),
+    }
+}
+
+/// An endpoint's record and the indexes that find it (by sandbox, by
+/// container).
+pub(super) fn save_endpoint(s: &mut dyn Store, ep: &Endpoint) -> CnmResult<()> {
+    put_json(s, &model::endpoint_key(&ep.id), ep)?;
+    if let Some(cid) = &ep.container {
+        s.put(
+            SPACE,
+            &model::container_key(cid, &ep.network_id),
+            ep.id.as_bytes(),
+            Condition::None,
+            None,
+        )?;
+    }
+    if !ep.netns.is_empty() {
+        s.put(
+            SPACE,
+            &model::sandbox_key(&ep.network_id, &ep.netns),
+            ep.id.as_bytes(),
+            Condition::None,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn forget_endpoint(s: &mut dyn Store, ep: &Endpoint) -> CnmResult<()> {
+    s.delete(SPACE, &model::endpoint_key(&ep.id), Condition::None)?;
+    if let Some(cid) = &ep.container {
+        s.delete(
+            SPACE,
+            &model::container_key(cid, &ep.network_id),
+            Condition::None,
+        )?;
+    }
+    if !ep.netns.is_empty() {
+        s.delete(
+            SPACE,
+            &model::sandbox_key(&ep.network_id, &ep.netns),
+            Condition::None,
+        )?;
+    }
+    Ok(())
+}
+
+/// The network an endpoint belongs to.
+pub(super) fn network_of(s: &mut dyn Store, ep: &Endpoint) -> CnmResult<Network> {
+    super::get_json(s, &model::network_key(&ep.network_id))?.ok_or_else(|| {
+        CnmError::NotFound(format!(
+            "network {} of endpoint {} not found",
+            ep.network_id, ep.id
+        ))
+    })
+}
