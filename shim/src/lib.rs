@@ -4,7 +4,6 @@ pub mod cli;
 pub mod cnm;
 pub mod docker;
 pub mod guests;
-pub mod netns;
 pub mod oci;
 pub mod runtime;
 pub mod sandbox;

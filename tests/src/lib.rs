@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use netshim::netns;
+pub use netshim_netns as netns;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 

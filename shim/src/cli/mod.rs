@@ -1,7 +1,6 @@
 //! The `netshim` command line: people get tables, scripts `--output json`.
 //! stdout carries only results; logs and errors go to stderr.
 
-mod bench;
 mod output;
 
 use std::net::IpAddr;
@@ -93,9 +92,6 @@ pub enum Command {
     /// List driver guests, or check a guest file.
     #[command(subcommand)]
     Guest(GuestCmd),
-    /// Measure attach/detach latency.
-    #[command(subcommand)]
-    Bench(bench::BenchCmd),
     /// OCI runtime hook: reads the container state on stdin; createRuntime
     /// attaches, poststop detaches (the stage defaults from the status).
     OciHook {
@@ -344,7 +340,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             out.guest_created(&root, &name);
             Ok(())
         }
-        Command::Bench(cmd) => bench::run(&cli.global, cmd),
         Command::Daemon {
             plugin_dir,
             plugin_prefix,

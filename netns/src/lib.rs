@@ -1,9 +1,9 @@
 //! Named network namespaces (the `ip netns` convention: a bind mount under
-//! /run/netns), made and removed without exec. Used by the benchmark and the
-//! tests, which must never touch the machine's own namespace.
+//! /run/netns), made and removed without exec, for the tests and the
+//! benchmark, which must never touch the machine's own namespace. Not part
+//! of the `netshim` binary.
 
 use std::fs::{self, File};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::thread;
 
@@ -84,13 +84,4 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
     let target = path(name);
     let _ = umount2(&target, MntFlags::MNT_DETACH);
     fs::remove_file(&target).map_err(err(name, "removing the mount point"))
-}
-
-/// Run `f` on a thread inside the namespace at `path` (host-api's one
-/// setns helper).
-pub fn run_in<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, NetnsError> {
-    let name = path.display().to_string();
-    let file = File::open(path).map_err(err(&name, "open"))?;
-    netshim_host_api::kernel::netns::in_namespace(file.as_fd(), || Ok(f()))
-        .map_err(err(&name, "entering it"))
 }

@@ -1,8 +1,9 @@
-//! `netshim bench`: latency of attach and detach, measured side by side
+//! `netshim-bench`: latency of attach and detach, measured side by side
 //! with the reference CNI bridge plugin and netavark invoked the way their
 //! callers invoke them (one process per operation, in the same node
 //! namespace). Everything happens in namespaces the benchmark makes and
-//! removes; peers that are not installed are reported as missing.
+//! removes; peers that are not installed are reported as missing. A tool
+//! of its own, so the `netshim` binary carries no benchmark code.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,17 +14,58 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use netshim::cli::{CliError, Global};
+use netshim::cnm::{Attach, Core, CreateNetwork, DetachTarget};
 use netshim_host_api::kernel::netlink::Netlink;
 use netshim_host_api::kernel::Kernel;
+use netshim_netns as netns;
 use serde_json::json;
 
-use super::{CliError, Global};
-use crate::cnm::{Attach, Core, CreateNetwork, DetachTarget};
-use crate::netns;
+#[derive(Debug, Parser)]
+#[command(
+    name = "netshim-bench",
+    about = "Attach/detach latency of netshim against the CNI bridge plugin and netavark"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    /// The netshim binary timed per process (default: beside this one).
+    #[arg(long, global = true)]
+    netshim: Option<PathBuf>,
+    #[command(subcommand)]
+    command: BenchCmd,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NETSHIM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let exe = cli.netshim.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.join("netshim")))
+    });
+    let Some(exe) = exe.filter(|p| p.exists()) else {
+        eprintln!("netshim-bench: error: no netshim binary beside this one; build it (cargo build --release -p netshim) or pass --netshim PATH");
+        return std::process::ExitCode::FAILURE;
+    };
+    match run(&cli.global, &exe, cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netshim-bench: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Debug, Subcommand)]
-pub enum BenchCmd {
+enum BenchCmd {
     /// Attach/detach latency in-process and per process, attaches per
     /// second, share of time in wasm, against the CNI bridge plugin.
     Attach(BenchAttach),
@@ -33,7 +75,7 @@ pub enum BenchCmd {
 }
 
 #[derive(Debug, Args)]
-pub struct BenchAttach {
+struct BenchAttach {
     /// Namespaces attached and detached in-process.
     #[arg(long, default_value_t = 100)]
     pub count: usize,
@@ -45,7 +87,7 @@ pub struct BenchAttach {
 }
 
 #[derive(Debug, Args)]
-pub struct BenchHook {
+struct BenchHook {
     /// Containers (namespaces) per tool.
     #[arg(long, default_value_t = 30)]
     pub count: usize,
@@ -54,7 +96,7 @@ pub struct BenchHook {
 }
 
 #[derive(Debug, Args)]
-pub struct Peers {
+struct Peers {
     /// Where the reference CNI plugins live.
     #[arg(long, default_value = "/usr/lib/cni")]
     pub cni_path: PathBuf,
@@ -122,6 +164,7 @@ struct Bench {
     state_dir: PathBuf,
     core: Core,
     sandboxes: Vec<PathBuf>,
+    exe: PathBuf,
 }
 
 impl Drop for Bench {
@@ -134,7 +177,7 @@ impl Drop for Bench {
 }
 
 impl Bench {
-    fn new(g: &Global, sandboxes: usize) -> Result<Bench, CliError> {
+    fn new(g: &Global, exe: &Path, sandboxes: usize) -> Result<Bench, CliError> {
         let pid = std::process::id();
         let tmp = std::env::temp_dir().join(format!("netshim-bench-{pid}"));
         std::fs::create_dir_all(&tmp).map_err(other)?;
@@ -143,7 +186,7 @@ impl Bench {
         let state_dir = tmp.join("state");
         let kernel: Arc<dyn Kernel> = Arc::new(Netlink::new(Some(&node)).map_err(other)?);
         // The compiled-guest cache is the normal one: steady state, not Cranelift.
-        let runtime = crate::runtime::Runtime::new(g.limits(), Some(g.cache_dir()))?;
+        let runtime = g.runtime()?;
         let core = Core::new(runtime, kernel, &state_dir, Vec::new())?;
         let mut bench = Bench {
             names: vec![node_name],
@@ -152,6 +195,7 @@ impl Bench {
             state_dir,
             core,
             sandboxes: Vec::new(),
+            exe: exe.to_path_buf(),
         };
         for i in 0..sandboxes {
             let name = format!("nsbench-{pid}-c{i}");
@@ -176,7 +220,7 @@ impl Bench {
 
     /// netshim as a separate process, with this node and state.
     fn netshim(&self, g: &Global) -> Result<Command, CliError> {
-        let mut c = Command::new(std::env::current_exe().map_err(other)?);
+        let mut c = Command::new(&self.exe);
         c.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("--node-netns")
@@ -234,15 +278,15 @@ fn time_process(
     Ok(d)
 }
 
-pub fn run(g: &Global, cmd: BenchCmd) -> Result<(), CliError> {
+fn run(g: &Global, exe: &Path, cmd: BenchCmd) -> Result<(), CliError> {
     match cmd {
-        BenchCmd::Attach(a) => attach(g, a),
-        BenchCmd::Hook(h) => hook(g, h),
+        BenchCmd::Attach(a) => attach(g, exe, a),
+        BenchCmd::Hook(h) => hook(g, exe, h),
     }
 }
 
-fn attach(g: &Global, args: BenchAttach) -> Result<(), CliError> {
-    let b = Bench::new(g, args.count + 2 * args.process_count)?;
+fn attach(g: &Global, exe: &Path, args: BenchAttach) -> Result<(), CliError> {
+    let b = Bench::new(g, exe, args.count + 2 * args.process_count)?;
     let (mut attach, mut detach, mut inst) = (Vec::new(), Vec::new(), Vec::new());
     let (mut wasm, mut total) = (Duration::ZERO, Duration::ZERO);
     for sb in &b.sandboxes[..args.count] {
@@ -303,9 +347,9 @@ fn attach(g: &Global, args: BenchAttach) -> Result<(), CliError> {
     Ok(())
 }
 
-fn hook(g: &Global, args: BenchHook) -> Result<(), CliError> {
+fn hook(g: &Global, exe: &Path, args: BenchHook) -> Result<(), CliError> {
     let n = args.count;
-    let b = Bench::new(g, 3 * n)?;
+    let b = Bench::new(g, exe, 3 * n)?;
     // One bundle per container: the network by annotation, the namespace by path.
     let mut bundles = Vec::new();
     for (i, sb) in b.sandboxes[..n].iter().enumerate() {
