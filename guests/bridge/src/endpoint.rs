@@ -2,14 +2,14 @@
 //! network's bridge, the other end created in the sandbox (or left in the
 //! node namespace for dockerd to move).
 
-use crate::addr;
-use crate::exports::netshim::plugin0_1_0::driver::{
-    EndpointInfo, EndpointRequest, JoinInfo, Network,
-};
-use crate::netshim::plugin0_1_0::link::{self, Sandbox, VethSpec};
-use crate::netshim::plugin0_1_0::types::{Error, MacAddress};
+use netshim_guest_sdk::guest::driver::{EndpointInfo, EndpointRequest, JoinInfo, Network};
+use netshim_guest_sdk::host::link::{self, Sandbox, VethSpec};
+use netshim_guest_sdk::log::debug;
+use netshim_guest_sdk::teardown::Teardown;
+use netshim_guest_sdk::{addr, links, names, Error, MacAddress};
+
 use crate::network::{self, BridgeConfig};
-use crate::{names, ports};
+use crate::ports;
 
 /// The MAC the container end gets: the requested one, else Docker's
 /// 02:42:<IPv4 octets>, else one derived from the endpoint id.
@@ -19,7 +19,7 @@ pub fn endpoint_mac(ep: &EndpointRequest) -> Result<MacAddress, Error> {
     }
     match &ep.ipv4 {
         Some(p) => Ok(names::mac_from_ipv4(
-            addr::v4_prefix(p, "endpoint address")?.addr,
+            addr::v4_prefix(p, "endpoint address")?.addr(),
         )),
         None => Ok(names::mac_from_id(&ep.id)),
     }
@@ -53,7 +53,7 @@ pub fn create(
             "interface name {peer:?} is not a valid Linux interface name"
         )));
     }
-    crate::debug(&format!(
+    debug(&format!(
         "create-endpoint {} endpoint {}: {host} <-> {peer} ({}) on {}",
         net.name,
         ep.id,
@@ -66,16 +66,15 @@ pub fn create(
     ));
     // Open the bridge first: no point creating a veth for a network that is gone.
     let bridge = link::open_owned(&cfg.bridge)?;
-    let (node_end, _container_end) = link::create_veth(&VethSpec {
+    let spec = VethSpec {
         name: host,
         peer_name: peer,
         mtu: cfg.mtu,
         mac: None,
         peer_mac: Some(mac),
         peer_sandbox: sb,
-    })?;
-    node_end.set_master(&bridge)?;
-    node_end.set_up(true)?;
+    };
+    links::veth_on_bridge(&spec, &bridge)?;
     Ok(EndpointInfo {
         ipv4: None,
         ipv6: None,
@@ -86,7 +85,7 @@ pub fn create(
 pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result<JoinInfo, Error> {
     let (_, gateway) = network::subnet_of(net)?;
     let src_name = container_end_name(ep, sb.is_some());
-    crate::debug(&format!("join {} endpoint {}: {src_name}", net.name, ep.id));
+    debug(&format!("join {} endpoint {}: {src_name}", net.name, ep.id));
     Ok(JoinInfo {
         src_name,
         in_sandbox: sb.is_some(),
@@ -106,30 +105,14 @@ pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result
 /// gone (its sandbox was deleted and took it along) is fine.
 pub fn delete(net: &Network, endpoint_id: &str) -> Result<(), Error> {
     let host = names::host_veth(endpoint_id);
-    crate::debug(&format!(
+    debug(&format!(
         "delete-endpoint {} endpoint {endpoint_id}: {host}",
         net.name
     ));
-    let mut errors = Vec::new();
-    if let Err(e) = ports::revoke(endpoint_id) {
-        errors.push(format!("removing port mappings: {}", crate::show_error(&e)));
-    }
-    match link::open_owned(&host) {
-        Ok(l) => match link::delete(l) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => errors.push(format!("deleting {host}: {}", crate::show_error(&e))),
-        },
-        Err(Error::NotFound(_)) => {}
-        Err(e) => errors.push(format!("opening {host}: {}", crate::show_error(&e))),
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Failed(format!(
-            "delete-endpoint {endpoint_id}: {}",
-            errors.join("; ")
-        )))
-    }
+    let mut td = Teardown::new(format!("delete-endpoint {endpoint_id}"));
+    td.check("removing port mappings", ports::revoke(endpoint_id));
+    links::delete_owned(&host, &host, &mut td);
+    td.finish()
 }
 
 #[cfg(test)]

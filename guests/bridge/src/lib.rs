@@ -11,54 +11,27 @@
 //!   isolation rules.
 //! - [`endpoint`]: one veth pair per endpoint, node end on the bridge.
 //! - [`ports`]: published ports as DNAT rules.
-//! - [`ipam`]: pools and addresses in the store.
-//! - [`names`], [`addr`]: pure helpers.
+//! - [`nft`]: the chains and set the driver's networks share.
+//!
+//! IPAM is the SDK's (`netshim_guest_sdk::ipam`), whose store layout is the
+//! one this driver has always used.
 
-wit_bindgen::generate!({
-    path: "../../wit/v0.2.0",
-    world: "netshim:plugin/plugin@0.2.0",
-    // The 0.1 interfaces 0.2 imports live in its deps/: generate them too.
-    generate_all,
-});
-
-pub mod addr;
 pub mod endpoint;
-pub mod ipam;
-pub mod names;
 pub mod network;
 pub mod nft;
 pub mod ports;
 
-use exports::netshim::plugin0_1_0::driver::{
+use netshim_guest_sdk::guest::driver::{
     Capabilities, EndpointInfo, EndpointRequest, Guest as Driver, JoinInfo, Network, Scope,
 };
-use exports::netshim::plugin0_1_0::ipam::{Guest as Ipam, Pool, PoolRequest};
-use exports::netshim::plugin0_1_0::reconcile::{Event, Guest as Reconcile};
-use netshim::plugin0_1_0::link::Sandbox;
-use netshim::plugin0_1_0::types::{Error, IpAddress, IpPrefix};
+use netshim_guest_sdk::guest::ipam::{Guest as Ipam, Pool, PoolRequest};
+use netshim_guest_sdk::guest::reconcile::{Event, Guest as Reconcile};
+use netshim_guest_sdk::host::link::Sandbox;
+use netshim_guest_sdk::log::debug;
+use netshim_guest_sdk::{Error, IpAddress, IpPrefix};
 
-/// A debug line in the host's log. On a native target (unit tests) there is
-/// no host: the line is dropped.
-pub(crate) fn debug(msg: &str) {
-    #[cfg(target_family = "wasm")]
-    netshim::plugin0_1_0::log::log(netshim::plugin0_1_0::log::Level::Debug, msg);
-    #[cfg(not(target_family = "wasm"))]
-    let _ = msg;
-}
-
-/// "kind: message", for errors folded into another error's message.
-pub(crate) fn show_error(e: &Error) -> String {
-    let (kind, m) = match e {
-        Error::Exists(m) => ("exists", m),
-        Error::NotFound(m) => ("not-found", m),
-        Error::Denied(m) => ("denied", m),
-        Error::Invalid(m) => ("invalid", m),
-        Error::Unsupported(m) => ("unsupported", m),
-        Error::Conflict(m) => ("conflict", m),
-        Error::Failed(m) => ("failed", m),
-    };
-    format!("{kind}: {m}")
-}
+/// The messages of the IPAM say "the bridge IPAM".
+const IPAM: netshim_guest_sdk::ipam::Ipam = netshim_guest_sdk::ipam::Ipam::new("bridge");
 
 struct Bridge;
 
@@ -125,11 +98,11 @@ impl Driver for Bridge {
 
 impl Ipam for Bridge {
     fn request_pool(req: PoolRequest) -> Result<Pool, Error> {
-        ipam::request_pool(&req)
+        IPAM.request_pool(&req)
     }
 
     fn release_pool(pool_id: String) -> Result<(), Error> {
-        ipam::release_pool(&pool_id)
+        IPAM.release_pool(&pool_id)
     }
 
     fn request_address(
@@ -138,11 +111,11 @@ impl Ipam for Bridge {
         gateway: bool,
         options: Vec<(String, String)>,
     ) -> Result<IpPrefix, Error> {
-        ipam::request_address(&pool_id, address, gateway, &options)
+        IPAM.request_address(&pool_id, address, gateway, &options)
     }
 
     fn release_address(pool_id: String, address: IpAddress) -> Result<(), Error> {
-        ipam::release_address(&pool_id, address)
+        IPAM.release_address(&pool_id, address)
     }
 }
 
@@ -153,4 +126,4 @@ impl Reconcile for Bridge {
     }
 }
 
-export!(Bridge);
+netshim_guest_sdk::export!(Bridge);

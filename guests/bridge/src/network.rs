@@ -2,13 +2,16 @@
 //! (masquerade) out of the pool unless internal, and isolation from the
 //! driver's other bridges.
 
-use crate::addr::{self, Net4};
-use crate::exports::netshim::plugin0_1_0::driver::Network;
-use crate::netshim::plugin0_1_0::link::{self, BridgeSpec};
-use crate::netshim::plugin0_1_0::sysctl;
-use crate::netshim::plugin0_1_0::types::{Error, IpPrefix};
-use crate::netshim::plugin0_2_0::netfilter::{self, Action, Match, Op, Rule};
-use crate::{names, nft};
+use netshim_guest_sdk::guest::driver::Network;
+use netshim_guest_sdk::host::link::BridgeSpec;
+use netshim_guest_sdk::host::netfilter::{self, Action, Match, Op};
+use netshim_guest_sdk::host::sysctl;
+use netshim_guest_sdk::log::{debug, show_error};
+use netshim_guest_sdk::rules::{add_rule, delete_rule, rule, rule_ids};
+use netshim_guest_sdk::teardown::Teardown;
+use netshim_guest_sdk::{addr, links, names, Error, IpPrefix, Ipv4Net};
+
+use crate::nft;
 
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const OPT_BRIDGE_NAME_SHORT: &str = "bridge.name";
@@ -91,7 +94,7 @@ pub fn parse_mtu(key: &str, value: &str) -> Result<u32, Error> {
 
 /// The pool and gateway of a bridge network: exactly one IPv4 pool with a
 /// gateway, no IPv6.
-pub fn subnet_of(net: &Network) -> Result<(Net4, IpPrefix), Error> {
+pub fn subnet_of(net: &Network) -> Result<(Ipv4Net, IpPrefix), Error> {
     if !net.ipv6.is_empty() {
         return Err(Error::Unsupported(
             "the bridge driver does not support IPv6 yet: create the network without --ipv6 / IPv6 subnets".into(),
@@ -107,9 +110,9 @@ pub fn subnet_of(net: &Network) -> Result<(Net4, IpPrefix), Error> {
             "bridge networks need one IPv4 subnet with a gateway".into(),
         ));
     };
-    let pool = addr::v4_prefix(&pd.pool, "pool")?.network();
+    let pool = addr::v4_prefix(&pd.pool, "pool")?.trunc();
     let gw4 = addr::v4_prefix(gw, "gateway")?;
-    if !pool.contains_addr(gw4.addr) {
+    if !pool.contains(&gw4.addr()) {
         return Err(Error::Invalid(format!(
             "gateway {gw4} is outside the pool {pool}"
         )));
@@ -118,7 +121,7 @@ pub fn subnet_of(net: &Network) -> Result<(Net4, IpPrefix), Error> {
         pool,
         IpPrefix {
             address: gw.address,
-            prefix_len: pool.len,
+            prefix_len: pool.prefix_len(),
         },
     ))
 }
@@ -136,22 +139,13 @@ pub fn int_in_id(bridge: &str) -> String {
     format!("int-in-{bridge}")
 }
 
-fn rule(id: String, matches: Vec<Match>, action: Action) -> Rule {
-    Rule {
-        id,
-        matches,
-        counter: false,
-        action,
-    }
-}
-
 /// The one netfilter batch that sets a network up.
-pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
+pub fn setup_batch(bridge: &str, pool: Ipv4Net, internal: bool) -> Vec<Op> {
     let b = || bridge.to_string();
     let mut ops = nft::network_chains();
     ops.push(Op::AddElement(nft::bridge_element(bridge)));
     if !internal {
-        ops.push(nft::add_rule(
+        ops.push(add_rule(
             nft::POSTROUTING,
             rule(
                 masq_id(bridge),
@@ -160,7 +154,7 @@ pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
             ),
         ));
     }
-    ops.push(nft::add_rule(
+    ops.push(add_rule(
         nft::FORWARD,
         rule(
             iso_id(bridge),
@@ -173,7 +167,7 @@ pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
         ),
     ));
     if internal {
-        ops.push(nft::add_rule(
+        ops.push(add_rule(
             nft::FORWARD,
             rule(
                 int_out_id(bridge),
@@ -181,7 +175,7 @@ pub fn setup_batch(bridge: &str, pool: Net4, internal: bool) -> Vec<Op> {
                 Action::Drop,
             ),
         ));
-        ops.push(nft::add_rule(
+        ops.push(add_rule(
             nft::FORWARD,
             rule(
                 int_in_id(bridge),
@@ -200,11 +194,11 @@ pub fn teardown_rule_ops(bridge: &str, postrouting: &[String], forward: &[String
     let mut ops = nft::detach_network();
     let masq = masq_id(bridge);
     if postrouting.contains(&masq) {
-        ops.push(nft::delete_rule(nft::POSTROUTING, masq));
+        ops.push(delete_rule(nft::POSTROUTING, masq));
     }
     for id in [iso_id(bridge), int_out_id(bridge), int_in_id(bridge)] {
         if forward.contains(&id) {
-            ops.push(nft::delete_rule(nft::FORWARD, id));
+            ops.push(delete_rule(nft::FORWARD, id));
         }
     }
     ops
@@ -220,13 +214,13 @@ pub struct Chains {
 }
 
 fn nft_chains() -> Result<Chains, Error> {
-    let mut ports = nft::rule_ids(nft::PORTS)?;
+    let mut ports = rule_ids(nft::PORTS)?;
     for c in nft::LEGACY_PORT_CHAINS {
-        ports.extend(nft::rule_ids(c)?);
+        ports.extend(rule_ids(c)?);
     }
     Ok(Chains {
-        postrouting: nft::rule_ids(nft::POSTROUTING)?,
-        forward: nft::rule_ids(nft::FORWARD)?,
+        postrouting: rule_ids(nft::POSTROUTING)?,
+        forward: rule_ids(nft::FORWARD)?,
         ports,
     })
 }
@@ -251,7 +245,7 @@ pub fn is_last_network(bridge: &str, chains: &Chains) -> bool {
 pub fn create(net: &Network) -> Result<(), Error> {
     let cfg = BridgeConfig::from_options(&net.id, &net.options, true)?;
     let (pool, gateway) = subnet_of(net)?;
-    crate::debug(&format!(
+    debug(&format!(
         "create-network {} ({}): bridge {} pool {pool} gateway {} mtu {:?} internal {}",
         net.name,
         net.id,
@@ -260,13 +254,12 @@ pub fn create(net: &Network) -> Result<(), Error> {
         cfg.mtu,
         net.internal
     ));
-    let br = link::create_bridge(&BridgeSpec {
+    let spec = BridgeSpec {
         name: cfg.bridge.clone(),
         mtu: cfg.mtu,
         mac: Some(names::bridge_mac(&net.id)),
-    })?;
-    br.add_address(gateway)?;
-    br.set_up(true)?;
+    };
+    links::bridge_up(&spec, Some(gateway))?;
     if !net.internal {
         sysctl::enable_ipv4_forwarding()?;
     }
@@ -278,92 +271,59 @@ pub fn create(net: &Network) -> Result<(), Error> {
 pub fn delete(net: &Network) -> Result<(), Error> {
     let cfg = BridgeConfig::from_options(&net.id, &net.options, false)?;
     let bridge = cfg.bridge;
-    crate::debug(&format!(
+    debug(&format!(
         "delete-network {} ({}): bridge {bridge}",
         net.name, net.id
     ));
-    let mut errors: Vec<String> = Vec::new();
+    let mut td = Teardown::new(format!("delete-network {}", net.name));
 
-    match nft_chains() {
-        Ok(chains) => {
-            let mut ops = teardown_rule_ops(&bridge, &chains.postrouting, &chains.forward);
-            let mut done = false;
-            if is_last_network(&bridge, &chains) {
-                // Nothing of any other network is left: remove the driver's
-                // table, so no empty chains or set stay behind. Deleting the
-                // set fails (and aborts the batch) if a rule of another
-                // network still refers to it.
-                let mut last = ops.clone();
-                last.push(Op::DeleteSet(nft::BRIDGES_SET.into()));
-                last.push(Op::DeleteTable);
-                done = netfilter::apply(&last).is_ok();
-            }
-            if !done {
-                let element = Op::DeleteElement(nft::bridge_element(&bridge));
-                ops.push(element.clone());
-                if let Err(e) = netfilter::apply(&ops) {
-                    // Most likely the set element is already gone: retry the
-                    // rules alone, then the element alone.
-                    ops.pop();
-                    if !ops.is_empty() {
-                        if let Err(e) = netfilter::apply(&ops) {
-                            errors.push(format!(
-                                "deleting the rules of {bridge}: {}",
-                                crate::show_error(&e)
-                            ));
-                        }
-                    }
-                    match netfilter::apply(&[element]) {
-                        Ok(()) | Err(Error::NotFound(_)) => {}
-                        Err(e2) => errors.push(format!(
-                            "removing {bridge} from set {}: {} (first attempt: {})",
-                            nft::BRIDGES_SET,
-                            crate::show_error(&e2),
-                            crate::show_error(&e)
-                        )),
-                    }
+    if let Some(chains) = td.check(format!("listing the rules of {bridge}"), nft_chains()) {
+        let mut ops = teardown_rule_ops(&bridge, &chains.postrouting, &chains.forward);
+        let mut done = false;
+        if is_last_network(&bridge, &chains) {
+            // Nothing of any other network is left: remove the driver's
+            // table, so no empty chains or set stay behind. Deleting the
+            // set fails (and aborts the batch) if a rule of another
+            // network still refers to it.
+            let mut last = ops.clone();
+            last.push(Op::DeleteSet(nft::BRIDGES_SET.into()));
+            last.push(Op::DeleteTable);
+            done = netfilter::apply(&last).is_ok();
+        }
+        if !done {
+            let element = Op::DeleteElement(nft::bridge_element(&bridge));
+            ops.push(element.clone());
+            if let Err(e) = netfilter::apply(&ops) {
+                // Most likely the set element is already gone: retry the
+                // rules alone, then the element alone.
+                ops.pop();
+                if !ops.is_empty() {
+                    td.check(
+                        format!("deleting the rules of {bridge}"),
+                        netfilter::apply(&ops),
+                    );
+                }
+                match netfilter::apply(&[element]) {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e2) => td.note(format!(
+                        "removing {bridge} from set {}: {} (first attempt: {})",
+                        nft::BRIDGES_SET,
+                        show_error(&e2),
+                        show_error(&e)
+                    )),
                 }
             }
         }
-        Err(e) => errors.push(format!(
-            "listing the rules of {bridge}: {}",
-            crate::show_error(&e)
-        )),
     }
 
-    match link::open_owned(&bridge) {
-        Ok(l) => {
-            if let Err(e) = link::delete(l) {
-                if !matches!(e, Error::NotFound(_)) {
-                    errors.push(format!(
-                        "deleting bridge {bridge}: {}",
-                        crate::show_error(&e)
-                    ));
-                }
-            }
-        }
-        Err(Error::NotFound(_)) => {}
-        Err(e) => errors.push(format!(
-            "opening bridge {bridge}: {}",
-            crate::show_error(&e)
-        )),
-    }
-
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Failed(format!(
-            "delete-network {}: {}",
-            net.name,
-            errors.join("; ")
-        )))
-    }
+    links::delete_owned(&bridge, &format!("bridge {bridge}"), &mut td);
+    td.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exports::netshim::plugin0_1_0::driver::PoolData;
+    use netshim_guest_sdk::guest::driver::PoolData;
 
     fn opts(kv: &[(&str, &str)]) -> Vec<(String, String)> {
         kv.iter()
@@ -492,7 +452,7 @@ mod tests {
 
     #[test]
     fn batches() {
-        let pool: Net4 = "10.77.0.0/24".parse().unwrap();
+        let pool: Ipv4Net = "10.77.0.0/24".parse().unwrap();
         let ops = setup_batch("br0", pool, false);
         assert_eq!(rule_ids_of(&ops), ["masq-br0", "iso-br0"]);
         assert!(ops

@@ -1,13 +1,9 @@
-//! The driver's nftables layout (chains and set shared by all its networks)
-//! and small builders over the 0.2 `netfilter` import. The host runs each
-//! chain only at the attach points a network attached it to, for that
-//! network's traffic.
+//! The driver's nftables layout: chains and a set shared by all its
+//! networks. The host runs each chain only at the attach points a network
+//! attached it to, for that network's traffic.
 
-use crate::netshim::plugin0_1_0::types::Error;
-use crate::netshim::plugin0_2_0::netfilter::{
-    self, AttachPoint, Attachment, Element, Op, Rule, RuleInChain, RuleRef, SetElement, SetSpec,
-    SetType,
-};
+use netshim_guest_sdk::host::netfilter::{AttachPoint, Op, SetElement, SetType};
+use netshim_guest_sdk::rules::{add_chain, add_set, attach, detach, ifname_element};
 
 /// Masquerade of each non-internal network (attached where its packets leave it).
 pub const POSTROUTING: &str = "postrouting";
@@ -21,71 +17,32 @@ pub const LEGACY_PORT_CHAINS: [&str; 2] = ["prerouting", "output"];
 /// Set of the bridge names of every network of this driver.
 pub const BRIDGES_SET: &str = "bridges";
 
-fn attach(chain: &str, point: AttachPoint) -> Attachment {
-    Attachment {
-        chain: chain.into(),
-        point,
-    }
-}
-
 /// The network's chains, attached for it (idempotent).
 pub fn network_chains() -> Vec<Op> {
     vec![
-        Op::AddChain(POSTROUTING.into()),
-        Op::AttachChain(attach(POSTROUTING, AttachPoint::NatLeavingNetwork)),
-        Op::AddChain(FORWARD.into()),
-        Op::AttachChain(attach(FORWARD, AttachPoint::ForwardFromNetwork)),
-        Op::AttachChain(attach(FORWARD, AttachPoint::ForwardToNetwork)),
-        Op::AddSet(SetSpec {
-            name: BRIDGES_SET.into(),
-            set_type: SetType::Ifname,
-        }),
+        add_chain(POSTROUTING),
+        attach(POSTROUTING, AttachPoint::NatLeavingNetwork),
+        add_chain(FORWARD),
+        attach(FORWARD, AttachPoint::ForwardFromNetwork),
+        attach(FORWARD, AttachPoint::ForwardToNetwork),
+        add_set(BRIDGES_SET, SetType::Ifname),
     ]
 }
 
 /// What undoes the attachments of [`network_chains`] for one network.
 pub fn detach_network() -> Vec<Op> {
     vec![
-        Op::DetachChain(attach(POSTROUTING, AttachPoint::NatLeavingNetwork)),
-        Op::DetachChain(attach(FORWARD, AttachPoint::ForwardFromNetwork)),
-        Op::DetachChain(attach(FORWARD, AttachPoint::ForwardToNetwork)),
+        detach(POSTROUTING, AttachPoint::NatLeavingNetwork),
+        detach(FORWARD, AttachPoint::ForwardFromNetwork),
+        detach(FORWARD, AttachPoint::ForwardToNetwork),
     ]
 }
 
 /// The ports chain, attached for traffic to the node (idempotent).
 pub fn ports_chain() -> Vec<Op> {
-    vec![
-        Op::AddChain(PORTS.into()),
-        Op::AttachChain(attach(PORTS, AttachPoint::NatToNode)),
-    ]
-}
-
-pub fn add_rule(chain: &str, rule: Rule) -> Op {
-    Op::AddRule(RuleInChain {
-        chain: chain.into(),
-        rule,
-    })
-}
-
-pub fn delete_rule(chain: &str, id: String) -> Op {
-    Op::DeleteRule(RuleRef {
-        chain: chain.into(),
-        id,
-    })
+    vec![add_chain(PORTS), attach(PORTS, AttachPoint::NatToNode)]
 }
 
 pub fn bridge_element(bridge: &str) -> SetElement {
-    SetElement {
-        set: BRIDGES_SET.into(),
-        element: Element::Ifname(bridge.into()),
-    }
-}
-
-/// Ids of the rules in `chain`; a chain that does not exist yet has none.
-pub fn rule_ids(chain: &str) -> Result<Vec<String>, Error> {
-    match netfilter::list_rules(chain) {
-        Ok(ids) => Ok(ids),
-        Err(Error::NotFound(_)) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+    ifname_element(BRIDGES_SET, bridge)
 }

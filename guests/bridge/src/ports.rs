@@ -5,11 +5,29 @@
 
 use std::net::Ipv4Addr;
 
-use crate::addr::{self, Net4};
-use crate::exports::netshim::plugin0_1_0::driver::{EndpointRequest, Network, PortBinding};
-use crate::netshim::plugin0_1_0::types::{Error, IpAddress};
-use crate::netshim::plugin0_2_0::netfilter::{self, Action, DnatTarget, Match, Op, Protocol, Rule};
-use crate::{names, nft};
+use netshim_guest_sdk::guest::driver::{EndpointRequest, Network, PortBinding};
+use netshim_guest_sdk::host::netfilter::{self, Action, DnatTarget, Match, Op, Protocol, Rule};
+use netshim_guest_sdk::log::debug;
+use netshim_guest_sdk::rules::{add_rule, delete_rules_with_prefix, rule_ids};
+use netshim_guest_sdk::{addr, names, Error, IpAddress, IpPrefix};
+
+use crate::nft;
+
+/// Prefix shared by the ids of every port-mapping rule of one endpoint.
+pub fn port_rule_prefix(endpoint_id: &str) -> String {
+    format!("pm-{}-", names::hash7(endpoint_id))
+}
+
+/// Id of the DNAT rule publishing `host_port/proto` for an endpoint.
+pub fn port_rule_id(endpoint_id: &str, proto: &str, host_port: u16) -> String {
+    format!("{}{}-{}", port_rule_prefix(endpoint_id), proto, host_port)
+}
+
+/// Loopback: packets to 127.0.0.0/8 cannot be routed to a container.
+const LOOPBACK: IpPrefix = IpPrefix {
+    address: IpAddress::Ipv4((127, 0, 0, 0)),
+    prefix_len: 8,
+};
 
 fn protocol(name: &str) -> Result<Protocol, Error> {
     match name.to_ascii_lowercase().as_str() {
@@ -46,7 +64,7 @@ pub fn dnat_rules(
             Some(IpAddress::Ipv6(_)) => continue,
             Some(a @ IpAddress::Ipv4(_)) => addr::v4_of(a).filter(|a| !a.is_unspecified()),
         };
-        let id = names::port_rule_id(ep_id, &proto_name, b.host_port);
+        let id = port_rule_id(ep_id, &proto_name, b.host_port);
         if out.iter().any(|r| r.id == id) {
             return Err(Error::Invalid(format!(
                 "host port {}/{proto_name} is published twice for this endpoint",
@@ -55,14 +73,10 @@ pub fn dnat_rules(
         }
         let mut matches = vec![Match::Protocol(proto), Match::Dport(b.host_port)];
         if let Some(ip) = host_ip {
-            matches.push(Match::Daddr(addr::wit_prefix(Net4 { addr: ip, len: 32 })));
+            matches.push(Match::Daddr(addr::host_prefix(ip)));
         }
-        // From the node itself: like Docker, leave loopback alone (packets to
-        // 127.0.0.0/8 cannot be routed to a container).
-        matches.push(Match::DaddrNot(addr::wit_prefix(Net4 {
-            addr: Ipv4Addr::new(127, 0, 0, 0),
-            len: 8,
-        })));
+        // From the node itself: like Docker, leave loopback alone.
+        matches.push(Match::DaddrNot(LOOPBACK));
         out.push(Rule {
             id,
             matches,
@@ -79,20 +93,17 @@ pub fn dnat_rules(
 /// Delete-rule ops for every port-mapping rule of endpoint `ep_id` among
 /// the rule ids of each chain that may hold them.
 pub fn revoke_ops(ep_id: &str, chains: &[(&str, Vec<String>)]) -> Vec<Op> {
-    let prefix = names::port_rule_prefix(ep_id);
-    let mut ops = Vec::new();
-    for (chain, ids) in chains {
-        for id in ids.iter().filter(|id| id.starts_with(&prefix)) {
-            ops.push(nft::delete_rule(chain, id.clone()));
-        }
-    }
-    ops
+    let prefix = port_rule_prefix(ep_id);
+    chains
+        .iter()
+        .flat_map(|(chain, ids)| delete_rules_with_prefix(chain, ids, &prefix))
+        .collect()
 }
 
 fn current_revoke_ops(ep_id: &str) -> Result<Vec<Op>, Error> {
-    let mut chains = vec![(nft::PORTS, nft::rule_ids(nft::PORTS)?)];
+    let mut chains = vec![(nft::PORTS, rule_ids(nft::PORTS)?)];
     for c in nft::LEGACY_PORT_CHAINS {
-        chains.push((c, nft::rule_ids(c)?));
+        chains.push((c, rule_ids(c)?));
     }
     Ok(revoke_ops(ep_id, &chains))
 }
@@ -100,7 +111,7 @@ fn current_revoke_ops(ep_id: &str) -> Result<Vec<Op>, Error> {
 /// Publish the endpoint's ports. Replaces any rules the endpoint already has,
 /// in the same atomic batch, so calling it twice is harmless.
 pub fn program(net: &Network, ep: &EndpointRequest) -> Result<(), Error> {
-    crate::debug(&format!(
+    debug(&format!(
         "program-external-connectivity {} endpoint {}: {} port binding(s)",
         net.name,
         ep.id,
@@ -115,7 +126,7 @@ pub fn program(net: &Network, ep: &EndpointRequest) -> Result<(), Error> {
         ));
     }
     let target = match &ep.ipv4 {
-        Some(p) => addr::v4_prefix(p, "endpoint address")?.addr,
+        Some(p) => addr::v4_prefix(p, "endpoint address")?.addr(),
         None => {
             return Err(Error::Invalid(format!(
                 "endpoint {} has no IPv4 address to publish ports to",
@@ -129,7 +140,7 @@ pub fn program(net: &Network, ep: &EndpointRequest) -> Result<(), Error> {
     }
     let mut batch = nft::ports_chain();
     batch.extend(current_revoke_ops(&ep.id)?);
-    batch.extend(rules.into_iter().map(|r| nft::add_rule(nft::PORTS, r)));
+    batch.extend(rules.into_iter().map(|r| add_rule(nft::PORTS, r)));
     netfilter::apply(&batch)
 }
 
@@ -214,9 +225,16 @@ mod tests {
     }
 
     #[test]
+    fn port_rule_ids() {
+        let id = port_rule_id("ep1", "tcp", 8080);
+        assert!(id.starts_with(&port_rule_prefix("ep1")));
+        assert_eq!(id, format!("pm-{}-tcp-8080", names::hash7("ep1")));
+    }
+
+    #[test]
     fn revoke_only_this_endpoint() {
-        let mine = names::port_rule_id("a", "tcp", 80);
-        let other = names::port_rule_id("b", "tcp", 81);
+        let mine = port_rule_id("a", "tcp", 80);
+        let other = port_rule_id("b", "tcp", 81);
         let ops = revoke_ops(
             "a",
             &[
@@ -225,7 +243,7 @@ mod tests {
             ],
         );
         assert_eq!(ops.len(), 2);
-        let prefix = names::port_rule_prefix("a");
+        let prefix = port_rule_prefix("a");
         assert!(ops
             .iter()
             .all(|o| matches!(o, Op::DeleteRule(r) if r.id.starts_with(&prefix))));

@@ -211,6 +211,10 @@ pub enum GuestCmd {
         /// Where to create the crate's directory.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Depend on this guest SDK checkout (guests/sdk of netshim's
+        /// sources) instead of writing the SDK netshim carries into the crate.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -334,8 +338,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             out.guest_check(&file, &guest);
             Ok(())
         }
-        Command::Guest(GuestCmd::New { name, dir }) => {
-            let root = crate::scaffold::new_guest(&name, &dir)
+        Command::Guest(GuestCmd::New { name, dir, sdk }) => {
+            let root = crate::scaffold::new_guest(&name, &dir, sdk.as_deref())
                 .map_err(|e| CliError::Other(e.to_string()))?;
             out.guest_created(&root, &name);
             Ok(())

@@ -1,31 +1,30 @@
 //! {{NAME}}: a netshim network driver, a WebAssembly component for the
-//! `netshim:plugin@0.2.0` world (see wit/ beside this crate, and netshim's
-//! wit/README.md for what each call is for and what the host allows).
+//! `netshim:plugin@0.2.0` world. It depends on the guest SDK alone
+//! (netshim-guest-sdk: the bindings, IPAM, names, link and rule helpers;
+//! see its README.md), and netshim's wit/README.md says what each call is
+//! for and what the host allows.
 //!
 //! As generated it is a working driver with nothing in the kernel: its
-//! networks exist in netshim's records only, its IPAM hands out addresses
-//! of the subnet it is given, and attaching is refused until you write it.
+//! networks exist in netshim's records only, its IPAM is the SDK's (the
+//! subnet asked for, or a free one of Docker's defaults; the gateway, then
+//! the lowest free address), and attaching is refused until you write it.
 //! Every call runs in a fresh instance: keep state in `store`, not memory.
 
-wit_bindgen::generate!({
-    path: "wit/v0.2.0",
-    world: "netshim:plugin/plugin@0.2.0",
-    // The 0.1 interfaces 0.2 imports live in its deps/: generate them too.
-    generate_all,
-});
-
-use exports::netshim::plugin0_1_0::driver::{
+use netshim_guest_sdk::guest::driver::{
     Capabilities, EndpointInfo, EndpointRequest, Guest as Driver, JoinInfo, Network, Scope,
 };
-use exports::netshim::plugin0_1_0::ipam::{Guest as Ipam, Pool, PoolRequest};
-use exports::netshim::plugin0_1_0::reconcile::{Event, Guest as Reconcile};
-use netshim::plugin0_1_0::link::Sandbox;
-use netshim::plugin0_1_0::log::{log, Level};
-use netshim::plugin0_1_0::store::{self, Condition};
-use netshim::plugin0_1_0::types::{Error, IpAddress, IpPrefix};
+use netshim_guest_sdk::guest::ipam::{Guest as Ipam, Pool, PoolRequest};
+use netshim_guest_sdk::guest::reconcile::{Event, Guest as Reconcile};
+use netshim_guest_sdk::host::link::Sandbox;
+use netshim_guest_sdk::host::node;
+use netshim_guest_sdk::log::info;
+use netshim_guest_sdk::{Error, IpAddress, IpPrefix};
+
+/// Pools and addresses in the driver's store; "{{NAME}}" names it in errors.
+const IPAM: netshim_guest_sdk::ipam::Ipam = netshim_guest_sdk::ipam::Ipam::new("{{NAME}}");
 
 struct Component;
-export!(Component);
+netshim_guest_sdk::export!(Component);
 
 impl Driver for Component {
     fn get_capabilities() -> Capabilities {
@@ -36,15 +35,19 @@ impl Driver for Component {
     }
 
     fn create_network(net: Network) -> Result<(), Error> {
-        // Here: make the network's kernel objects (link::create_bridge, …)
-        // and its rules (netfilter::apply with chains attached for it).
-        let node = netshim::plugin0_2_0::node::identity();
-        log(Level::Info, &format!("create-network {} ({}) on node {}", net.name, net.id, node.name));
+        // Here: make the network's kernel objects (links::bridge_up, …) and
+        // its rules (host::netfilter::apply of rules::attach, add_rule, …).
+        let node = node::identity();
+        info(&format!(
+            "create-network {} ({}) on node {}",
+            net.name, net.id, node.name
+        ));
         Ok(())
     }
 
     fn delete_network(net: Network) -> Result<(), Error> {
-        log(Level::Info, &format!("delete-network {}", net.name));
+        // Here: undo create-network, best effort (teardown::Teardown).
+        info(&format!("delete-network {}", net.name));
         Ok(())
     }
 
@@ -53,8 +56,9 @@ impl Driver for Component {
         ep: EndpointRequest,
         _sb: Option<&Sandbox>,
     ) -> Result<EndpointInfo, Error> {
-        // Here: link::create_veth with `peer-sandbox` set, so the container
-        // end is born inside the sandbox.
+        // Here: links::veth_on_bridge with `peer_sandbox` set, so the
+        // container end is born inside the sandbox (names::host_veth and
+        // names::sandbox_ifname name the two ends).
         Err(Error::Unsupported(format!(
             "{{NAME}} does not make endpoints yet (endpoint {})",
             ep.id
@@ -66,14 +70,19 @@ impl Driver for Component {
     }
 
     fn join(_net: Network, _ep: EndpointRequest, _sb: Option<&Sandbox>) -> Result<JoinInfo, Error> {
-        Err(Error::Unsupported("{{NAME}} does not join sandboxes yet".into()))
+        Err(Error::Unsupported(
+            "{{NAME}} does not join sandboxes yet".into(),
+        ))
     }
 
     fn leave(_net: Network, _endpoint_id: String) -> Result<(), Error> {
         Ok(())
     }
 
-    fn endpoint_oper_info(_net: Network, _endpoint_id: String) -> Result<Vec<(String, String)>, Error> {
+    fn endpoint_oper_info(
+        _net: Network,
+        _endpoint_id: String,
+    ) -> Result<Vec<(String, String)>, Error> {
         Ok(Vec::new())
     }
 
@@ -86,81 +95,26 @@ impl Driver for Component {
     }
 }
 
-/// An IPv4 pool as its id: "a.b.c.d/len".
-fn pool_id(p: &IpPrefix) -> Result<String, Error> {
-    match p.address {
-        IpAddress::Ipv4((a, b, c, d)) if (8..=30).contains(&p.prefix_len) => {
-            Ok(format!("{a}.{b}.{c}.{d}/{}", p.prefix_len))
-        }
-        _ => Err(Error::Invalid("{{NAME}} takes an IPv4 subnet from /8 to /30".into())),
-    }
-}
-
-fn parse_pool(id: &str) -> Result<(u32, u8), Error> {
-    let bad = || Error::Invalid(format!("unknown pool {id:?}"));
-    let (addr, len) = id.split_once('/').ok_or_else(bad)?;
-    let octets: Vec<u8> = addr.split('.').map(|o| o.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    let [a, b, c, d] = octets[..] else { return Err(bad()) };
-    Ok((u32::from_be_bytes([a, b, c, d]), len.parse().map_err(|_| bad())?))
-}
-
-fn prefix(addr: u32, len: u8) -> IpPrefix {
-    let [a, b, c, d] = addr.to_be_bytes();
-    IpPrefix { address: IpAddress::Ipv4((a, b, c, d)), prefix_len: len }
-}
-
 impl Ipam for Component {
     fn request_pool(req: PoolRequest) -> Result<Pool, Error> {
-        let pool = req.pool.ok_or_else(|| Error::Invalid("{{NAME}} needs a subnet (--subnet)".into()))?;
-        Ok(Pool { id: pool_id(&pool)?, pool, gateway: None })
+        IPAM.request_pool(&req)
     }
 
     fn release_pool(pool_id: String) -> Result<(), Error> {
-        match store::delete(&format!("next/{pool_id}"), Condition::None) {
-            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        IPAM.release_pool(&pool_id)
     }
 
-    /// The gateway is the first address; others count up from the second,
-    /// one compare-and-swap per address, so concurrent calls never collide.
     fn request_address(
         pool_id: String,
         address: Option<IpAddress>,
         gateway: bool,
-        _options: Vec<(String, String)>,
+        options: Vec<(String, String)>,
     ) -> Result<IpPrefix, Error> {
-        let (net, len) = parse_pool(&pool_id)?;
-        if let Some(a) = address {
-            return Ok(IpPrefix { address: a, prefix_len: len });
-        }
-        if gateway {
-            return Ok(prefix(net + 1, len));
-        }
-        let key = format!("next/{pool_id}");
-        loop {
-            let current = store::get(&key)?;
-            let next = current
-                .as_ref()
-                .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u32>().ok())
-                .unwrap_or(2);
-            if next >= (1u32 << (32 - len)) - 1 {
-                return Err(Error::Failed(format!("pool {pool_id} is full")));
-            }
-            let cond = match &current {
-                Some(e) => Condition::Revision(e.revision),
-                None => Condition::Absent,
-            };
-            match store::put(&key, (next + 1).to_string().as_bytes(), cond, None) {
-                Ok(_) => return Ok(prefix(net + next, len)),
-                Err(Error::Conflict(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        IPAM.request_address(&pool_id, address, gateway, &options)
     }
 
-    fn release_address(_pool_id: String, _address: IpAddress) -> Result<(), Error> {
-        Ok(())
+    fn release_address(pool_id: String, address: IpAddress) -> Result<(), Error> {
+        IPAM.release_address(&pool_id, address)
     }
 }
 

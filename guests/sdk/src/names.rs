@@ -1,12 +1,16 @@
-//! Deterministic names and addresses derived from ids: veth names, MACs,
-//! rule ids. Pure functions, no WIT imports.
+//! Names and MACs derived from ids. A driver keeps nothing in memory
+//! between calls, so the name of an endpoint's veth must be computable
+//! from the endpoint id alone, by `create-endpoint` and `delete-endpoint`
+//! alike, on this node and after a restart.
 
 use std::net::Ipv4Addr;
+
+use crate::MacAddress;
 
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 pub const IFNAMSIZ_MAX: usize = 15;
 
-/// 32-bit FNV-1a.
+/// 32-bit FNV-1a: stable across builds and platforms (std's hasher is not).
 pub fn fnv1a32(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in s.bytes() {
@@ -16,17 +20,26 @@ pub fn fnv1a32(s: &str) -> u32 {
     h
 }
 
-/// Seven lowercase hex digits (28 bits) of the FNV-1a hash of `id`.
+/// Seven lowercase hex digits (28 bits) of the FNV-1a hash of `id`: with a
+/// four-character prefix, a name that fits IFNAMSIZ.
 pub fn hash7(id: &str) -> String {
     format!("{:07x}", fnv1a32(id) & 0x0fff_ffff)
 }
 
-/// Name of the veth end that stays on the node and is enslaved to the bridge.
+/// `prefix` followed by [`hash7`] of `id` (e.g. Calico's `cali…`), when
+/// that is a valid interface name.
+pub fn hashed_ifname(prefix: &str, id: &str) -> Option<String> {
+    let name = format!("{prefix}{}", hash7(id));
+    valid_ifname(&name).then_some(name)
+}
+
+/// Name of the veth end that stays on the node.
 pub fn host_veth(endpoint_id: &str) -> String {
     format!("veth{}", hash7(endpoint_id))
 }
 
-/// Name of the container end while it is not yet named by the host.
+/// Name of the container end while the host has not named it yet (it is
+/// in the node's namespace, or the request gave no interface name).
 pub fn peer_veth(endpoint_id: &str) -> String {
     format!("vctr{}", hash7(endpoint_id))
 }
@@ -41,7 +54,8 @@ pub fn sandbox_ifname(endpoint_id: &str, ifname: &str) -> String {
     }
 }
 
-/// Whether `name` is acceptable to the kernel as an interface name.
+/// Whether the kernel accepts `name` as an interface name. Checked before
+/// asking the host, so the error names the option it came from.
 pub fn valid_ifname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= IFNAMSIZ_MAX
@@ -52,35 +66,28 @@ pub fn valid_ifname(name: &str) -> bool {
             .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
+/// A locally administered unicast MAC, 02:42 and four bytes (Docker's
+/// prefix, so tools that know Docker's MACs recognise these).
+fn mac(tail: [u8; 4]) -> MacAddress {
+    let [a, b, c, d] = tail;
+    (0x02, 0x42, a, b, c, d)
+}
+
 /// Docker's MAC for an endpoint: 02:42 followed by the four IPv4 octets.
-pub fn mac_from_ipv4(a: Ipv4Addr) -> (u8, u8, u8, u8, u8, u8) {
-    let [a, b, c, d] = a.octets();
-    (0x02, 0x42, a, b, c, d)
+pub fn mac_from_ipv4(a: Ipv4Addr) -> MacAddress {
+    mac(a.octets())
 }
 
-/// A locally administered MAC from the endpoint id, for endpoints without an
-/// IPv4 address.
-pub fn mac_from_id(id: &str) -> (u8, u8, u8, u8, u8, u8) {
-    let [a, b, c, d] = fnv1a32(id).to_be_bytes();
-    (0x02, 0x42, a, b, c, d)
+/// A MAC from an id, for endpoints without an IPv4 address.
+pub fn mac_from_id(id: &str) -> MacAddress {
+    mac(fnv1a32(id).to_be_bytes())
 }
 
-/// A stable, locally administered MAC for a network's bridge. Like Docker,
-/// the bridge gets an address of its own so that it does not take (and
-/// change with) the address of its lowest-numbered port.
-pub fn bridge_mac(network_id: &str) -> (u8, u8, u8, u8, u8, u8) {
-    let [a, b, c, d] = fnv1a32(&format!("bridge:{network_id}")).to_be_bytes();
-    (0x02, 0x42, a, b, c, d)
-}
-
-/// Prefix shared by the ids of every port-mapping rule of one endpoint.
-pub fn port_rule_prefix(endpoint_id: &str) -> String {
-    format!("pm-{}-", hash7(endpoint_id))
-}
-
-/// Id of the DNAT rule publishing `host_port/proto` for an endpoint.
-pub fn port_rule_id(endpoint_id: &str, proto: &str, host_port: u16) -> String {
-    format!("{}{}-{}", port_rule_prefix(endpoint_id), proto, host_port)
+/// A stable MAC for a network's bridge. Like Docker, the bridge gets an
+/// address of its own so that it does not take (and change with) the
+/// address of its lowest-numbered port.
+pub fn bridge_mac(network_id: &str) -> MacAddress {
+    mac_from_id(&format!("bridge:{network_id}"))
 }
 
 #[cfg(test)]
@@ -110,6 +117,9 @@ mod tests {
         assert_ne!(host_veth("a"), host_veth("b"));
         // Short hashes are zero-padded.
         assert_eq!(hash7("").len(), 7);
+        assert_eq!(hashed_ifname("veth", id), Some(h));
+        assert_eq!(hashed_ifname("cali", "x").unwrap().len(), 11);
+        assert_eq!(hashed_ifname("too-long-", "x"), None);
     }
 
     #[test]
@@ -124,8 +134,12 @@ mod tests {
         assert!(!valid_ifname("br-0123456789abc"));
         assert!(!valid_ifname(""));
         assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a:b"));
         assert!(!valid_ifname("a b"));
+        assert!(!valid_ifname("a\0"));
+        assert!(!valid_ifname("."));
         assert!(!valid_ifname(".."));
+        assert!(valid_ifname("..."));
     }
 
     #[test]
@@ -137,16 +151,12 @@ mod tests {
         let m = mac_from_id("abc");
         assert_eq!((m.0, m.1), (0x02, 0x42));
         assert_eq!(m, mac_from_id("abc"));
+        let [a, b, c, d] = fnv1a32("abc").to_be_bytes();
+        assert_eq!(m, (0x02, 0x42, a, b, c, d));
         let b = bridge_mac("net");
         assert_eq!((b.0, b.1), (0x02, 0x42));
         assert_eq!(b, bridge_mac("net"));
+        assert_eq!(b, mac_from_id("bridge:net"));
         assert_ne!(b, bridge_mac("net2"));
-    }
-
-    #[test]
-    fn port_rule_ids() {
-        let id = port_rule_id("ep1", "tcp", 8080);
-        assert!(id.starts_with(&port_rule_prefix("ep1")));
-        assert_eq!(id, format!("pm-{}-tcp-8080", hash7("ep1")));
     }
 }
