@@ -8,4 +8,5 @@ pub mod host;
 pub mod journal;
 pub mod kernel;
 pub mod model;
+pub mod private;
 pub mod store;

@@ -6,13 +6,14 @@
 //! share it and a crash leaves either the old or the new state, never half.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum StoreError {
     },
     #[error("state file {path} is corrupt: {message}; move it aside to start from an empty state")]
     Corrupt { path: PathBuf, message: String },
+    #[error("state directory: {0}")]
+    Private(#[from] crate::private::PrivateError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +112,10 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// Open (creating it private, 0700) a state directory; one that other
+    /// users could write to is refused.
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        crate::private::dir(dir)?;
         Ok(LocalStore {
             dir: dir.to_path_buf(),
         })
@@ -131,24 +133,18 @@ impl LocalStore {
             path: lock_path.clone(),
             source,
         };
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io)?;
+        // Private (0600 in a 0700 directory): no other user can take it
+        // and hang every netshim operation.
+        let mut file = crate::private::open_writable(&lock_path)?;
         // flock, not fcntl locks: it is per open file, so two sessions in one
         // process (the daemon's threads) exclude each other too.
-        loop {
-            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(l) => break l,
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(io(std::io::Error::from(e))),
             }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io(err));
-            }
-        }
+        };
         let path = self.dir.join(STATE_FILE);
         let doc = load(&path)?;
         Ok(LocalSession {
@@ -162,22 +158,14 @@ impl LocalStore {
 
 fn load(path: &Path) -> Result<Document, StoreError> {
     let mut text = String::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_string(&mut text)
-                .map_err(|source| StoreError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Document::default()),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    }
+    let Some(mut f) = crate::private::open_file(path)? else {
+        return Ok(Document::default());
+    };
+    f.read_to_string(&mut text)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -193,7 +181,7 @@ fn now() -> u64 {
 
 pub struct LocalSession {
     dir: PathBuf,
-    _lock: File,
+    _lock: Flock<File>,
     doc: Document,
     dirty: bool,
 }
@@ -220,7 +208,7 @@ impl LocalSession {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let mut f = File::create(&tmp).map_err(io)?;
+        let mut f = crate::private::create(&tmp)?;
         f.write_all(&text).map_err(io)?;
         if durable {
             f.sync_data().map_err(io)?;

@@ -1,9 +1,17 @@
 //! Compiled components, cached on disk: Cranelift runs once per guest and
 //! engine configuration, every later process deserializes in microseconds.
+//! A cached file is machine code the runtime will run, so it is used only
+//! when nobody but netshim's user could have written it: the directory and
+//! the file are ours and private (`netshim_host_api::private`), else the
+//! guest is compiled afresh and the entry replaced.
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
+
+use netshim_host_api::private;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -22,17 +30,35 @@ pub fn component(
     engine.precompile_compatibility_hash().hash(&mut h);
     let key = format!("{}-{:016x}.cwasm", &digest[..32], h.finish());
 
+    // A directory other users could write to is not used at all.
+    let dir = dir.filter(|d| match private::dir(d) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "not using the compiled-guest cache");
+            false
+        }
+    });
     if let Some(dir) = dir {
         let path = dir.join(&key);
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with the same compatibility hash (it is in the name),
-            // in a directory only netshim writes.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(c) => return Ok((c, digest)),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-guest cache entry")
+        match private::open_file(&path) {
+            Ok(Some(file)) => {
+                // Through the descriptor that was checked, not the name:
+                // the file mapped is the file whose owner and mode were seen.
+                let checked = format!("/proc/self/fd/{}", file.as_raw_fd());
+                // SAFETY: `Component::serialize` of an engine with the same
+                // compatibility hash (it is in the name) wrote this file: it
+                // is netshim's own, writable by nobody else, in a directory
+                // writable by nobody else, opened without following links.
+                match unsafe { Component::deserialize_file(engine, &checked) } {
+                    Ok(c) => return Ok((c, digest)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-guest cache entry")
+                    }
                 }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a compiled-guest cache entry; compiling the guest again")
             }
         }
     }
@@ -50,10 +76,11 @@ pub fn component(
 }
 
 fn store(dir: &Path, key: &str, component: &Component) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
     let bytes = component.serialize().map_err(std::io::Error::other)?;
     let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
-    fs::write(&tmp, bytes)?;
+    let mut f = private::create(&tmp).map_err(std::io::Error::other)?;
+    f.write_all(&bytes)?;
+    drop(f);
     fs::rename(&tmp, dir.join(key))
 }
 
