@@ -242,13 +242,16 @@ impl Node {
         serde_json::from_str(&self.ok(&a)).expect("netshim printed JSON")
     }
 
-    /// The state file, as netshim wrote it.
+    /// netshim's state as JSON, `{"spaces": {SPACE: {KEY: VALUE}}}` (values
+    /// as text), read from the store as netshim left it.
     pub fn state_json(&self) -> serde_json::Value {
-        let p = self.state.0.join("state.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).unwrap(),
-            Err(_) => serde_json::json!({}),
+        let store = netshim_host_api::store::LocalStore::open(&self.state.0).unwrap();
+        let mut spaces = serde_json::Map::new();
+        for (space, e) in store.snapshot().unwrap() {
+            let m = spaces.entry(space).or_insert_with(|| serde_json::json!({}));
+            m[e.key] = serde_json::Value::String(String::from_utf8_lossy(&e.value).into_owned());
         }
+        serde_json::json!({ "spaces": spaces })
     }
 
     /// Links, addresses and routes of a fresh node, for "nothing left" checks.

@@ -70,9 +70,12 @@ fn state_and_cache_are_private_and_a_tampered_cache_is_not_used() {
     assert!(ok, "{err}");
     let state = &node.state.0;
     assert_eq!(mode(state), 0o700, "state directory adopted and tightened");
-    for f in ["state.json", "lock"] {
-        assert_eq!(mode(&state.join(f)), 0o600, "{f}");
-        assert_eq!(owner(&state.join(f)), 0, "{f}");
+    assert!(state.join("state.db").exists() && state.join("lock").exists());
+    // The database, its WAL and shared-memory files (while they exist), the lock.
+    for f in fs::read_dir(state).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+        assert_eq!(owner(&f), 0, "{}", f.display());
     }
     assert_eq!(mode(&cache), 0o700);
     let entries = cwasm(&cache);

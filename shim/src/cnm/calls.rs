@@ -22,6 +22,8 @@ pub struct Calls<'a> {
     store: Option<Box<dyn Store + Send>>,
     journals: Vec<Journal>,
     started: Instant,
+    /// The kernel meter when the operation started.
+    kernel_at_start: std::time::Duration,
     timing: Timing,
     teardown: bool,
 }
@@ -77,6 +79,7 @@ impl<'a> Calls<'a> {
             store: Some(store),
             journals: Vec::new(),
             started: Instant::now(),
+            kernel_at_start: core.meter.elapsed(),
             timing: Timing::default(),
             teardown: false,
         })
@@ -172,6 +175,11 @@ impl<'a> Calls<'a> {
 
     fn finish_timing(&mut self) {
         self.timing.total = self.started.elapsed();
+        self.timing.kernel = self
+            .core
+            .meter
+            .elapsed()
+            .saturating_sub(self.kernel_at_start);
         self.core.record_timing(self.timing);
     }
 }

@@ -118,6 +118,8 @@ pub struct Timing {
     /// guest made (those are the network work itself).
     pub wasm: Duration,
     pub instantiate: Duration,
+    /// In kernel calls (netlink, nftables), the guest's and the host's own.
+    pub kernel: Duration,
 }
 
 pub struct Core {

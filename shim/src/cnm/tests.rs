@@ -159,11 +159,11 @@ fn attach_and_detach_leave_nothing_behind() {
         f.fake.nft_tables(NsId::NODE).unwrap().is_empty(),
         "the driver's table goes with its last network"
     );
-    let state = std::fs::read_to_string(f.dir.join("state/state.json")).unwrap();
-    assert!(
-        state.contains("\"spaces\":{}"),
-        "state left behind: {state}"
-    );
+    let state = netshim_host_api::store::LocalStore::open(&f.dir.join("state"))
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert!(state.is_empty(), "state left behind: {state:?}");
 }
 
 #[test]

@@ -1,0 +1,399 @@
+//! The embedded store: SQLite in WAL mode, one row per key, in
+//! `<state-dir>/state.db`. An operation writes only the rows it changes, so
+//! its cost does not grow with the node; every commit is durable
+//! (`synchronous=FULL`: the WAL is synced before COMMIT returns).
+//!
+//! Sessions exclude each other with an exclusive `flock` on
+//! `<state-dir>/lock`, held from [`LocalStore::session`] until the session
+//! is dropped, across its checkpoints: a CNM operation reads and writes a
+//! state nobody changes under it, and its intent, once checkpointed, is
+//! seen by the next session only after this one is over. SQLite's own
+//! locking is then never contended. flock, not fcntl locks: it is per open
+//! file, so two sessions in one process (the daemon's threads) exclude each
+//! other too.
+//!
+//! A `state.json` left by an earlier netshim is moved into the database by
+//! the first session and renamed `state.json.migrated`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+
+use super::{legacy, Condition, Entry, Store, StoreError};
+
+const DB_FILE: &str = "state.db";
+const LOCK_FILE: &str = "lock";
+const LEGACY_FILE: &str = "state.json";
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = FULL;
+    CREATE TABLE IF NOT EXISTS kv (
+        space    TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        value    BLOB NOT NULL,
+        revision INTEGER NOT NULL,
+        expires  INTEGER,
+        PRIMARY KEY (space, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
+";
+
+/// Opens sessions on a state directory. Cloning shares the idle connection.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    dir: PathBuf,
+    /// The connection of the last session, kept for the next one: opening
+    /// SQLite costs more than an attach's own reads.
+    idle: Arc<Mutex<Option<Connection>>>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "{source} (move {DB_FILE} and its -wal and -shm files aside together)"
+            ),
+        },
+        _ => StoreError::Database {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+impl LocalStore {
+    /// Open (creating it private, 0700) a state directory; one that other
+    /// users could write to is refused.
+    pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
+        crate::private::dir(dir)?;
+        Ok(LocalStore {
+            dir: dir.to_path_buf(),
+            idle: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let path = self.dir.join(DB_FILE);
+        // Made private before SQLite sees it; its -wal and -shm files take
+        // the database file's mode.
+        drop(crate::private::open_writable(&path)?);
+        let conn = Connection::open(&path).map_err(db_error(&path))?;
+        conn.execute_batch(SCHEMA).map_err(db_error(&path))?;
+        Ok(conn)
+    }
+
+    /// Take the state lock (blocking until other sessions end) and start a
+    /// transaction on the current state.
+    pub fn session(&self) -> Result<LocalSession, StoreError> {
+        let lock_path = self.dir.join(LOCK_FILE);
+        // Private (0600 in a 0700 directory): no other user can take it
+        // and hang every netshim operation.
+        let mut file = crate::private::open_writable(&lock_path)?;
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(l) => break l,
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => {
+                    return Err(StoreError::Io {
+                        path: lock_path,
+                        source: std::io::Error::from(e),
+                    })
+                }
+            }
+        };
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let mut s = LocalSession {
+            _lock: lock,
+            conn: Some(conn),
+            idle: self.idle.clone(),
+            path: self.dir.join(DB_FILE),
+        };
+        s.migrate(&self.dir.join(LEGACY_FILE))?;
+        s.sql("BEGIN")?;
+        Ok(s)
+    }
+
+    /// Every live key of every space, for tests and diagnostics.
+    pub fn snapshot(&self) -> Result<Vec<(String, Entry)>, StoreError> {
+        let s = self.session()?;
+        let path = s.path.clone();
+        let mut stmt = s
+            .conn()
+            .prepare_cached(
+                "SELECT space, key, value, revision FROM kv
+                 WHERE expires IS NULL OR expires > ?1 ORDER BY space, key",
+            )
+            .map_err(db_error(&path))?;
+        let rows = stmt
+            .query_map(params![now()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Entry {
+                        key: r.get(1)?,
+                        value: r.get(2)?,
+                        revision: r.get::<_, i64>(3)? as u64,
+                    },
+                ))
+            })
+            .map_err(db_error(&path))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_error(&path));
+        drop(stmt);
+        drop(s);
+        rows
+    }
+}
+
+pub struct LocalSession {
+    _lock: Flock<File>,
+    /// Present until the session is dropped.
+    conn: Option<Connection>,
+    idle: Arc<Mutex<Option<Connection>>>,
+    path: PathBuf,
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // What was not committed is undone; a connection that cannot
+            // undo is not reused.
+            if conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok() {
+                *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+            }
+        }
+    }
+}
+
+impl LocalSession {
+    fn conn(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("the connection is present until the session is dropped")
+    }
+
+    fn sql(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn().execute_batch(sql).map_err(db_error(&self.path))
+    }
+
+    /// Move a legacy state file into the database, once.
+    fn migrate(&mut self, legacy_path: &Path) -> Result<(), StoreError> {
+        if std::fs::symlink_metadata(legacy_path).is_err() {
+            return Ok(());
+        }
+        let Some((rows, revision)) = legacy::read(legacy_path)? else {
+            return Ok(());
+        };
+        let e = db_error(&self.path);
+        let conn = self.conn();
+        conn.execute_batch("BEGIN").map_err(&e)?;
+        let mut max = revision;
+        for r in &rows {
+            max = max.max(r.revision);
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO kv (space, key, value, revision, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.space,
+                    r.key,
+                    r.value,
+                    r.revision as i64,
+                    r.expires.map(|x| x as i64)
+                ])
+            })
+            .map_err(&e)?;
+        }
+        conn.execute(
+            "UPDATE meta SET value = max(value, ?1) WHERE name = 'revision'",
+            params![max as i64],
+        )
+        .map_err(&e)?;
+        conn.execute_batch("COMMIT").map_err(&e)?;
+        let done = legacy_path.with_extension("json.migrated");
+        std::fs::rename(legacy_path, &done).map_err(|source| StoreError::Io {
+            path: legacy_path.to_path_buf(),
+            source,
+        })?;
+        tracing::info!(
+            keys = rows.len(),
+            from = %legacy_path.display(),
+            "state moved into the database"
+        );
+        Ok(())
+    }
+
+    fn current(&self, space: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.conn()
+            .prepare_cached(
+                "SELECT value, revision FROM kv
+                 WHERE space = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![space, key, now()], |r| {
+                    Ok(Entry {
+                        key: key.to_string(),
+                        value: r.get(0)?,
+                        revision: r.get::<_, i64>(1)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_error(&self.path))
+    }
+
+    fn next_revision(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
+            )
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+            .map(|r| r as u64)
+            .map_err(db_error(&self.path))
+    }
+
+    fn end_transaction(&mut self) -> Result<(), StoreError> {
+        let t = now();
+        self.conn()
+            .prepare_cached("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?1")
+            .and_then(|mut st| st.execute(params![t]))
+            .map_err(db_error(&self.path))?;
+        self.sql("COMMIT")?;
+        // The session goes on (checkpoints are followed by more writes).
+        self.sql("BEGIN")
+    }
+}
+
+/// Whether a write under `cond` may go ahead, given the key's current revision.
+fn check(space: &str, key: &str, current: Option<u64>, cond: Condition) -> Result<(), StoreError> {
+    let ok = match cond {
+        Condition::None => true,
+        Condition::Absent => current.is_none(),
+        Condition::Revision(r) => current == Some(r),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!("{space}/{key}")))
+    }
+}
+
+impl Store for LocalSession {
+    fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.current(space, key)
+    }
+
+    fn put(
+        &mut self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        cond: Condition,
+        ttl_seconds: Option<u32>,
+    ) -> Result<u64, StoreError> {
+        if cond != Condition::None {
+            check(
+                space,
+                key,
+                self.current(space, key)?.map(|e| e.revision),
+                cond,
+            )?;
+        }
+        let revision = self.next_revision()?;
+        let expires = ttl_seconds.map(|t| now() + i64::from(t));
+        self.conn()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO kv (space, key, value, revision, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![space, key, value, revision as i64, expires]))
+            .map_err(db_error(&self.path))?;
+        Ok(revision)
+    }
+
+    fn delete(
+        &mut self,
+        space: &str,
+        key: &str,
+        cond: Condition,
+    ) -> Result<Option<Entry>, StoreError> {
+        let old = self.current(space, key)?;
+        check(space, key, old.as_ref().map(|e| e.revision), cond)?;
+        let removed = self
+            .conn()
+            .prepare_cached("DELETE FROM kv WHERE space = ?1 AND key = ?2")
+            .and_then(|mut st| st.execute(params![space, key]))
+            .map_err(db_error(&self.path))?;
+        if removed > 0 {
+            self.next_revision()?;
+        }
+        Ok(old)
+    }
+
+    fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        // Keys from `prefix` up to `prefix` followed by the highest
+        // character: an index range, not a scan.
+        let upper = format!("{prefix}\u{10FFFF}");
+        self.conn()
+            .prepare_cached(
+                "SELECT key, value, revision FROM kv
+                 WHERE space = ?1 AND key >= ?2 AND key < ?3
+                   AND (expires IS NULL OR expires > ?4)
+                 ORDER BY key",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![space, prefix, upper, now()], |r| {
+                    Ok(Entry {
+                        key: r.get(0)?,
+                        value: r.get(1)?,
+                        revision: r.get::<_, i64>(2)? as u64,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(db_error(&self.path))
+    }
+
+    fn space_bytes(&mut self, space: &str) -> Result<usize, StoreError> {
+        self.conn()
+            .prepare_cached(
+                "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv
+                 WHERE space = ?1 AND (expires IS NULL OR expires > ?2)",
+            )
+            .and_then(|mut st| st.query_row(params![space, now()], |r| r.get::<_, i64>(0)))
+            .map(|n| n.max(0) as usize)
+            .map_err(db_error(&self.path))
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.end_transaction()
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.end_transaction()
+    }
+}

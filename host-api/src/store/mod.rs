@@ -1,0 +1,283 @@
+//! The key-value store behind both the CNM state and the guests' `store`
+//! import. [`Store`] is the interface a cluster backend (etcd) implements;
+//! [`LocalStore`] is the embedded default (SQLite under the state
+//! directory, see `local`): an operation writes only the keys it changes,
+//! a commit is durable, and concurrent `netshim` processes and a daemon
+//! share it one session at a time.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key {0:?}: condition failed (it changed since it was read)")]
+    Conflict(String),
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {message}; move it aside to start from an empty state")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("state directory: {0}")]
+    Private(#[from] crate::private::PrivateError),
+    #[error("state database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub revision: u64,
+}
+
+/// When a write may happen, compare-and-swap style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    None,
+    Absent,
+    Revision(u64),
+}
+
+/// One session with the store: a local store holds its lock for the whole
+/// session, so a CNM operation reads and writes a consistent state; a cluster
+/// store would map each call onto an etcd request. Spaces separate the CNM
+/// state ("cnm") from each driver's keys ("driver/<name>").
+pub trait Store {
+    fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Returns the new revision.
+    fn put(
+        &mut self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        cond: Condition,
+        ttl_seconds: Option<u32>,
+    ) -> Result<u64, StoreError>;
+    /// Returns the entry that was deleted, if any.
+    fn delete(
+        &mut self,
+        space: &str,
+        key: &str,
+        cond: Condition,
+    ) -> Result<Option<Entry>, StoreError>;
+    fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Bytes (keys and values) a space holds, for quotas.
+    fn space_bytes(&mut self, space: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .list(space, "")?
+            .iter()
+            .map(|e| e.key.len() + e.value.len())
+            .sum())
+    }
+    /// Make every write of this session durable.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Make the writes so far visible to other sessions and safe from this
+    /// process dying, but not from the machine losing power: for records
+    /// about kernel objects, which a power loss takes away as well.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.commit()
+    }
+}
+
+mod legacy;
+mod local;
+
+pub use local::{LocalSession, LocalStore};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netshim-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn cas_and_revisions() {
+        let dir = tmpdir("cas");
+        let store = LocalStore::open(&dir).unwrap();
+        let mut s = store.session().unwrap();
+        let r1 = s.put("d", "a", b"1", Condition::Absent, None).unwrap();
+        assert!(matches!(
+            s.put("d", "a", b"2", Condition::Absent, None),
+            Err(StoreError::Conflict(_))
+        ));
+        let r2 = s
+            .put("d", "a", b"2", Condition::Revision(r1), None)
+            .unwrap();
+        assert!(r2 > r1);
+        assert!(matches!(
+            s.put("d", "a", b"3", Condition::Revision(r1), None),
+            Err(StoreError::Conflict(_))
+        ));
+        s.put("d", "ab", b"x", Condition::None, None).unwrap();
+        s.put("d", "b", b"y", Condition::None, None).unwrap();
+        let keys: Vec<_> = s
+            .list("d", "a")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, ["a", "ab"]);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = store.session().unwrap();
+        assert_eq!(s.get("d", "a").unwrap().unwrap().value, b"2");
+        assert!(s.delete("d", "a", Condition::Revision(r1)).is_err());
+        assert!(s
+            .delete("d", "a", Condition::Revision(r2))
+            .unwrap()
+            .is_some());
+        assert!(s.get("d", "a").unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn uncommitted_session_leaves_state_untouched() {
+        let dir = tmpdir("abort");
+        let store = LocalStore::open(&dir).unwrap();
+        {
+            let mut s = store.session().unwrap();
+            s.put("d", "k", b"v", Condition::None, None).unwrap();
+        }
+        let mut s = store.session().unwrap();
+        assert!(s.get("d", "k").unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn expired_keys_vanish() {
+        let dir = tmpdir("ttl");
+        let store = LocalStore::open(&dir).unwrap();
+        let mut s = store.session().unwrap();
+        s.put("d", "lease", b"v", Condition::None, Some(0)).unwrap();
+        assert!(s.get("d", "lease").unwrap().is_none());
+        s.put("d", "lease", b"v", Condition::Absent, Some(3600))
+            .unwrap();
+        assert!(s.get("d", "lease").unwrap().is_some());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sessions_exclude_each_other() {
+        let dir = tmpdir("lock");
+        let store = LocalStore::open(&dir).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        let mut s = store.session().unwrap();
+                        let cur = s.get("d", "n").unwrap();
+                        let n: u32 = cur
+                            .as_ref()
+                            .map(|e| String::from_utf8_lossy(&e.value).parse().unwrap())
+                            .unwrap_or(0);
+                        s.put(
+                            "d",
+                            "n",
+                            (n + 1).to_string().as_bytes(),
+                            Condition::None,
+                            None,
+                        )
+                        .unwrap();
+                        s.commit().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut s = store.session().unwrap();
+        assert_eq!(s.get("d", "n").unwrap().unwrap().value, b"80");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_legacy_state_file_is_moved_into_the_database() {
+        let dir = tmpdir("legacy");
+        crate::private::dir(&dir).unwrap();
+        // What netshim wrote before the database: values are base64.
+        let legacy = serde_json::json!({
+            "revision": 41,
+            "spaces": {
+                "cnm": {"networks/abc": {"value": "eyJpZCI6ImFiYyJ9", "revision": 40}},
+                "driver/bridge": {"ipam/alloc/10.77.0.0/24": {"value": "Bw==", "revision": 41}},
+            }
+        });
+        fs::write(dir.join("state.json"), legacy.to_string()).unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let mut s = store.session().unwrap();
+        let net = s.get("cnm", "networks/abc").unwrap().unwrap();
+        assert_eq!(net.value, br#"{"id":"abc"}"#);
+        assert_eq!(net.revision, 40);
+        assert_eq!(
+            s.get("driver/bridge", "ipam/alloc/10.77.0.0/24")
+                .unwrap()
+                .unwrap()
+                .value,
+            [7]
+        );
+        // Revisions go on from the old file's.
+        assert!(s.put("cnm", "x", b"1", Condition::None, None).unwrap() > 41);
+        s.commit().unwrap();
+        drop(s);
+        assert!(!dir.join("state.json").exists());
+        assert!(dir.join("state.json.migrated").exists());
+        // Once only: a second session finds nothing to move.
+        let mut s = store.session().unwrap();
+        assert!(s.get("cnm", "networks/abc").unwrap().is_some());
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_legacy_file_is_named() {
+        let dir = tmpdir("legacy-bad");
+        crate::private::dir(&dir).unwrap();
+        fs::write(dir.join("state.json"), b"{\"revision\": 3, \"spa").unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store.session().err().unwrap().to_string();
+        assert!(e.contains("state.json") && e.contains("corrupt"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_database_is_named() {
+        let dir = tmpdir("db-bad");
+        crate::private::dir(&dir).unwrap();
+        fs::write(dir.join("state.db"), vec![0x5a; 8192]).unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store.session().err().unwrap().to_string();
+        assert!(e.contains("state.db") && e.contains("aside"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writes_touch_only_their_keys() {
+        // Two sessions' writes to different keys both survive: nothing
+        // rewrites what it did not change.
+        let dir = tmpdir("keys");
+        let store = LocalStore::open(&dir).unwrap();
+        for i in 0..100 {
+            let mut s = store.session().unwrap();
+            s.put("d", &format!("k{i:03}"), b"v", Condition::Absent, None)
+                .unwrap();
+            s.commit().unwrap();
+        }
+        let mut s = store.session().unwrap();
+        assert_eq!(s.list("d", "k").unwrap().len(), 100);
+        assert_eq!(s.list("d", "k05").unwrap().len(), 10);
+        assert_eq!(s.space_bytes("d").unwrap(), 100 * 5);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
