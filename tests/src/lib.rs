@@ -424,6 +424,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn stop(&mut self) {
+        // Reaped already (a test waited for it): its pid may be another's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         for _ in 0..200 {

@@ -106,6 +106,13 @@ pub enum Command {
         /// Plugin names are PREFIX + driver (netshim-bridge).
         #[arg(long, default_value = "netshim-")]
         plugin_prefix: String,
+        /// Open connections at most; more are closed at once.
+        #[arg(long, default_value_t = 8192)]
+        max_connections: usize,
+        /// A connection that sends no request headers for this long is
+        /// closed (idle keep-alive ones included).
+        #[arg(long, default_value_t = 30_000)]
+        idle_timeout_ms: u64,
     },
     /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
     #[command(subcommand)]
@@ -347,11 +354,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Daemon {
             plugin_dir,
             plugin_prefix,
+            max_connections,
+            idle_timeout_ms,
         } => {
-            let signals =
-                crate::docker::block_signals().map_err(|e| CliError::Other(e.to_string()))?;
             let core = std::sync::Arc::new(cli.global.core()?);
-            crate::docker::serve(core, &plugin_dir, &plugin_prefix, signals)
+            let limits = crate::docker::Limits {
+                connections: max_connections,
+                header_timeout: std::time::Duration::from_millis(idle_timeout_ms),
+                ..crate::docker::Limits::default()
+            };
+            crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits)
                 .map_err(|e| CliError::Other(e.to_string()))
         }
         Command::OciHook { stage } => {
