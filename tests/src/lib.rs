@@ -4,6 +4,7 @@
 //! machine's own namespace; every namespace is removed on drop, also when a
 //! test fails.
 
+pub mod http_gen;
 pub mod nft_gen;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -10,7 +10,7 @@ mod server;
 
 use std::path::PathBuf;
 
-pub use server::{serve, Limits};
+pub use server::{connection, serve, Limits};
 
 pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
 

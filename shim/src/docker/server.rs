@@ -21,7 +21,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
@@ -169,19 +170,7 @@ async fn run(
                     tracing::warn!(limit = limits.connections, "connection cap reached; closing a new connection");
                     continue;
                 };
-                let core = core.clone();
-                let service = service_fn(move |req| {
-                    let (core, driver) = (core.clone(), driver.clone());
-                    async move { Ok::<_, Infallible>(answer(core, driver, limits, req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .max_buf_size(HEAD_BYTES)
-                    // A client may close its side once the request is sent.
-                    .half_close(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let conn = graceful.watch(connection(stream, core.clone(), driver, limits));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended");
@@ -206,6 +195,30 @@ async fn run(
         }
     }
     Ok(())
+}
+
+/// One client connection: HTTP/1.1 by hyper, answered by the driver's
+/// plugin API. Any byte stream will do (the fuzzer's is in memory).
+pub fn connection<IO>(
+    io: IO,
+    core: Arc<Core>,
+    driver: Arc<str>,
+    limits: Limits,
+) -> impl GracefulConnection<Error = hyper::Error> + Send
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (core, driver) = (core.clone(), driver.clone());
+        async move { Ok::<_, Infallible>(answer(core, driver, limits, req).await) }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(HEAD_BYTES)
+        // A client may close its side once the request is sent.
+        .half_close(true)
+        .serve_connection(TokioIo::new(io), service)
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
