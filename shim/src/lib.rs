@@ -4,6 +4,7 @@ pub mod cli;
 pub mod cnm;
 pub mod docker;
 pub mod guests;
+pub mod metrics;
 pub mod oci;
 pub mod runtime;
 pub mod sandbox;

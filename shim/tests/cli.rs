@@ -69,3 +69,29 @@ fn usage_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--netns"));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netshim"))
+        .args([
+            "--log-format",
+            "json",
+            "guest",
+            "check",
+            "/nonexistent.wasm",
+        ])
+        .env("NETSHIM_LOG", "debug")
+        .env(
+            "NETSHIM_STATE_DIR",
+            std::env::temp_dir().join("netshim-cli-test"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<&str> = err.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!logs.is_empty(), "no JSON log lines in: {err}");
+    for l in logs {
+        let v: serde_json::Value = serde_json::from_str(l).expect(l);
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+}

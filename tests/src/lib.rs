@@ -150,6 +150,32 @@ impl Ns {
         h
     }
 
+    /// `GET path` over HTTP/1.1 from inside this namespace; the body.
+    pub fn http_get(&self, addr: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let sock: SocketAddr = addr.parse().unwrap();
+        let path_ns = self.path.clone();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path_ns).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or(out)
+        })
+        .join()
+        .unwrap()
+    }
+
     /// Connect from inside this namespace.
     pub fn connect(&self, addr: &str) -> std::io::Result<()> {
         let sock: SocketAddr = addr.parse().unwrap();

@@ -236,3 +236,53 @@ fn sigterm_lets_the_request_in_flight_finish() {
     let state = node.state_json().to_string();
     assert!(state.contains("10.93.0.0/24"), "{state}");
 }
+
+#[test]
+fn metrics_count_requests_by_kind_and_result() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("dmetrics");
+    node.node.ip(&["link", "set", "lo", "up"]);
+    let plugins = TempDir::new("dmetrics-plugins");
+    // The daemon in the node's namespace, so its metrics port is there too.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.node.name])
+        .arg(netshim_bin())
+        .env("NETSHIM_STATE_DIR", &node.state.0)
+        .env("NETSHIM_CACHE_DIR", netshim_tests::cache_dir())
+        .args(["daemon", "--metrics-addr", "127.0.0.1:9469", "--plugin-dir"])
+        .arg(&plugins.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon {
+        child,
+        name: "netshim",
+    };
+    let sock = plugins.0.join("netshim-bridge.sock");
+    wait_for(&sock, "netshim's plugin socket");
+    assert!(activates(&sock));
+    let pool =
+        r#"{"AddressSpace":"local","Pool":"10.94.0.0/24","SubPool":"","Options":{},"V6":false}"#;
+    assert!(post(&sock, "/IpamDriver.RequestPool", pool).starts_with("HTTP/1.1 200"));
+    assert!(post(&sock, "/IpamDriver.RequestPool", "{").starts_with("HTTP/1.1 500"));
+    assert!(post(&sock, "/No.Such", "{}").starts_with("HTTP/1.1 404"));
+    let text = node.node.http_get("127.0.0.1:9469", "/metrics");
+    for line in [
+        r#"netshim_operations_total{kind="Plugin.Activate",result="2xx"} 1"#,
+        r#"netshim_operations_total{kind="IpamDriver.RequestPool",result="2xx"} 1"#,
+        r#"netshim_operations_total{kind="IpamDriver.RequestPool",result="5xx"} 1"#,
+        r#"netshim_operations_total{kind="other",result="4xx"} 1"#,
+        r#"netshim_operation_duration_seconds_count{kind="IpamDriver.RequestPool"} 2"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    let store: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("netshim_store_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(store > 0, "{text}");
+}

@@ -74,6 +74,11 @@ fn infinite_loop_is_stopped_at_the_deadline() {
     let took = t.elapsed();
     assert!(err.contains("deadline"), "{err}");
     assert!(took < Duration::from_secs(5), "the loop ran {took:?}");
+    let metrics = h.core.metrics().render(0);
+    assert!(
+        metrics.contains(r#"netshim_guest_stopped_total{driver="hostile",reason="deadline"} 1"#),
+        "{metrics}"
+    );
     still_serving(&h);
 }
 
@@ -86,6 +91,11 @@ fn memory_bomb_is_capped() {
     let rss_before = rss_kib();
     let err = create(&h, "bomb", "membomb").unwrap_err().to_string();
     assert!(err.contains("memory cap of 32 MiB"), "{err}");
+    assert!(h
+        .core
+        .metrics()
+        .render(0)
+        .contains(r#"netshim_guest_stopped_total{driver="hostile",reason="memory"} 1"#));
     let grown = rss_kib().saturating_sub(rss_before);
     assert!(grown < 256 * 1024, "the host grew by {grown} KiB");
     still_serving(&h);

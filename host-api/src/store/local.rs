@@ -92,6 +92,17 @@ impl LocalStore {
         &self.dir
     }
 
+    /// Bytes of the database and its write-ahead log.
+    pub fn disk_bytes(&self) -> u64 {
+        ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                std::fs::metadata(self.dir.join(format!("{DB_FILE}{suffix}"))).ok()
+            })
+            .map(|m| m.len())
+            .sum()
+    }
+
     fn connect(&self) -> Result<Connection, StoreError> {
         let path = self.dir.join(DB_FILE);
         // Made private before SQLite sees it; its -wal and -shm files take

@@ -72,6 +72,16 @@ pub struct Global {
     /// Output format.
     #[arg(long, short = 'O', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Log format on stderr: text for people, json (one object per line)
+    /// for log collectors.
+    #[arg(long, global = true, env = "NETSHIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +123,9 @@ pub enum Command {
         /// closed (idle keep-alive ones included).
         #[arg(long, default_value_t = 30_000)]
         idle_timeout_ms: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
     #[command(subcommand)]
@@ -356,6 +369,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             plugin_prefix,
             max_connections,
             idle_timeout_ms,
+            metrics_addr,
         } => {
             let core = std::sync::Arc::new(cli.global.core()?);
             let limits = crate::docker::Limits {
@@ -363,7 +377,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 header_timeout: std::time::Duration::from_millis(idle_timeout_ms),
                 ..crate::docker::Limits::default()
             };
-            crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits)
+            crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits, metrics_addr)
                 .map_err(|e| CliError::Other(e.to_string()))
         }
         Command::OciHook { stage } => {

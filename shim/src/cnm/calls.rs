@@ -128,7 +128,12 @@ impl<'a> Calls<'a> {
                 kind: kind_of(&e),
                 message: format!("{name}: {}", describe(&e)),
             },
-            Err(trap) => CnmError::Runtime(trap),
+            Err(trap) => {
+                if let crate::runtime::RuntimeError::Trap { reason, .. } = &trap {
+                    self.core.metrics.stopped(&self.guest.name, reason.as_str());
+                }
+                CnmError::Runtime(trap)
+            }
         };
         if self.teardown {
             // Teardown goes forward: what a failed call did remove stays

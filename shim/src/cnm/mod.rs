@@ -133,6 +133,7 @@ pub struct Core {
     /// The node's name: `--node-name`, else the host name, read once.
     node_name: OnceLock<String>,
     timing: Mutex<Timing>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Seconds since the epoch, as records keep them.
@@ -220,6 +221,7 @@ impl Core {
             underlay: OnceLock::new(),
             node_name: OnceLock::new(),
             timing: Mutex::new(Timing::default()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 
@@ -229,6 +231,15 @@ impl Core {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Bytes the state takes on disk.
+    pub fn store_bytes(&self) -> u64 {
+        self.store.disk_bytes()
     }
 
     /// Time of the last operation, and the share of it spent in wasm.

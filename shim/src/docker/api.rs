@@ -145,6 +145,37 @@ fn need(method: &str, what: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Every method of the plugin API netshim answers.
+pub const METHODS: &[&str] = &[
+    "Plugin.Activate",
+    "NetworkDriver.GetCapabilities",
+    "IpamDriver.GetCapabilities",
+    "IpamDriver.GetDefaultAddressSpaces",
+    "IpamDriver.RequestPool",
+    "IpamDriver.ReleasePool",
+    "IpamDriver.RequestAddress",
+    "IpamDriver.ReleaseAddress",
+    "NetworkDriver.CreateNetwork",
+    "NetworkDriver.DeleteNetwork",
+    "NetworkDriver.CreateEndpoint",
+    "NetworkDriver.DeleteEndpoint",
+    "NetworkDriver.EndpointOperInfo",
+    "NetworkDriver.Join",
+    "NetworkDriver.Leave",
+    "NetworkDriver.ProgramExternalConnectivity",
+    "NetworkDriver.RevokeExternalConnectivity",
+    "NetworkDriver.DiscoverNew",
+    "NetworkDriver.DiscoverDelete",
+    "NetworkDriver.AllocateNetwork",
+    "NetworkDriver.FreeNetwork",
+];
+
+/// The method a request path names, if netshim answers it.
+pub fn known_method(path: &str) -> Option<&'static str> {
+    let m = path.trim_start_matches('/');
+    METHODS.iter().copied().find(|k| *k == m)
+}
+
 /// Answer one request for the plugin serving `driver`.
 pub fn handle(core: &Core, driver: &str, path: &str, raw: &[u8]) -> Reply {
     let method = path.trim_start_matches('/');

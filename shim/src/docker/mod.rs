@@ -21,4 +21,9 @@ pub enum DockerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }

@@ -9,6 +9,7 @@
 //! a grace period) and removes the sockets.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -76,6 +77,7 @@ pub fn serve(
     plugin_dir: &Path,
     prefix: &str,
     limits: Limits,
+    metrics_addr: Option<SocketAddr>,
 ) -> Result<(), DockerError> {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -85,7 +87,16 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(socket_error(plugin_dir))?;
-    rt.block_on(run(core, plugin_dir, prefix, limits))
+    rt.block_on(async {
+        if let Some(addr) = metrics_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DockerError::Metrics { addr, source })?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+            tokio::spawn(serve_metrics(listener, core.clone(), limits));
+        }
+        run(core, plugin_dir, prefix, limits).await
+    })
 }
 
 /// Each connection is a descriptor: let the daemon use what the hard limit
@@ -241,6 +252,20 @@ async fn answer(
     limits: Limits,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let kind = api::known_method(req.uri().path()).unwrap_or("other");
+    let r = respond(core.clone(), driver, limits, req).await;
+    core.metrics()
+        .operation(kind, r.status().as_u16(), started.elapsed());
+    r
+}
+
+async fn respond(
+    core: Arc<Core>,
+    driver: Arc<str>,
+    limits: Limits,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if req.method() != Method::POST {
         return refuse(
@@ -295,5 +320,53 @@ async fn answer(
                 format!("{path}: netshim failed while answering; see its log"),
             )
         }
+    }
+}
+
+/// `GET /metrics` in Prometheus' text format; nothing else.
+async fn serve_metrics(listener: TcpListener, core: Arc<Core>, limits: Limits) {
+    let open = Arc::new(Semaphore::new(64));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            continue;
+        };
+        let core = core.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let core = core.clone();
+            async move {
+                let r = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    let mut r = Response::new(Full::new(Bytes::from(
+                        core.metrics().render(core.store_bytes()),
+                    )));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                } else {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"see /metrics\n")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                };
+                Ok::<_, Infallible>(r)
+            }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(HEAD_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
     }
 }

@@ -51,8 +51,32 @@ pub enum RuntimeError {
     Trap {
         guest: String,
         call: String,
+        reason: TrapReason,
         message: String,
     },
+}
+
+/// Why a guest call was stopped, for decisions and metrics (the message
+/// says it to people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapReason {
+    Deadline,
+    Memory,
+    /// The guest panicked (`unreachable`).
+    Panic,
+    /// Any other trap, or the host stopping the call (a host invariant).
+    Trap,
+}
+
+impl TrapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapReason::Deadline => "deadline",
+            TrapReason::Memory => "memory",
+            TrapReason::Panic => "panic",
+            TrapReason::Trap => "trap",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +354,7 @@ impl Runtime {
             result: Err(RuntimeError::Trap {
                 guest: guest.name.clone(),
                 call: call.into(),
+                reason: TrapReason::Trap,
                 message: format!("{e:#}"),
             }),
             store: kv,
@@ -348,25 +373,33 @@ impl Runtime {
         elapsed: Duration,
         memory_cap_hit: bool,
     ) -> RuntimeError {
-        let message = match e.downcast_ref::<wasmtime::Trap>() {
-            _ if memory_cap_hit => format!(
-                "exceeded its memory cap of {} MiB and was stopped",
-                self.limits.memory_bytes >> 20
+        let (reason, message) = match e.downcast_ref::<wasmtime::Trap>() {
+            _ if memory_cap_hit => (
+                TrapReason::Memory,
+                format!(
+                    "exceeded its memory cap of {} MiB and was stopped",
+                    self.limits.memory_bytes >> 20
+                ),
             ),
-            Some(wasmtime::Trap::Interrupt) => format!(
-                "stopped at its deadline of {} ms (after {} ms)",
-                self.limits.deadline.as_millis(),
-                elapsed.as_millis()
+            Some(wasmtime::Trap::Interrupt) => (
+                TrapReason::Deadline,
+                format!(
+                    "stopped at its deadline of {} ms (after {} ms)",
+                    self.limits.deadline.as_millis(),
+                    elapsed.as_millis()
+                ),
             ),
-            Some(wasmtime::Trap::UnreachableCodeReached) => {
-                format!("aborted (a panic in the guest): {e:#}")
-            }
-            Some(trap) => format!("trapped: {trap}: {e:#}"),
-            None => format!("failed: {e:#}"),
+            Some(wasmtime::Trap::UnreachableCodeReached) => (
+                TrapReason::Panic,
+                format!("aborted (a panic in the guest): {e:#}"),
+            ),
+            Some(trap) => (TrapReason::Trap, format!("trapped: {trap}: {e:#}")),
+            None => (TrapReason::Trap, format!("failed: {e:#}")),
         };
         RuntimeError::Trap {
             guest: guest.name.clone(),
             call: call.into(),
+            reason,
             message,
         }
     }
