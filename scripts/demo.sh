@@ -59,6 +59,10 @@ wait "$SERVER"; SERVER=
 step "topology"
 "$N" network ls
 "$N" network inspect demo
+echo; echo "netshim topology (Graphviz DOT; --format svg draws it without graphviz):"
+"$N" topology
+"$N" topology --format svg > "$STATE/../netshim-demo-topology.svg"
+echo "(SVG: $(wc -c < "$STATE/../netshim-demo-topology.svg") bytes written to $(realpath "$STATE/..")/netshim-demo-topology.svg)"
 echo; echo "node links:"; ip -n "$NODE" -br link
 echo; echo "container 1:"; ip -n "$C1" -br addr; ip -n "$C1" route
 echo; echo "node nftables (the driver's own table):"; ip netns exec "$NODE" nft list ruleset

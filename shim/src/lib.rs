@@ -9,3 +9,4 @@ pub mod oci;
 pub mod runtime;
 pub mod sandbox;
 pub mod scaffold;
+pub mod topology;

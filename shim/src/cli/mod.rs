@@ -79,6 +79,12 @@ pub struct Global {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PictureFormat {
+    Dot,
+    Svg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -126,6 +132,13 @@ pub enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// A picture of the node: networks, their links and routes, endpoints,
+    /// addresses and published ports.
+    Topology {
+        /// dot (Graphviz) or svg (drawn by netshim itself).
+        #[arg(long, value_enum, default_value_t = PictureFormat::Dot)]
+        format: PictureFormat,
     },
     /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
     #[command(subcommand)]
@@ -379,6 +392,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits, metrics_addr)
                 .map_err(|e| CliError::Other(e.to_string()))
+        }
+        Command::Topology { format } => {
+            let core = cli.global.core()?;
+            let dot = crate::topology::to_dot(&crate::topology::gather(&core)?);
+            match format {
+                PictureFormat::Dot => print!("{dot}"),
+                PictureFormat::Svg => print!(
+                    "{}",
+                    crate::topology::to_svg(&dot).map_err(|e| CliError::Other(e.to_string()))?
+                ),
+            }
+            Ok(())
         }
         Command::OciHook { stage } => {
             let state = oci::read_state(std::io::stdin().lock())?;

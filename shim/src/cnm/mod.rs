@@ -304,7 +304,8 @@ impl Core {
         self
     }
 
-    fn node_name(&self) -> String {
+    /// The node's name as drivers see it.
+    pub fn node_name(&self) -> String {
         self.node_name
             .get_or_init(|| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
