@@ -29,16 +29,19 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage named, or else the one the container's status tells.
     pub fn parse(name: Option<&str>, status: &str) -> Result<Stage, OciError> {
-        match name.unwrap_or(match status {
-            "creating" | "created" => "createRuntime",
-            "stopped" => "poststop",
-            other => {
+        let name = match (name, status) {
+            (Some(name), _) => name,
+            (None, "creating" | "created") => "createRuntime",
+            (None, "stopped") => "poststop",
+            (None, other) => {
                 return Err(OciError::Input(format!(
                     "no hook stage given and the container status {other:?} does not tell; run `netshim oci-hook createRuntime` or `netshim oci-hook poststop`"
                 )))
             }
-        }) {
+        };
+        match name {
             "createRuntime" | "prestart" => Ok(Stage::Create),
             "poststop" => Ok(Stage::Poststop),
             other => Err(OciError::Input(format!("unsupported hook stage {other:?}: netshim runs as createRuntime (or prestart) and poststop"))),
@@ -134,5 +137,23 @@ fn ensure_default_network(core: &Core) -> Result<(), OciError> {
             "creating the default network {:?}: {e}",
             spec::DEFAULT_NETWORK
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_stage_does_not_depend_on_the_status() {
+        assert_eq!(Stage::parse(None, "creating").unwrap(), Stage::Create);
+        assert_eq!(Stage::parse(None, "stopped").unwrap(), Stage::Poststop);
+        assert!(Stage::parse(None, "running").is_err());
+        assert_eq!(
+            Stage::parse(Some("poststop"), "running").unwrap(),
+            Stage::Poststop
+        );
+        assert_eq!(Stage::parse(Some("prestart"), "").unwrap(), Stage::Create);
+        assert!(Stage::parse(Some("poststart"), "running").is_err());
     }
 }
