@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::spec::{IFNAME, IP_PREFIX, NETWORKS, PORTS};
+use super::spec::{from_json, read_file, IFNAME, IP_PREFIX, MAX_CONFIG, NETWORKS, PORTS};
 use super::OciError;
 use crate::cnm::PortMapping;
 
@@ -62,10 +62,10 @@ pub fn install(
     want: &Install,
 ) -> Result<PathBuf, OciError> {
     let path = bundle.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| OciError::Input(format!("cannot read {}: {e}", path.display())))?;
-    let mut config: Value = serde_json::from_str(&text)
-        .map_err(|e| OciError::Input(format!("{} is not valid JSON: {e}", path.display())))?;
+    // A JSON value, not oci-spec's types: every field of config.json, known
+    // or not, is written back as it was.
+    let bytes = read_file(&path, MAX_CONFIG)?;
+    let mut config: Value = from_json(&bytes, &path.display().to_string())?;
 
     let hooks = object(&mut config, "hooks")?;
     for (stage, arg) in [("createRuntime", "createRuntime"), ("poststop", "poststop")] {
@@ -195,6 +195,41 @@ mod tests {
             c["process"]["args"],
             json!(["sh"]),
             "the rest of config.json is kept"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn install_names_a_bad_config_and_keeps_unknown_fields() {
+        let dir = std::env::temp_dir().join(format!("netshim-install-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = Path::new("/usr/bin/netshim");
+        std::fs::write(dir.join("config.json"), "{\n  \"hooks\": [\n").unwrap();
+        let e = install(&dir, exe, &[], &Install::default())
+            .unwrap_err()
+            .to_string();
+        let file = dir.join("config.json").display().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{file} is not valid JSON: hooks: EOF while parsing a list"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("line 3 column 0"), "{e}");
+        // Fields oci-spec does not know, or would refuse, stay as they were.
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"process":{"capabilities":{"bounding":["CAP_UNKNOWN"]}},"vendorField":{"z":[1,{"y":null}]}}"#,
+        )
+        .unwrap();
+        install(&dir, exe, &[], &Install::default()).unwrap();
+        let c: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(c["vendorField"], json!({"z": [1, {"y": null}]}));
+        assert_eq!(
+            c["process"]["capabilities"]["bounding"],
+            json!(["CAP_UNKNOWN"])
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -7,8 +7,9 @@
 pub mod install;
 pub mod spec;
 
-use std::io::Read;
-use std::path::PathBuf;
+use oci_spec::runtime::ContainerState;
+
+pub use spec::read_state;
 
 use crate::cnm::{Attach, CnmError, Core, CreateNetwork, Endpoint};
 
@@ -29,16 +30,25 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub fn parse(name: Option<&str>, status: &str) -> Result<Stage, OciError> {
-        match name.unwrap_or(match status {
-            "creating" | "created" => "createRuntime",
-            "stopped" => "poststop",
-            other => {
+    /// The stage named, or else the one the container's status tells.
+    pub fn parse(name: Option<&str>, status: Option<ContainerState>) -> Result<Stage, OciError> {
+        let name = match (name, status) {
+            (Some(name), _) => name,
+            (None, Some(ContainerState::Creating | ContainerState::Created)) => "createRuntime",
+            (None, Some(ContainerState::Stopped)) => "poststop",
+            (None, Some(other)) => {
                 return Err(OciError::Input(format!(
-                    "no hook stage given and the container status {other:?} does not tell; run `netshim oci-hook createRuntime` or `netshim oci-hook poststop`"
+                    "no hook stage given and the container status {:?} does not tell; run `netshim oci-hook createRuntime` or `netshim oci-hook poststop`",
+                    other.to_string()
                 )))
             }
-        }) {
+            (None, None) => {
+                return Err(OciError::Input(
+                    "no hook stage given and the OCI state has no status to tell it; run `netshim oci-hook createRuntime` or `netshim oci-hook poststop`".into(),
+                ))
+            }
+        };
+        match name {
             "createRuntime" | "prestart" => Ok(Stage::Create),
             "poststop" => Ok(Stage::Poststop),
             other => Err(OciError::Input(format!("unsupported hook stage {other:?}: netshim runs as createRuntime (or prestart) and poststop"))),
@@ -52,29 +62,15 @@ pub enum Outcome {
     Detached(Vec<Endpoint>),
 }
 
-/// Read at most this much state JSON: a hook's stdin is small.
-const MAX_STATE: u64 = 1 << 20;
-
-pub fn read_state(input: impl Read) -> Result<spec::State, OciError> {
-    let mut text = String::new();
-    input
-        .take(MAX_STATE)
-        .read_to_string(&mut text)
-        .map_err(|e| OciError::Input(format!("reading the OCI state from stdin: {e}")))?;
-    spec::parse_state(&text)
-}
-
 pub fn run(core: &Core, stage_name: Option<&str>, state: spec::State) -> Result<Outcome, OciError> {
-    match Stage::parse(stage_name, &state.status)? {
-        Stage::Poststop => Ok(Outcome::Detached(core.detach_container(&state.id)?)),
+    match Stage::parse(stage_name, state.status)? {
+        Stage::Poststop => Ok(Outcome::Detached(core.detach_container(state.id())?)),
         Stage::Create => create(core, &state).map(Outcome::Attached),
     }
 }
 
 fn create(core: &Core, state: &spec::State) -> Result<Vec<Endpoint>, OciError> {
-    // runc and youki run hooks in the bundle; crun passes it in the state.
-    let bundle = state.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
-    let config = spec::Bundle::load(&bundle)?;
+    let config = spec::Bundle::load(&state.bundle())?;
     let request = spec::request(&config.annotations(state))?;
     let netns = match config.netns(state) {
         Ok(n) => n,
@@ -92,7 +88,7 @@ fn create(core: &Core, state: &spec::State) -> Result<Vec<Endpoint>, OciError> {
         let req = Attach {
             ip: request.ips.get(network).copied(),
             ifname: names[i].clone(),
-            container: Some(state.id.clone()),
+            container: Some(state.id().to_string()),
             ports: if i == 0 {
                 request.ports.clone()
             } else {
@@ -104,12 +100,12 @@ fn create(core: &Core, state: &spec::State) -> Result<Vec<Endpoint>, OciError> {
             Ok(ep) => attached.push(ep),
             Err(e) => {
                 // Leave nothing: the runtime aborts the container on our error.
-                if let Err(undo) = core.detach_container(&state.id) {
+                if let Err(undo) = core.detach_container(state.id()) {
                     tracing::error!(error = %undo, "undoing the networks attached before the failure");
                 }
                 return Err(OciError::Input(format!(
                     "container {}: network {network}: {e}",
-                    state.id
+                    state.id()
                 )));
             }
         }
@@ -134,5 +130,26 @@ fn ensure_default_network(core: &Core) -> Result<(), OciError> {
             "creating the default network {:?}: {e}",
             spec::DEFAULT_NETWORK
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_stage_does_not_depend_on_the_status() {
+        use ContainerState::*;
+        assert_eq!(Stage::parse(None, Some(Creating)).unwrap(), Stage::Create);
+        assert_eq!(Stage::parse(None, Some(Created)).unwrap(), Stage::Create);
+        assert_eq!(Stage::parse(None, Some(Stopped)).unwrap(), Stage::Poststop);
+        assert!(Stage::parse(None, Some(Running)).is_err());
+        assert!(Stage::parse(None, None).is_err());
+        assert_eq!(
+            Stage::parse(Some("poststop"), Some(Running)).unwrap(),
+            Stage::Poststop
+        );
+        assert_eq!(Stage::parse(Some("prestart"), None).unwrap(), Stage::Create);
+        assert!(Stage::parse(Some("poststart"), Some(Running)).is_err());
     }
 }
