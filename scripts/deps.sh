@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Everything netshim needs on a fresh Debian 12 machine with rustup: the
-# tools the demo drives (netshim itself links no C library) and the wasm
+# tools the demo drives, a C compiler (the store's SQLite is compiled in,
+# statically; netshim links no system library beyond libc) and the wasm
 # target the drivers are built for. `deps.sh test` adds what the
 # tests drive: real OCI runtimes (runc, crun from Debian; youki from
 # crates.io, kept in ~/.cargo/bin between runs), busybox for container
 # images, strace.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(nftables iproute2 iputils-ping python3)
+pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev)
 if [ "${1:-}" = test ]; then
   pkgs+=(strace runc crun busybox-static util-linux docker.io)
 fi
