@@ -4,7 +4,6 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const GUESTS: &[&str] = &["bridge"];
 
@@ -14,6 +13,10 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed={}", root.join("guests").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("guest_build.rs").display()
+    );
     println!("cargo:rerun-if-env-changed=NETSHIM_GUESTS_PREBUILT");
 
     // Packagers may build the guests separately and point here.
@@ -40,32 +43,14 @@ fn main() {
     }
 }
 
-/// `cargo build` of a guest workspace, shared with tests/build.rs.
-pub fn build_guest_workspace(manifest: &Path, target_dir: &Path) {
+#[path = "guest_build.rs"]
+mod guest_build;
+
+fn build_guest_workspace(manifest: &Path, target_dir: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--manifest-path",
-    ])
-    .arg(manifest)
-    .arg("--target-dir")
-    .arg(target_dir);
-    // The outer build's flags are for the host target, not for wasm.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo for the guests");
+    let status = guest_build::guest_build_command(&cargo, manifest, target_dir)
+        .status()
+        .expect("run cargo for the guests");
     if !status.success() {
         panic!(
             "building the wasm guests in {} failed; is the target installed? run: rustup target add wasm32-wasip2",

@@ -3,35 +3,26 @@
 
 use std::env;
 use std::path::PathBuf;
-use std::process::Command;
+
+#[path = "../shim/guest_build.rs"]
+mod guest_build;
 
 fn main() {
     let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = dir.parent().unwrap().to_path_buf();
     println!("cargo:rerun-if-changed={}", dir.join("guests").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("shim/guest_build.rs").display()
+    );
     let target_dir = root.join("target").join("guests");
-    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--manifest-path",
-    ])
-    .arg(dir.join("guests").join("Cargo.toml"))
-    .arg("--target-dir")
-    .arg(&target_dir);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        cmd.env_remove(var);
-    }
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = guest_build::guest_build_command(
+        &cargo,
+        &dir.join("guests").join("Cargo.toml"),
+        &target_dir,
+    );
     let status = cmd.status().expect("run cargo for the hostile guests");
     assert!(
         status.success(),

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 use netshim_host_api::host::ownership_mark;
-use netshim_host_api::kernel::{Kernel, LinkInfo, NsId};
+use netshim_host_api::kernel::{Kernel, LinkInfo, NsId, Route};
 
 use crate::cnm::{CnmResult, Core, Endpoint, Network};
 
@@ -42,11 +42,9 @@ pub struct LinkView {
     pub routes: Vec<String>,
 }
 
-fn view(kernel: &dyn Kernel, link: &LinkInfo, all: &[LinkInfo]) -> LinkView {
-    let routes = kernel
-        .routes(NsId::NODE, 254)
-        .unwrap_or_default()
-        .into_iter()
+fn view(kernel: &dyn Kernel, link: &LinkInfo, all: &[LinkInfo], routes: &[Route]) -> LinkView {
+    let routes = routes
+        .iter()
         .filter(|r| r.oif == Some(link.index))
         .map(|r| match r.gateway {
             Some(g) => format!("{} via {g}", r.destination),
@@ -70,9 +68,11 @@ fn view(kernel: &dyn Kernel, link: &LinkInfo, all: &[LinkInfo]) -> LinkView {
 pub fn gather(core: &Core) -> CnmResult<Picture> {
     let kernel = core.kernel().as_ref();
     let links = kernel.links(NsId::NODE)?;
+    // The main table, read once for every link drawn.
+    let routes = kernel.routes(NsId::NODE, 254)?;
     let uplink = netshim_host_api::kernel::default_route_link(kernel)
         .and_then(|r| links.iter().find(|l| l.index == r.index))
-        .map(|l| view(kernel, l, &links));
+        .map(|l| view(kernel, l, &links, &routes));
     let mut networks = Vec::new();
     for (net, _) in core.networks()? {
         let (_, endpoints) = core.inspect(&net.id)?;
@@ -88,7 +88,10 @@ pub fn gather(core: &Core) -> CnmResult<Picture> {
             })
             .collect();
         networks.push(NetworkView {
-            links: owned.iter().map(|l| view(kernel, l, &links)).collect(),
+            links: owned
+                .iter()
+                .map(|l| view(kernel, l, &links, &routes))
+                .collect(),
             net,
             endpoints,
         });

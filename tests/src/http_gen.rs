@@ -8,33 +8,12 @@
 use std::sync::Arc;
 
 use netshim::cnm::Core;
-use netshim::docker::{connection, Limits};
+use netshim::docker::{connection, Limits, METHODS};
 use netshim::runtime::{Limits as GuestLimits, Runtime};
 use netshim_host_api::kernel::fake::FakeKernel;
 use proptest::prelude::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const METHODS: &[&str] = &[
-    "/Plugin.Activate",
-    "/NetworkDriver.GetCapabilities",
-    "/NetworkDriver.CreateNetwork",
-    "/NetworkDriver.DeleteNetwork",
-    "/NetworkDriver.CreateEndpoint",
-    "/NetworkDriver.DeleteEndpoint",
-    "/NetworkDriver.EndpointOperInfo",
-    "/NetworkDriver.Join",
-    "/NetworkDriver.Leave",
-    "/NetworkDriver.ProgramExternalConnectivity",
-    "/NetworkDriver.RevokeExternalConnectivity",
-    "/NetworkDriver.DiscoverNew",
-    "/IpamDriver.GetCapabilities",
-    "/IpamDriver.GetDefaultAddressSpaces",
-    "/IpamDriver.RequestPool",
-    "/IpamDriver.ReleasePool",
-    "/IpamDriver.RequestAddress",
-    "/IpamDriver.ReleaseAddress",
-];
 
 const FIELDS: &[&str] = &[
     "NetworkID",
@@ -131,7 +110,7 @@ fn framing() -> impl Strategy<Value = Framing> {
 fn one_request() -> impl Strategy<Value = Vec<u8>> {
     let method =
         prop_oneof![8 => Just("POST".to_string()), 1 => Just("GET".to_string()), 1 => "[A-Z]{0,8}"];
-    let path = prop_oneof![8 => prop::sample::select(METHODS).prop_map(str::to_string), 1 => "/[!-~]{0,40}"];
+    let path = prop_oneof![8 => prop::sample::select(METHODS).prop_map(|m| format!("/{m}")), 1 => "/[!-~]{0,40}"];
     let headers = prop::collection::vec(("[A-Za-z-]{1,20}", "[ -~]{0,60}"), 0..4);
     let raw_body = prop_oneof![
         8 => body().prop_map(|v| v.to_string().into_bytes()),

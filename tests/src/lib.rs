@@ -4,6 +4,8 @@
 //! machine's own namespace; every namespace is removed on drop, also when a
 //! test fails.
 
+#[path = "../../shim/guest_build.rs"]
+pub mod guest_build;
 pub mod http_gen;
 pub mod nft_gen;
 
@@ -483,4 +485,24 @@ pub fn wait_for(path: &Path, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{what} did not appear at {}", path.display());
+}
+
+/// A fuzz command's `[CASES] [SEED]` (1,000,000 and a fixed seed by
+/// default), and a generator runner seeded with SEED so a run repeats.
+pub fn fuzz_args() -> (u64, u64, proptest::test_runner::TestRunner) {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let args: Vec<String> = std::env::args().collect();
+    let cases = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let seed: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0x5eed);
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &key);
+    (
+        cases,
+        seed,
+        TestRunner::new_with_rng(Config::default(), rng),
+    )
 }

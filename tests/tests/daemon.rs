@@ -4,6 +4,7 @@
 //! error, and keeps serving.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -209,7 +210,19 @@ fn sigterm_lets_the_request_in_flight_finish() {
     }
     let node = Node::new("dterm");
     let mut d = start(&node, "dterm-plugins", &[]);
-    // A request that does kernel work, sent; SIGTERM before its answer is read.
+    // The test holds the state lock, so the request below is certainly in
+    // flight — read by the daemon and waiting for the store — when SIGTERM
+    // comes, not still queued in the socket.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(node.state.0.join("lock"))
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
     let mut s = UnixStream::connect(&d.sock).unwrap();
     let body =
         r#"{"AddressSpace":"local","Pool":"10.93.0.0/24","SubPool":"","Options":{},"V6":false}"#;
@@ -219,8 +232,11 @@ fn sigterm_lets_the_request_in_flight_finish() {
         body.len()
     )
     .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     let pid = nix::unistd::Pid::from_raw(d.daemon.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(lock);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reply = Vec::new();
     let _ = s.read_to_end(&mut reply);

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use netshim_tests::guest_build::guest_build_command;
 use netshim_tests::{can_run, netshim_bin, Node, Ns, TempDir};
 
 #[test]
@@ -28,27 +29,11 @@ fn a_scaffolded_guest_builds_loads_and_serves() {
         .unwrap()
         .to_path_buf();
     let target = root.join("target/guests");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(made["manifest"].as_str().unwrap())
-        .arg("--target-dir")
-        .arg(&target);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        build.env_remove(var);
-    }
+    let mut build = guest_build_command(
+        env!("CARGO"),
+        std::path::Path::new(made["manifest"].as_str().unwrap()),
+        &target,
+    );
     let built = build.output().unwrap();
     assert!(
         built.status.success(),

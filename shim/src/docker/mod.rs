@@ -10,6 +10,7 @@ mod server;
 
 use std::path::PathBuf;
 
+pub use api::METHODS;
 pub use server::{connection, serve, Limits};
 
 pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";

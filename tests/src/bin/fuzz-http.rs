@@ -10,19 +10,9 @@ use std::time::Instant;
 use netshim_tests::http_gen::{self, FakeDaemon};
 use netshim_tests::TempDir;
 use proptest::strategy::{Strategy, ValueTree};
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let cases: u64 = args
-        .get(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let seed: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0x5eed);
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &key);
-    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    let (cases, seed, mut runner) = netshim_tests::fuzz_args();
     let clients = http_gen::client();
     let dir = TempDir::new("fuzz-http");
     std::panic::set_hook(Box::new(|_| {}));
