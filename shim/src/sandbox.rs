@@ -4,7 +4,9 @@
 
 use crate::cnm::{Join, RouteVia};
 use ipnet::IpNet;
-use netshim_host_api::kernel::{Kernel, KernelError, LinkChange, NsId, Route, RouteScope};
+use netshim_host_api::kernel::{
+    Kernel, KernelError, LinkChange, LinkInfo, NsId, Route, RouteScope, LINK_GROUP,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -41,7 +43,7 @@ pub fn clear_stale(
         .map_err(k(format!("looking up {ifname}")))?
     {
         None => Ok(()),
-        Some(l) if l.alias.as_deref() == Some(mark) => {
+        Some(l) if half_made_by(&l, mark) => {
             tracing::info!(
                 ifname,
                 "removing a half-made interface left by an interrupted attach"
@@ -54,16 +56,16 @@ pub fn clear_stale(
     }
 }
 
-/// Remove an interface netshim was making when it was interrupted; absent
-/// is fine.
+/// Remove an interface netshim was making when it was interrupted: one
+/// with this network's mark, or with no mark yet but born in netshim's
+/// device group. Absent is fine; anything else by that name is left alone.
 pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str, mark: &str) -> Result<(), SandboxError> {
     match kernel
         .link_by_name(ns, ifname)
         .map_err(k(format!("looking up {ifname}")))?
     {
         None => Ok(()),
-        // Marked by another network: not the one that was interrupted.
-        Some(l) if l.alias.as_deref().is_some_and(|a| a != mark) => Ok(()),
+        Some(l) if !half_made_by(&l, mark) => Ok(()),
         Some(l) => match kernel.delete_link(l.link_ref()) {
             Ok(()) | Err(KernelError::NotFound(_)) => Ok(()),
             Err(e) => Err(SandboxError::Kernel {
@@ -71,6 +73,15 @@ pub fn remove(kernel: &dyn Kernel, ns: NsId, ifname: &str, mark: &str) -> Result
                 source: e,
             }),
         },
+    }
+}
+
+/// A link this network made, or one netshim was making (unmarked, in
+/// netshim's device group: the process died before writing the mark).
+fn half_made_by(link: &LinkInfo, mark: &str) -> bool {
+    match link.alias.as_deref() {
+        Some(a) => a == mark,
+        None => link.group == LINK_GROUP,
     }
 }
 

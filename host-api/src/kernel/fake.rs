@@ -90,6 +90,7 @@ impl FakeKernel {
                     up: true,
                     alias: None,
                     master: None,
+                    group: 0,
                 },
             );
         }
@@ -234,6 +235,11 @@ impl Model {
             mtu: spec_mtu.unwrap_or(1500),
             mac: Some(mac.unwrap_or([0x02, 0, 0, 0, (index >> 8) as u8, index as u8])),
             up,
+            group: if alias.is_some() {
+                super::LINK_GROUP
+            } else {
+                0
+            },
             alias,
             master: None,
         };

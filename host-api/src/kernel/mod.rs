@@ -34,6 +34,14 @@ pub struct LinkRef {
 
 pub type Mac = [u8; 6];
 
+/// The device group every link netshim marks is born in (`ip link show
+/// group 28275`). The kernel takes IFLA_GROUP in the RTM_NEWLINK that
+/// creates a link but ignores IFLA_IFALIAS there, so the alias (the mark
+/// naming the network) needs a second message: a process killed between the
+/// two leaves a link without a mark, and this group is how `netshim gc`
+/// still knows it is netshim's.
+pub const LINK_GROUP: u32 = 28275;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
     pub ns: NsId,
@@ -50,6 +58,8 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     /// ifindex of the bridge this link is enslaved to.
     pub master: Option<u32>,
+    /// IFLA_GROUP, the device group (0 is the kernel's default).
+    pub group: u32,
 }
 
 impl LinkInfo {
@@ -93,7 +103,8 @@ pub struct NewLink {
     pub name: String,
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
-    /// Written as IFLA_IFALIAS at creation.
+    /// Written as IFLA_IFALIAS right after creation; a link with an alias
+    /// is born in [`LINK_GROUP`] (and so is its veth peer).
     pub alias: Option<String>,
     /// Created administratively up.
     pub up: bool,

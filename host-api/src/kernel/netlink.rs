@@ -546,6 +546,12 @@ impl Netlink {
         let mut message = LinkMessage::default();
         set_up_flag(&mut message, spec.up);
         push_common_attributes(&mut message, &spec.name, spec.mtu, spec.mac);
+        if spec.alias.is_some() {
+            // In the creating message itself: see LINK_GROUP.
+            message
+                .attributes
+                .push(LinkAttribute::Group(super::LINK_GROUP));
+        }
 
         // Keeps the peer namespace (and its fd, sent as IFLA_NET_NS_FD)
         // alive until the kernel has answered.
@@ -556,7 +562,7 @@ impl Netlink {
                 peer_name,
                 peer_ns: peer_id,
                 peer_mac,
-                ..
+                peer_alias,
             } => {
                 let peer = self.ns(*peer_id)?;
                 check_ifname(peer_name, &link_name_what(peer_name, &peer))?;
@@ -566,6 +572,11 @@ impl Netlink {
                 // (ENOTCONN). The caller brings it up once it is configured.
                 let mut peer_message = LinkMessage::default();
                 push_common_attributes(&mut peer_message, peer_name, spec.mtu, *peer_mac);
+                if peer_alias.is_some() {
+                    peer_message
+                        .attributes
+                        .push(LinkAttribute::Group(super::LINK_GROUP));
+                }
                 if *peer_id != spec.ns {
                     // Born inside the sandbox: no move, no window in which
                     // the container end is visible on the node.
@@ -661,9 +672,11 @@ impl Netlink {
     }
 
     /// TUN/TAP devices cannot be created by RTM_NEWLINK ("not supported via
-    /// rtnetlink"): TUNSETIFF + TUNSETPERSIST from inside the namespace
-    /// (the device is born in the namespace /dev/net/tun was opened in),
-    /// then the rest by netlink.
+    /// rtnetlink"): TUNSETIFF from inside the namespace (the device is born
+    /// in the namespace /dev/net/tun was opened in), the rest by netlink
+    /// while the fd holds the device, and TUNSETPERSIST last: a process
+    /// killed before it closes the fd, and the kernel removes the device,
+    /// so no unmarked tun outlives its creator.
     fn create_tun(&self, spec: &NewLink, ns: &Namespace, tap: bool) -> KResult<Vec<LinkInfo>> {
         let what = link_name_what(&spec.name, ns);
         // TUNSETIFF on an existing persistent device attaches to it instead
@@ -671,9 +684,9 @@ impl Netlink {
         if self.get_link_by_name(spec.ns, ns, &spec.name)?.is_some() {
             return Err(KernelError::Exists(what));
         }
-        tracing::trace!(ns = %ns.label, link = %spec.name, tap, "TUNSETIFF + TUNSETPERSIST");
+        tracing::trace!(ns = %ns.label, link = %spec.name, tap, "TUNSETIFF");
         let name = spec.name.clone();
-        ns.run_inside(move || make_persistent_tun(&name, tap)).map_err(|err| match err.raw_os_error() {
+        let device = ns.run_inside(move || open_tun(&name, tap)).map_err(|err| match err.raw_os_error() {
             Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => KernelError::Unsupported(format!(
                 "{what}: tun/tap links are not supported here: /dev/net/tun is missing (CONFIG_TUN): {err}"
             )),
@@ -693,23 +706,29 @@ impl Netlink {
                 .attributes
                 .push(LinkAttribute::Address(mac.to_vec()));
         }
+        if spec.alias.is_some() {
+            message
+                .attributes
+                .push(LinkAttribute::Group(super::LINK_GROUP));
+        }
         let configured = ns
             .request(RouteNetlinkMessage::SetLink(message), 0, &what)
             .map_err(|e| kernel_error(&e, &what))
-            .and_then(|_| self.finish_new_link(spec.ns, ns, &spec.name, spec.alias.as_deref()));
-        match configured {
-            Ok(link) => Ok(vec![link]),
-            Err(err) => {
-                self.remove_half_made(ns, &spec.name);
-                Err(err)
-            }
-        }
+            .and_then(|_| self.finish_new_link(spec.ns, ns, &spec.name, spec.alias.as_deref()))
+            .and_then(|link| {
+                persist_tun(&device).map_err(|e| kernel_error(&NlError::io(e), &what))?;
+                Ok(link)
+            });
+        // Closing the fd of a device that was not made persistent removes it.
+        drop(device);
+        configured.map(|link| vec![link])
     }
 }
 
-/// Open /dev/net/tun in the calling thread's namespace and make a
-/// persistent tun (or tap) device; closing the fd leaves the device.
-fn make_persistent_tun(name: &str, tap: bool) -> io::Result<()> {
+/// Open /dev/net/tun in the calling thread's namespace and make a tun (or
+/// tap) device, which lives as long as the returned fd unless made
+/// persistent.
+fn open_tun(name: &str, tap: bool) -> io::Result<std::fs::File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -729,8 +748,13 @@ fn make_persistent_tun(name: &str, tap: bool) -> io::Result<()> {
     if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(file)
+}
+
+/// Keep a tun device after its fd closes.
+fn persist_tun(device: &std::fs::File) -> io::Result<()> {
     // SAFETY: TUNSETPERSIST takes its argument by value.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+    if unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -809,6 +833,7 @@ fn link_info(ns: NsId, message: &LinkMessage) -> LinkInfo {
         up: message.header.flags.contains(LinkFlags::Up),
         alias: None,
         master: None,
+        group: 0,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -817,6 +842,7 @@ fn link_info(ns: NsId, message: &LinkMessage) -> LinkInfo {
             LinkAttribute::Address(mac) => info.mac = Mac::try_from(mac.as_slice()).ok(),
             LinkAttribute::IfAlias(alias) if !alias.is_empty() => info.alias = Some(alias.clone()),
             LinkAttribute::Controller(master) if *master != 0 => info.master = Some(*master),
+            LinkAttribute::Group(group) => info.group = *group,
             LinkAttribute::LinkInfo(parts) => {
                 for part in parts {
                     if let NlLinkInfo::Kind(kind) = part {
@@ -1559,6 +1585,7 @@ mod tests {
         assert_eq!(br.mtu, 1400);
         assert_eq!(br.mac, spec.mac);
         assert_eq!(br.alias.as_deref(), Some("netshim:net1"));
+        assert_eq!(br.group, super::super::LINK_GROUP);
         assert!(br.up);
         assert_eq!(br.master, None);
         assert_eq!(
@@ -1694,6 +1721,9 @@ mod tests {
             .ip(&["link", "show", "eth0"])
             .expect("peer visible in the sandbox");
         assert!(seen.contains("alias netshim:ep1:peer"), "{seen}");
+        // Both ends are born in netshim's group (the peer in the sandbox).
+        assert!(seen.contains("group 28275"), "{seen}");
+        assert_eq!(peer.group, super::super::LINK_GROUP);
         assert!(node.ip(&["link", "show", "eth0"]).is_none());
 
         // Same names again: the node end collides.

@@ -143,6 +143,10 @@ pub enum Command {
     /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
     #[command(subcommand)]
     Oci(OciCmd),
+    /// Finish or undo what interrupted operations left (their records say
+    /// which), and remove links and driver tables netshim made that no
+    /// network owns. The daemon runs it at start.
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,6 +389,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             metrics_addr,
         } => {
             let core = std::sync::Arc::new(cli.global.core()?);
+            // What a previous daemon (or a CLI, or a hook) left halfway is
+            // settled before Docker's first request.
+            match core.gc() {
+                Ok(r) if !r.is_empty() => tracing::info!(
+                    settled = r.settled.len(),
+                    links = r.links.len(),
+                    tables = r.tables.len(),
+                    errors = r.errors.len(),
+                    "gc at start"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "gc at start failed"),
+            }
             let limits = crate::docker::Limits {
                 connections: max_connections,
                 header_timeout: std::time::Duration::from_millis(idle_timeout_ms),
@@ -392,6 +409,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits, metrics_addr)
                 .map_err(|e| CliError::Other(e.to_string()))
+        }
+        Command::Gc => {
+            let core = cli.global.core()?;
+            let report = core.gc()?;
+            out.gc(&report);
+            if report.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Other(format!(
+                    "gc left {} problem(s); their records stay for the next run",
+                    report.errors.len()
+                )))
+            }
         }
         Command::Topology { format } => {
             let core = cli.global.core()?;

@@ -198,6 +198,21 @@ impl Output {
         self.emit(json!({"dir": root.display().to_string(), "manifest": manifest.display().to_string(), "wasm": wasm.display().to_string()}), text);
     }
 
+    pub fn gc(&self, r: &crate::cnm::GcReport) {
+        let mut lines = Vec::new();
+        lines.extend(r.settled.iter().cloned());
+        lines.extend(r.links.iter().map(|l| format!("removed link {l}")));
+        lines.extend(r.tables.iter().map(|t| format!("removed table {t}")));
+        lines.extend(r.errors.iter().map(|e| format!("error: {e}")));
+        if lines.is_empty() {
+            lines.push("nothing to collect".into());
+        }
+        self.emit(
+            serde_json::to_value(r).unwrap_or_default(),
+            lines.join("\n"),
+        );
+    }
+
     pub fn detached(&self, e: &Endpoint) {
         self.emit(json!({"detached": e.id}), short(&e.id));
     }

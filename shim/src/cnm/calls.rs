@@ -168,14 +168,29 @@ impl<'a> Calls<'a> {
         errors
     }
 
-    pub fn commit(mut self) -> CnmResult<()> {
+    /// Commit the session. If that fails (a full disk), the calls are
+    /// undone as by [`Calls::abort`]: no kernel object outlives the record
+    /// that did not get written. The error says whether the undo was
+    /// complete.
+    pub fn commit(mut self) -> Result<(), (CnmError, bool)> {
         let mut store = self
             .store
             .take()
             .expect("store session is present between calls");
-        store.commit()?;
+        let committed = store.commit();
+        let result = match committed {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let journals = std::mem::take(&mut self.journals);
+                let incomplete = self.core.unwind(journals, store.as_mut());
+                for r in &incomplete {
+                    tracing::error!(error = %r, "undoing after a failed commit is incomplete");
+                }
+                Err((CnmError::Store(e), incomplete.is_empty()))
+            }
+        };
         self.finish_timing();
-        Ok(())
+        result
     }
 
     fn finish_timing(&mut self) {

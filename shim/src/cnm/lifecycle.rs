@@ -13,7 +13,7 @@ use netshim_host_api::store::{Condition, Store};
 use super::calls::{is_not_found, Calls};
 use super::driver::{EndpointSpec, PoolAsk};
 use super::ipam_check;
-use super::model::{self, Endpoint, Network, SPACE};
+use super::model::{self, Endpoint, Network, Pending, SPACE};
 use super::{put_json, CnmError, CnmResult, Core};
 
 /// A pool that IPAM handed out and the host checked.
@@ -45,17 +45,66 @@ impl Core {
         what: &str,
         f: impl FnOnce(&mut Calls) -> CnmResult<R>,
     ) -> CnmResult<R> {
-        let mut calls = Calls::new(self, driver, session)?;
+        self.run_transaction(session, driver, what, f)
+            .map_err(|(e, _)| e)
+    }
+
+    /// A transaction whose kernel work takes several steps: `pending` is
+    /// committed before the work starts and deleted in the commit that
+    /// ends it, so a process that dies in between leaves a record of what
+    /// it was doing ([`model::Pending`]). A failed transaction has undone
+    /// its work and its record goes too, unless the undo was incomplete:
+    /// then the record stays for `netshim gc`.
+    pub(super) fn transaction_pending<R>(
+        &self,
+        mut session: Box<dyn Store + Send>,
+        pending: &Pending,
+        driver: &str,
+        what: &str,
+        f: impl FnOnce(&mut Calls) -> CnmResult<R>,
+    ) -> CnmResult<R> {
+        let key = pending.key();
+        put_json(session.as_mut(), &key, pending)?;
+        session.checkpoint()?;
+        let outcome = self.run_transaction(session, driver, what, |c| {
+            let r = f(c)?;
+            c.store().delete(SPACE, &key, Condition::None)?;
+            Ok(r)
+        });
+        match outcome {
+            Ok(r) => Ok(r),
+            Err((e, undone)) => {
+                if undone {
+                    let mut s = self.store.session()?;
+                    s.delete(SPACE, &key, Condition::None)?;
+                    s.commit()?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Run `f`; commit, or undo its calls. The error says whether the undo
+    /// was complete.
+    pub(super) fn run_transaction<R>(
+        &self,
+        session: Box<dyn Store + Send>,
+        driver: &str,
+        what: &str,
+        f: impl FnOnce(&mut Calls) -> CnmResult<R>,
+    ) -> Result<R, (CnmError, bool)> {
+        let mut calls = Calls::new(self, driver, session).map_err(|e| (e, true))?;
         match f(&mut calls) {
             Ok(r) => {
                 calls.commit()?;
                 Ok(r)
             }
             Err(e) => {
-                for r in calls.abort() {
+                let incomplete = calls.abort();
+                for r in &incomplete {
                     tracing::error!(operation = what, error = %r, "rollback is incomplete");
                 }
-                Err(e)
+                Err((e, incomplete.is_empty()))
             }
         }
     }

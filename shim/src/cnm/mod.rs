@@ -5,6 +5,7 @@
 
 mod calls;
 mod driver;
+mod gc;
 mod ipam_check;
 mod lifecycle;
 pub mod model;
@@ -441,6 +442,7 @@ fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option
 mod ops;
 mod steps;
 pub use driver::{Join, Mac, RouteVia, Scope, StaticRoute};
+pub use gc::GcReport;
 pub use lifecycle::PoolGrant;
 
 #[cfg(test)]

@@ -126,9 +126,64 @@ pub fn container_key(container: &str, network_id: &str) -> String {
 pub struct Intent {
     pub endpoint_id: String,
     pub ifname: String,
+    /// The container being attached, so its poststop finds the intent
+    /// when the attach died before any endpoint was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Index: an attach in progress of a sandbox to a network.
 pub fn intent_key(network_id: &str, netns: &str) -> String {
-    format!("intents/{network_id}{netns}")
+    format!("{INTENT_PREFIX}{network_id}{netns}")
 }
+
+pub const INTENT_PREFIX: &str = "intents/";
+
+/// The network id and sandbox path an intent key names (the path starts
+/// with the first '/' after the prefix: ids have none).
+pub fn intent_parts(key: &str) -> (&str, &str) {
+    let rest = key.strip_prefix(INTENT_PREFIX).unwrap_or(key);
+    match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    }
+}
+
+/// Work other than an attach, committed before its kernel work begins and
+/// deleted in the transaction that commits the work. One that is left
+/// behind names a process that died in between: `netshim gc` undoes a
+/// create (nothing of it was committed) and finishes a removal (the
+/// records say what to remove).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Pending {
+    /// A network being made, by the CLI or Docker's CreateNetwork. Its pools
+    /// are not known yet: IPAM's answer is committed with the network.
+    CreateNetwork { network: Network },
+    /// Docker's CreateEndpoint: the interface is made on the node.
+    CreateEndpoint {
+        network_id: String,
+        endpoint_id: String,
+    },
+    /// A network being removed; `ipam` when netshim released its pools
+    /// (the CLI), not when Docker does (DeleteNetwork).
+    RemoveNetwork { network_id: String, ipam: bool },
+    /// An endpoint being removed; `ipam` as above (detach releases the
+    /// address, Docker's DeleteEndpoint does not).
+    RemoveEndpoint { endpoint_id: String, ipam: bool },
+}
+
+impl Pending {
+    pub fn key(&self) -> String {
+        match self {
+            Pending::CreateNetwork { network } => format!("pending/network/{}", network.id),
+            Pending::RemoveNetwork { network_id, .. } => format!("pending/network/{network_id}"),
+            Pending::CreateEndpoint { endpoint_id, .. }
+            | Pending::RemoveEndpoint { endpoint_id, .. } => {
+                format!("pending/endpoint/{endpoint_id}")
+            }
+        }
+    }
+}
+
+pub const PENDING_PREFIX: &str = "pending/";

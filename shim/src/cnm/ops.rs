@@ -9,7 +9,7 @@ use super::calls::Calls;
 use super::driver::{EndpointSpec, PoolAsk};
 use super::ipam_check;
 use super::lifecycle::{network_of, save_endpoint};
-use super::model::{self, Endpoint, Network, Pool, SPACE};
+use super::model::{self, Endpoint, Network, Pending, Pool, SPACE};
 use super::{
     check_name, get_json, now, put_json, random_id, release_netfilter, Attach, CnmError, CnmResult,
     Core, CreateNetwork, DetachTarget,
@@ -48,7 +48,23 @@ impl Core {
                 req.name
             )));
         }
-        self.transaction_in(Box::new(s), &req.driver, "network create", |c| {
+        // Recorded before the driver makes anything: a process that dies
+        // halfway leaves this record, and `netshim gc` removes what the
+        // driver made of it (its pools are not committed until the network is).
+        let mut net = Network {
+            id: random_id(),
+            name: req.name.clone(),
+            driver: req.driver.clone(),
+            internal: req.internal,
+            options: req.options.clone(),
+            ipv4: Vec::new(),
+            created: now(),
+        };
+        self.guest(&net.driver)?;
+        let pending = Pending::CreateNetwork {
+            network: net.clone(),
+        };
+        self.transaction_pending(Box::new(s), &pending, &req.driver, "network create", |c| {
             let pool = self.take_pool(
                 c,
                 &PoolAsk {
@@ -63,19 +79,11 @@ impl Core {
                 }
                 None => self.take_address(c, &pool.id, pool.pool, req.gateway, true, &[])?,
             };
-            let net = Network {
-                id: random_id(),
-                name: req.name.clone(),
-                driver: req.driver.clone(),
-                internal: req.internal,
-                options: req.options.clone(),
-                ipv4: vec![Pool {
-                    id: pool.id,
-                    subnet: pool.pool,
-                    gateway: Some(gateway),
-                }],
-                created: now(),
-            };
+            net.ipv4 = vec![Pool {
+                id: pool.id,
+                subnet: pool.pool,
+                gateway: Some(gateway),
+            }];
             self.create_network_step(c, &net)?;
             Ok(net)
         })
@@ -96,7 +104,11 @@ impl Core {
             )));
         }
         let mut errors = Vec::new();
-        let others = self.transaction_in(Box::new(s), &net.driver, "network rm", |c| {
+        let pending = Pending::RemoveNetwork {
+            network_id: net.id.clone(),
+            ipam: true,
+        };
+        self.transaction_pending(Box::new(s), &pending, &net.driver, "network rm", |c| {
             let others = self.delete_network_step(c, &net, &mut errors)?;
             for pool in &net.ipv4 {
                 if let Some(gw) = pool.gateway {
@@ -108,9 +120,11 @@ impl Core {
                     errors.push(e.to_string());
                 }
             }
-            Ok(others)
+            // Before the commit: a process that dies after it must not
+            // leave the driver's table to no one.
+            errors.extend(release_netfilter(self.kernel.as_ref(), &net, others));
+            Ok(())
         })?;
-        errors.extend(release_netfilter(self.kernel.as_ref(), &net, others));
         if errors.is_empty() {
             Ok(net)
         } else {
@@ -190,13 +204,14 @@ impl Core {
         let intent = model::Intent {
             endpoint_id: random_id(),
             ifname: req.ifname.clone(),
+            container: req.container.clone(),
         };
         put_json(&mut s, &intent_key, &intent)?;
         s.checkpoint()?;
 
-        let outcome = self.transaction_in(Box::new(s), &net.driver, "attach", |c| {
+        let outcome = self.run_transaction(Box::new(s), &net.driver, "attach", |c| {
             match &unfinished {
-                Some(old) => self.finish_unfinished(c, &net, old, ns.ns)?,
+                Some(old) => self.undo_attach(c, &net, old, Some(ns.ns))?,
                 None => sandbox::clear_stale(
                     self.kernel.as_ref(),
                     ns.ns,
@@ -208,41 +223,117 @@ impl Core {
             c.store().delete(SPACE, &intent_key, Condition::None)?;
             Ok(ep)
         });
-        if outcome.is_err() {
-            // Everything the attach made is undone: so is its intent.
-            let mut s = self.store.session()?;
-            s.delete(SPACE, &intent_key, Condition::None)?;
-            s.commit()?;
+        match outcome {
+            Ok(ep) => Ok(ep),
+            Err((e, undone)) => {
+                // Everything the attach made is undone: so is its intent
+                // (kept for the next attach or gc when the undo was not).
+                if undone {
+                    let mut s = self.store.session()?;
+                    s.delete(SPACE, &intent_key, Condition::None)?;
+                    s.commit()?;
+                }
+                Err(e)
+            }
         }
-        outcome
     }
 
-    /// Remove what an interrupted attach made: the driver's endpoint (its
-    /// veth, its port rules) and the interface it was putting into the
-    /// sandbox, marked or not. Nothing of it was committed, so IPAM is clean.
-    fn finish_unfinished(
+    /// Remove what an interrupted attach made: its published ports, the
+    /// driver's endpoint (its veth) and, when the sandbox is still there,
+    /// the interface it was putting into it (marked, or born in netshim's
+    /// device group). Nothing of it was committed, so IPAM is clean.
+    pub(super) fn undo_attach(
         &self,
         c: &mut Calls,
         net: &Network,
         old: &model::Intent,
-        ns: NsId,
+        ns: Option<NsId>,
     ) -> CnmResult<()> {
-        tracing::info!(endpoint = %old.endpoint_id, "cleaning up an attach that was interrupted");
+        tracing::info!(endpoint = %old.endpoint_id, network = %net.name, "undoing an attach that was interrupted");
+        let spec = EndpointSpec {
+            id: old.endpoint_id.clone(),
+            ipv4: None,
+            mac: None,
+            ifname: old.ifname.clone(),
+            ports: Vec::new(),
+        };
         c.teardown(true);
+        let revoke = c.ports(net, &spec, false);
         let cleanup = c.delete_endpoint(net, &old.endpoint_id);
         c.teardown(false);
-        if let Err(e) = cleanup {
+        for e in [revoke.err(), cleanup.err()].into_iter().flatten() {
             // An unmarked veth is not the driver's to delete; the sandbox
-            // end below takes it with it.
+            // end below (or the sandbox's end of life) takes it with it.
             tracing::debug!(error = %e, "driver cleanup of the interrupted endpoint");
         }
-        sandbox::remove(
-            self.kernel.as_ref(),
-            ns,
-            &old.ifname,
-            &ownership_mark(&net.id),
-        )?;
+        if let Some(ns) = ns {
+            sandbox::remove(
+                self.kernel.as_ref(),
+                ns,
+                &old.ifname,
+                &ownership_mark(&net.id),
+            )?;
+        }
         Ok(())
+    }
+
+    /// Undo the attach an intent left behind (its process died) and drop
+    /// the intent. The sandbox is entered only if it still exists and is
+    /// not the node's own namespace.
+    pub(super) fn consume_intent(&self, key: &str) -> CnmResult<Option<model::Intent>> {
+        let mut s = self.store.session()?;
+        let Some(intent) = get_json::<model::Intent>(&mut s, key)? else {
+            return Ok(None);
+        };
+        let (network_id, netns) = model::intent_parts(key);
+        let Some(net) = get_json::<Network>(&mut s, &model::network_key(network_id))? else {
+            // Its network is gone, and with it whatever the driver made.
+            s.delete(SPACE, key, Condition::None)?;
+            s.commit()?;
+            return Ok(Some(intent));
+        };
+        let ns = match self.open_sandbox(std::path::Path::new(netns)) {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::debug!(netns, error = %e, "the interrupted attach's sandbox is gone");
+                None
+            }
+        };
+        self.transaction_in(Box::new(s), &net.driver, "undo attach", |c| {
+            self.undo_attach(c, &net, &intent, ns.as_ref().map(|o| o.ns))?;
+            c.store().delete(SPACE, key, Condition::None)?;
+            Ok(())
+        })?;
+        Ok(Some(intent))
+    }
+
+    /// A sandbox's namespace, if it exists and is not the node's.
+    fn open_sandbox(&self, path: &std::path::Path) -> CnmResult<Option<OpenNs<'_>>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let ns = OpenNs {
+            core: self,
+            ns: self.kernel.open_ns(path)?,
+        };
+        if self.kernel.ns_identity(ns.ns)? == self.kernel.ns_identity(NsId::NODE)? {
+            return Ok(None);
+        }
+        Ok(Some(ns))
+    }
+
+    /// Attach intents of a container (its attach died before it recorded
+    /// an endpoint).
+    fn container_intents(&self, container: &str) -> CnmResult<Vec<String>> {
+        let mut s = self.store.session()?;
+        Ok(s.list(SPACE, model::INTENT_PREFIX)?
+            .into_iter()
+            .filter(|e| {
+                serde_json::from_slice::<model::Intent>(&e.value)
+                    .is_ok_and(|i| i.container.as_deref() == Some(container))
+            })
+            .map(|e| e.key)
+            .collect())
     }
 
     fn attach_steps(
@@ -329,6 +420,14 @@ impl Core {
         eps.sort_by_key(|e| std::cmp::Reverse(e.created));
         let mut done = Vec::new();
         let mut errors = Vec::new();
+        // An attach of this container that died (a createRuntime hook
+        // killed at its timeout, before poststop): undone here, since
+        // poststop is all a runtime runs next.
+        for key in self.container_intents(container)? {
+            if let Err(e) = self.consume_intent(&key) {
+                errors.push(e.to_string());
+            }
+        }
         for ep in eps {
             match self.detach(DetachTarget::Endpoint(ep.id.clone())) {
                 Ok(ep) => done.push(ep),
@@ -355,23 +454,44 @@ impl Core {
             DetachTarget::Sandbox { network, netns } => {
                 let net = self.find_network(&mut s, network)?;
                 let path = netns.to_string_lossy();
-                let id = s
-                    .get(SPACE, &model::sandbox_key(&net.id, &path))?
-                    .ok_or_else(|| {
-                        CnmError::NotFound(format!(
+                let Some(id) = s.get(SPACE, &model::sandbox_key(&net.id, &path))? else {
+                    // An attach of this sandbox that died halfway is
+                    // detached by undoing it.
+                    let key = model::intent_key(&net.id, &path);
+                    drop(s);
+                    return match self.consume_intent(&key)? {
+                        Some(intent) => Ok(Endpoint {
+                            id: intent.endpoint_id,
+                            network_id: net.id,
+                            netns: path.into_owned(),
+                            ifname: intent.ifname,
+                            ipv4: None,
+                            mac: None,
+                            gateway: None,
+                            created: now(),
+                            container: intent.container,
+                            ports: Vec::new(),
+                        }),
+                        None => Err(CnmError::NotFound(format!(
                             "{path} is not attached to network {}",
                             net.name
-                        ))
-                    })?;
+                        ))),
+                    };
+                };
                 let id = String::from_utf8_lossy(&id.value).into_owned();
                 get_json::<Endpoint>(&mut s, &model::endpoint_key(&id))?
                     .ok_or_else(|| CnmError::NotFound(format!("endpoint {id} not found")))?
             }
         };
         let net = network_of(&mut s, &ep)?;
-        let errors = self.transaction_in(Box::new(s), &net.driver, "detach", |c| {
-            self.remove_endpoint_step(c, &net, &ep)
-        })?;
+        let pending = Pending::RemoveEndpoint {
+            endpoint_id: ep.id.clone(),
+            ipam: true,
+        };
+        let errors =
+            self.transaction_pending(Box::new(s), &pending, &net.driver, "detach", |c| {
+                self.remove_endpoint_step(c, &net, &ep)
+            })?;
         if errors.is_empty() {
             Ok(ep)
         } else {

@@ -14,7 +14,7 @@ use netshim_host_api::store::Store;
 use super::calls::is_not_found;
 use super::driver::{EndpointSpec, Join, Mac, PoolAsk, Scope};
 use super::lifecycle::{forget_endpoint, save_endpoint, spec_of, PoolGrant};
-use super::model::{self, Endpoint, Network, PortMapping, SPACE};
+use super::model::{self, Endpoint, Network, Pending, PortMapping, SPACE};
 use super::{get_json, ipam_check, now, release_netfilter, CnmError, CnmResult, Core};
 
 /// Entries of a driver's endpoint-oper-info that reach dockerd.
@@ -94,10 +94,20 @@ impl Core {
                 net.name
             )));
         }
-        self.transaction_in(Box::new(s), &net.driver.clone(), "CreateNetwork", |c| {
-            self.create_network_step(c, &net)?;
-            Ok(net)
-        })
+        self.guest(&net.driver)?;
+        let pending = Pending::CreateNetwork {
+            network: net.clone(),
+        };
+        self.transaction_pending(
+            Box::new(s),
+            &pending,
+            &net.driver.clone(),
+            "CreateNetwork",
+            |c| {
+                self.create_network_step(c, &net)?;
+                Ok(net)
+            },
+        )
     }
 
     /// Forget a network without touching IPAM (Docker released it already).
@@ -108,12 +118,17 @@ impl Core {
             return Ok(());
         };
         let mut errors = Vec::new();
-        let others = self.transaction_in(Box::new(s), &net.driver, "DeleteNetwork", |c| {
-            self.delete_network_step(c, &net, &mut errors)
+        let pending = Pending::RemoveNetwork {
+            network_id: net.id.clone(),
+            ipam: false,
+        };
+        self.transaction_pending(Box::new(s), &pending, &net.driver, "DeleteNetwork", |c| {
+            let others = self.delete_network_step(c, &net, &mut errors)?;
+            if let Some(e) = release_netfilter(self.kernel.as_ref(), &net, others) {
+                tracing::warn!(error = %e, "driver table");
+            }
+            Ok(())
         })?;
-        if let Some(e) = release_netfilter(self.kernel.as_ref(), &net, others) {
-            tracing::warn!(error = %e, "driver table");
-        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -153,7 +168,12 @@ impl Core {
             ifname: "eth0".into(),
             ports: Vec::new(),
         };
-        self.transaction_in(Box::new(s), &net.driver, "CreateEndpoint", |c| {
+        self.guest(&net.driver)?;
+        let pending = Pending::CreateEndpoint {
+            network_id: net.id.clone(),
+            endpoint_id: endpoint_id.into(),
+        };
+        self.transaction_pending(Box::new(s), &pending, &net.driver, "CreateEndpoint", |c| {
             let chosen = c.create_endpoint(&net, &spec, None)?;
             let ep = Endpoint {
                 id: endpoint_id.into(),
@@ -230,12 +250,17 @@ impl Core {
         let Some(ep) = get_json::<Endpoint>(&mut s, &model::endpoint_key(endpoint_id))? else {
             return Ok(());
         };
-        let deleted = self.transaction_in(Box::new(s), &net.driver, "DeleteEndpoint", |c| {
-            c.teardown(true);
-            let deleted = c.delete_endpoint(&net, endpoint_id);
-            forget_endpoint(c.store(), &ep)?;
-            Ok(deleted)
-        })?;
+        let pending = Pending::RemoveEndpoint {
+            endpoint_id: endpoint_id.into(),
+            ipam: false,
+        };
+        let deleted =
+            self.transaction_pending(Box::new(s), &pending, &net.driver, "DeleteEndpoint", |c| {
+                c.teardown(true);
+                let deleted = c.delete_endpoint(&net, endpoint_id);
+                forget_endpoint(c.store(), &ep)?;
+                Ok(deleted)
+            })?;
         match deleted {
             Err(e) if is_not_found(&e) => Ok(()),
             other => other,
@@ -274,11 +299,33 @@ impl Core {
         }
         let publish = !ports.is_empty();
         let spec = spec_of(&ep, if publish { &ports } else { &ep.ports });
-        self.transaction_in(Box::new(s), &net.driver, "ExternalConnectivity", |c| {
+        if publish {
+            // Recorded before any rule exists: a process that dies while
+            // programming leaves an endpoint whose record names these ports,
+            // so DeleteEndpoint (or a detach) withdraws them.
+            let mut pending = ep.clone();
+            pending.ports.extend(ports.iter().cloned());
+            super::put_json(&mut s, &model::endpoint_key(&ep.id), &pending)?;
+            s.checkpoint()?;
+        }
+        let before = ep.clone();
+        let outcome = self.run_transaction(Box::new(s), &net.driver, "ExternalConnectivity", |c| {
             c.ports(&net, &spec, publish)?;
             ep.ports = ports;
             save_endpoint(c.store(), &ep)
-        })
+        });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err((e, undone)) => {
+                if publish && undone {
+                    // No rule of this request is left: the record says so.
+                    let mut s = self.store.session()?;
+                    save_endpoint(&mut s, &before)?;
+                    s.commit()?;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The driver's own word on where its networks live (Docker's

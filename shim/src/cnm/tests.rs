@@ -289,3 +289,88 @@ fn a_sandbox_on_two_networks_gets_one_default_route() {
     assert_eq!(second.ipv4, Some("10.2.0.2/24".parse().unwrap()));
     assert_eq!(second.ifname, "eth1");
 }
+
+#[test]
+fn gc_undoes_a_dead_create_and_removes_only_netshim_orphans() {
+    use netshim_host_api::host::ownership_mark;
+    use netshim_host_api::kernel::{LinkChange, LinkKind, NewLink, LINK_GROUP};
+
+    let f = fixture("gc");
+    let kept = f.create("kept", Some("10.77.0.0/24"), false).unwrap();
+    let link = |name: &str, alias: Option<String>| NewLink {
+        ns: NsId::NODE,
+        name: name.into(),
+        mtu: None,
+        mac: None,
+        alias,
+        up: false,
+        kind: LinkKind::Bridge,
+    };
+    // A create that died after its bridge existed: its record is pending.
+    let dead = Network {
+        id: "d".repeat(64),
+        name: "dead".into(),
+        driver: "bridge".into(),
+        internal: false,
+        options: Vec::new(),
+        ipv4: Vec::new(),
+        created: 0,
+    };
+    {
+        let mut s = f.core.store.session().unwrap();
+        let p = model::Pending::CreateNetwork {
+            network: dead.clone(),
+        };
+        put_json(&mut s, &p.key(), &p).unwrap();
+        s.commit().unwrap();
+    }
+    f.fake
+        .create_link(&link(
+            &format!("br-{}", &dead.id[..12]),
+            Some(ownership_mark(&dead.id)),
+        ))
+        .unwrap();
+    // Killed between the RTM_NEWLINK and the alias: only the group says whose.
+    let half = f
+        .fake
+        .create_link(&link("half0", Some("x".into())))
+        .unwrap();
+    f.fake
+        .set_link(half[0].link_ref(), &LinkChange::Alias(None))
+        .unwrap();
+    assert_eq!(
+        f.fake
+            .link_by_name(NsId::NODE, "half0")
+            .unwrap()
+            .unwrap()
+            .group,
+        LINK_GROUP
+    );
+    // The operator's links, one with an alias of its own: never touched.
+    f.fake.create_link(&link("user0", None)).unwrap();
+    f.fake
+        .create_link(&link("user1", Some("uplink to rack 4".into())))
+        .unwrap();
+
+    let report = f.core.gc().unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    let names = f.fake.link_names(NsId::NODE);
+    assert!(
+        !names.contains(&format!("br-{}", &dead.id[..12])),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"half0".to_string()), "{names:?}");
+    for keep in ["user0", "user1"] {
+        assert!(names.contains(&keep.to_string()), "{names:?}");
+    }
+    assert!(
+        names.contains(&format!("br-{}", &kept.id[..12])),
+        "{names:?}"
+    );
+    let mut s = f.core.store.session().unwrap();
+    assert!(s.list(SPACE, model::PENDING_PREFIX).unwrap().is_empty());
+    drop(s);
+    // A second run finds nothing.
+    assert!(f.core.gc().unwrap().is_empty());
+}
