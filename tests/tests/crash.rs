@@ -440,3 +440,89 @@ fn the_plugin_killed_in_any_docker_step_is_settled_by_its_restart() {
     }
     plugin.daemon.stop();
 }
+
+#[test]
+fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("crashdb");
+    let base = node.node.links();
+    let healthy = node.ok(&["store", "recover"]);
+    assert!(healthy.contains("healthy"), "{healthy}");
+    node.ok(&["network", "create", "n", "--subnet", "10.101.0.0/24"]);
+    let sandbox = Ns::new("crashdb-c");
+    let bundle = TempDir::new("crashdb-b");
+    let config = json!({
+        "annotations": {"netshim.networks": "n", "netshim.ports": "8081:80/tcp"},
+        "linux": {"namespaces": [{"type": "network", "path": sandbox.path}]}
+    });
+    std::fs::write(bundle.0.join("config.json"), config.to_string()).unwrap();
+    let state = |status: &str| {
+        json!({"ociVersion": "1.0.2", "id": "c1", "status": status, "bundle": bundle.0}).to_string()
+    };
+    let out = spawn(
+        &node,
+        &["oci-hook", "createRuntime"],
+        Some(&state("creating")),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(out.status.success());
+    assert!(node.node.nft_ruleset().contains("dnat"));
+
+    // A stray write over the database's first page.
+    let db = node.state.0.join("state.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..512].fill(0x5a);
+    std::fs::write(&db, &bytes).unwrap();
+    let out = node.netshim(&["network", "ls"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(db.to_str().unwrap()) && err.contains("netshim store recover"),
+        "{err}"
+    );
+
+    // poststop recovers the store (keeping the damaged file) and removes
+    // what no surviving record owns: here, everything of the network.
+    let out = Command::new(netshim_bin())
+        .env("NETSHIM_STATE_DIR", &node.state.0)
+        .env("NETSHIM_NODE_NETNS", &node.node.path)
+        .env("NETSHIM_CACHE_DIR", netshim_tests::cache_dir())
+        .args(["oci-hook", "poststop"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(state("stopped").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("damaged"),
+        "poststop said nothing of the recovery"
+    );
+    assert_eq!(node.node.links(), base);
+    assert_eq!(sandbox.links(), vec!["lo".to_string()]);
+    assert_eq!(netshim_tables(&node.node), Vec::<String>::new());
+    let kept: Vec<_> = std::fs::read_dir(&node.state.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.db.corrupt-"))
+        .collect();
+    assert!(!kept.is_empty(), "the damaged database was not kept");
+    // The store works again.
+    node.ok(&["network", "create", "n", "--subnet", "10.101.0.0/24"]);
+    node.ok(&["network", "rm", "n"]);
+}

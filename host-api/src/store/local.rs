@@ -26,7 +26,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use super::{legacy, Condition, Entry, Store, StoreError};
 
-const DB_FILE: &str = "state.db";
+pub(super) const DB_FILE: &str = "state.db";
 const LOCK_FILE: &str = "lock";
 const LEGACY_FILE: &str = "state.json";
 
@@ -66,9 +66,7 @@ fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| match source.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
             path: path.to_path_buf(),
-            message: format!(
-                "{source} (move {DB_FILE} and its -wal and -shm files aside together)"
-            ),
+            message: source.to_string(),
         },
         _ => StoreError::Database {
             path: path.to_path_buf(),
@@ -103,7 +101,7 @@ impl LocalStore {
             .sum()
     }
 
-    fn connect(&self) -> Result<Connection, StoreError> {
+    pub(super) fn connect(&self) -> Result<Connection, StoreError> {
         let path = self.dir.join(DB_FILE);
         // Made private before SQLite sees it; its -wal and -shm files take
         // the database file's mode.
@@ -116,23 +114,8 @@ impl LocalStore {
     /// Take the state lock (blocking until other sessions end) and start a
     /// transaction on the current state.
     pub fn session(&self) -> Result<LocalSession, StoreError> {
-        let lock_path = self.dir.join(LOCK_FILE);
-        // Private (0600 in a 0700 directory): no other user can take it
-        // and hang every netshim operation.
-        let mut file = crate::private::open_writable(&lock_path)?;
-        let lock = loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(l) => break l,
-                Err((f, Errno::EINTR)) => file = f,
-                Err((_, e)) => {
-                    return Err(StoreError::Io {
-                        path: lock_path,
-                        source: std::io::Error::from(e),
-                    })
-                }
-            }
-        };
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let lock = self.lock()?;
+        let idle = self.take_idle();
         let conn = match idle {
             Some(c) => c,
             None => self.connect()?,
@@ -146,6 +129,31 @@ impl LocalStore {
         s.migrate(&self.dir.join(LEGACY_FILE))?;
         s.sql("BEGIN")?;
         Ok(s)
+    }
+
+    /// The state lock, blocking until other sessions end.
+    pub(super) fn lock(&self) -> Result<Flock<File>, StoreError> {
+        let lock_path = self.dir.join(LOCK_FILE);
+        // Private (0600 in a 0700 directory): no other user can take it
+        // and hang every netshim operation.
+        let mut file = crate::private::open_writable(&lock_path)?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(l) => return Ok(l),
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => {
+                    return Err(StoreError::Io {
+                        path: lock_path,
+                        source: std::io::Error::from(e),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The connection the last session left, if any.
+    pub(super) fn take_idle(&self) -> Option<Connection> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Every live key of every space, for tests and diagnostics.
@@ -218,33 +226,7 @@ impl LocalSession {
         let Some((rows, revision)) = legacy::read(legacy_path)? else {
             return Ok(());
         };
-        let e = db_error(&self.path);
-        let conn = self.conn();
-        conn.execute_batch("BEGIN").map_err(&e)?;
-        let mut max = revision;
-        for r in &rows {
-            max = max.max(r.revision);
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO kv (space, key, value, revision, expires)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    r.space,
-                    r.key,
-                    r.value,
-                    r.revision as i64,
-                    r.expires.map(|x| x as i64)
-                ])
-            })
-            .map_err(&e)?;
-        }
-        conn.execute(
-            "UPDATE meta SET value = max(value, ?1) WHERE name = 'revision'",
-            params![max as i64],
-        )
-        .map_err(&e)?;
-        conn.execute_batch("COMMIT").map_err(&e)?;
+        insert_rows(self.conn(), &rows, revision).map_err(db_error(&self.path))?;
         let done = legacy_path.with_extension("json.migrated");
         std::fs::rename(legacy_path, &done).map_err(|source| StoreError::Io {
             path: legacy_path.to_path_buf(),
@@ -297,6 +279,36 @@ impl LocalSession {
         // The session goes on (checkpoints are followed by more writes).
         self.sql("BEGIN")
     }
+}
+
+/// Write rows (a legacy file's, a salvage's) in one transaction, and move
+/// the revision counter past all of them.
+pub(super) fn insert_rows(
+    conn: &Connection,
+    rows: &[legacy::Row],
+    revision: u64,
+) -> Result<(), rusqlite::Error> {
+    conn.execute_batch("BEGIN")?;
+    let mut max = revision;
+    for r in rows {
+        max = max.max(r.revision);
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO kv (space, key, value, revision, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            r.space,
+            r.key,
+            r.value,
+            r.revision as i64,
+            r.expires.map(|x| x as i64)
+        ])?;
+    }
+    conn.execute(
+        "UPDATE meta SET value = max(value, ?1) WHERE name = 'revision'",
+        params![max as i64],
+    )?;
+    conn.execute_batch("COMMIT")
 }
 
 /// Whether a write under `cond` may go ahead, given the key's current revision.

@@ -16,8 +16,14 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("state file {path} is corrupt: {message}; move it aside to start from an empty state")]
+    #[error("state file {path} is corrupt: {message}; `netshim store recover` keeps every record that can still be read (the damaged file stays beside it) and removes what no surviving record owns")]
     Corrupt { path: PathBuf, message: String },
+    #[error("record {key:?} of space {space} is unreadable: {message}")]
+    BadRecord {
+        space: String,
+        key: String,
+        message: String,
+    },
     #[error("state directory: {0}")]
     Private(#[from] crate::private::PrivateError),
     #[error("state database {path}: {source}")]
@@ -85,8 +91,10 @@ pub trait Store {
 
 mod legacy;
 mod local;
+mod recover;
 
 pub use local::{LocalSession, LocalStore};
+pub use recover::Recovered;
 
 #[cfg(test)]
 mod tests {
@@ -257,7 +265,70 @@ mod tests {
         fs::write(dir.join("state.db"), vec![0x5a; 8192]).unwrap();
         let store = LocalStore::open(&dir).unwrap();
         let e = store.session().err().unwrap().to_string();
-        assert!(e.contains("state.db") && e.contains("aside"), "{e}");
+        assert!(
+            e.contains("state.db") && e.contains("netshim store recover"),
+            "{e}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_database_is_recovered_around_the_damage() {
+        let dir = tmpdir("db-cut");
+        let fill = |store: &LocalStore| {
+            let mut s = store.session().unwrap();
+            for i in 0..400 {
+                // Values big enough to spread the table over many pages.
+                let v = vec![b'x'; 300];
+                s.put("cnm", &format!("k{i:04}"), &v, Condition::None, None)
+                    .unwrap();
+            }
+            s.commit().unwrap();
+        };
+        {
+            let store = LocalStore::open(&dir).unwrap();
+            fill(&store);
+            // Nothing to recover in a healthy database.
+            assert_eq!(store.recover().unwrap(), None);
+        }
+        // The last connection closed: the write-ahead log is in the file.
+        let db = dir.join("state.db");
+        assert!(!dir.join("state.db-wal").exists());
+        // A torn page in the middle (a bad sector, a stray write).
+        let mut bytes = fs::read(&db).unwrap();
+        assert!(bytes.len() > 20 * 4096);
+        bytes[12 * 4096..13 * 4096].fill(0xa5);
+        fs::write(&db, &bytes).unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store.snapshot().unwrap_err().to_string();
+        assert!(e.contains("netshim store recover"), "{e}");
+        let r = store.recover().unwrap().expect("damage found");
+        // Only the records on the torn page are lost.
+        assert!(r.kept > 350 && r.kept < 400, "{r:?}");
+        assert!(r.moved_to.exists(), "the damaged file is kept");
+        let mut s = store.session().unwrap();
+        assert_eq!(s.list("cnm", "k").unwrap().len(), r.kept);
+        // Revisions go on past the salvaged ones.
+        let rev = s.put("cnm", "new", b"1", Condition::None, None).unwrap();
+        assert!(rev > 400, "{rev}");
+        s.commit().unwrap();
+        drop(s);
+
+        // Cut to half: the table's inner pages are gone, and with them every
+        // path to its records. What is left is a fresh, working store.
+        drop(store);
+        let len = fs::metadata(&db).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        assert!(store.snapshot().is_err());
+        assert!(store.recover().unwrap().is_some());
+        fill(&store);
+        assert_eq!(store.snapshot().unwrap().len(), 400);
         fs::remove_dir_all(&dir).unwrap();
     }
 

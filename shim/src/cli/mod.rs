@@ -147,6 +147,17 @@ pub enum Command {
     /// which), and remove links and driver tables netshim made that no
     /// network owns. The daemon runs it at start.
     Gc,
+    /// The state database.
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// Recover a damaged state database: keep every record that can still
+    /// be read (the damaged file stays beside it as state.db.corrupt-TIME),
+    /// then collect what no surviving record owns (as `netshim gc`).
+    Recover,
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,7 +370,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ))
                 }
             };
-            let ep = core.detach(target)?;
+            let ep = core.teardown_despite_damage(|| core.detach(target.clone()))?;
             out.detached(&ep);
             Ok(())
         }
@@ -409,6 +420,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits, metrics_addr)
                 .map_err(|e| CliError::Other(e.to_string()))
+        }
+        Command::Store(StoreCmd::Recover) => {
+            let core = cli.global.core()?;
+            out.recovered(core.recover_store()?.as_ref());
+            Ok(())
         }
         Command::Gc => {
             let core = cli.global.core()?;

@@ -213,6 +213,29 @@ impl Output {
         );
     }
 
+    pub fn recovered(
+        &self,
+        r: Option<&(netshim_host_api::store::Recovered, crate::cnm::GcReport)>,
+    ) {
+        match r {
+            None => self.emit(
+                json!({"recovered": false}),
+                "the state database is healthy: nothing to recover".into(),
+            ),
+            Some((r, gc)) => {
+                let text = format!(
+                    "kept {} record(s); the damaged database is {}",
+                    r.kept,
+                    r.moved_to.display()
+                );
+                self.emit(
+                    json!({"recovered": true, "kept": r.kept, "damaged": r.moved_to.display().to_string(), "gc": gc}),
+                    text,
+                );
+            }
+        }
+    }
+
     pub fn detached(&self, e: &Endpoint) {
         self.emit(json!({"detached": e.id}), short(&e.id));
     }

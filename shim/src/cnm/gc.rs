@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use netshim_host_api::kernel::{NsId, LINK_GROUP};
 use netshim_host_api::model::nft::Op;
-use netshim_host_api::store::{Condition, Store};
+use netshim_host_api::store::{Condition, Recovered, Store, StoreError};
 
 use super::model::{self, Network, Pending, PENDING_PREFIX, SPACE};
 use super::{get_json, release_netfilter, CnmError, CnmResult, Core, DetachTarget};
@@ -263,6 +263,30 @@ impl Core {
         }
         drop(s);
         Ok(())
+    }
+}
+
+impl Core {
+    /// Recover a damaged state database (see `LocalStore::recover`) and,
+    /// if it was damaged, remove what no surviving record owns.
+    pub fn recover_store(&self) -> CnmResult<Option<(Recovered, GcReport)>> {
+        match self.store.recover()? {
+            None => Ok(None),
+            Some(r) => Ok(Some((r, self.gc()?))),
+        }
+    }
+
+    /// A teardown (detach, poststop) that a damaged store would strand:
+    /// the store is recovered (the damaged file kept) and it runs again.
+    pub fn teardown_despite_damage<T>(&self, f: impl Fn() -> CnmResult<T>) -> CnmResult<T> {
+        match f() {
+            Err(CnmError::Store(StoreError::Corrupt { path, message })) => {
+                tracing::error!(file = %path.display(), error = %message, "the state database is damaged: recovering it so this teardown can run");
+                self.recover_store()?;
+                f()
+            }
+            other => other,
+        }
     }
 }
 

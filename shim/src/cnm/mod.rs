@@ -106,6 +106,7 @@ impl Attach {
 }
 
 /// Which endpoint to detach.
+#[derive(Debug, Clone)]
 pub enum DetachTarget {
     Sandbox { network: String, netns: PathBuf },
     Endpoint(String),
@@ -190,8 +191,9 @@ fn get_json<T: serde::de::DeserializeOwned>(s: &mut dyn Store, key: &str) -> Cnm
     match s.get(SPACE, key)? {
         None => Ok(None),
         Some(e) => serde_json::from_slice(&e.value).map(Some).map_err(|err| {
-            CnmError::Store(StoreError::Corrupt {
-                path: PathBuf::from(key),
+            CnmError::Store(StoreError::BadRecord {
+                space: SPACE.into(),
+                key: key.into(),
                 message: err.to_string(),
             })
         }),

@@ -1,0 +1,119 @@
+//! `netshim store recover`: a state database SQLite calls corrupt (a
+//! truncated file, a damaged page) makes every operation fail, poststop
+//! included. Recovery reads every record the damaged file still yields,
+//! walking the key order from both ends (a damaged page stops one walk,
+//! not the other), moves the damaged files aside (kept, never deleted) and
+//! writes what was read into a fresh database.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::legacy::Row;
+use super::local::{insert_rows, DB_FILE};
+use super::{LocalStore, StoreError};
+
+/// What a recovery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records read back and written to the new database.
+    pub kept: usize,
+    /// Where the damaged database now is.
+    pub moved_to: PathBuf,
+}
+
+impl LocalStore {
+    /// Recover a damaged database; `None` when it is healthy (nothing is
+    /// touched then).
+    pub fn recover(&self) -> Result<Option<Recovered>, StoreError> {
+        let _lock = self.lock()?;
+        // The cached connection may be on the damaged file.
+        drop(self.take_idle());
+        let path = self.dir().join(DB_FILE);
+        if !path.exists() || healthy(&path) {
+            return Ok(None);
+        }
+        let (rows, revision) = salvage(&path);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let moved_to = self.dir().join(format!("{DB_FILE}.corrupt-{stamp}"));
+        for suffix in ["", "-wal", "-shm"] {
+            let from = self.dir().join(format!("{DB_FILE}{suffix}"));
+            if from.exists() {
+                let to = PathBuf::from(format!("{}{suffix}", moved_to.display()));
+                std::fs::rename(&from, &to).map_err(|source| StoreError::Io {
+                    path: from.clone(),
+                    source,
+                })?;
+            }
+        }
+        let conn = self.connect()?;
+        insert_rows(&conn, &rows, revision).map_err(|source| StoreError::Database {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::warn!(
+            kept = rows.len(),
+            damaged = %moved_to.display(),
+            "state database recovered"
+        );
+        Ok(Some(Recovered {
+            kept: rows.len(),
+            moved_to,
+        }))
+    }
+}
+
+/// SQLite's own quick check, and a read of every record.
+fn healthy(path: &std::path::Path) -> bool {
+    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) else {
+        return false;
+    };
+    let check: Result<String, _> = conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
+    let count: Result<i64, _> = conn.query_row("SELECT count(*) FROM kv", [], |r| r.get(0));
+    matches!(check.as_deref(), Ok("ok")) && count.is_ok()
+}
+
+/// Every record still readable, and the highest revision seen.
+fn salvage(path: &std::path::Path) -> (Vec<Row>, u64) {
+    let mut found: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let mut revision = 0;
+    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) else {
+        return (Vec::new(), 0);
+    };
+    if let Ok(r) = conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        revision = r.max(0) as u64;
+    }
+    for order in ["ASC", "DESC"] {
+        let sql = format!(
+            "SELECT space, key, value, revision, expires FROM kv ORDER BY space {order}, key {order}"
+        );
+        let Ok(mut st) = conn.prepare(&sql) else {
+            continue;
+        };
+        let Ok(mut rows) = st.query([]) else {
+            continue;
+        };
+        // A damaged page ends this walk; the other direction reads up to it.
+        while let Ok(Some(r)) = rows.next() {
+            let row = (|| -> rusqlite::Result<Row> {
+                Ok(Row {
+                    space: r.get(0)?,
+                    key: r.get(1)?,
+                    value: r.get(2)?,
+                    revision: r.get::<_, i64>(3)?.max(0) as u64,
+                    expires: r.get::<_, Option<i64>>(4)?.map(|e| e.max(0) as u64),
+                })
+            })();
+            if let Ok(row) = row {
+                found.insert((row.space.clone(), row.key.clone()), row);
+            }
+        }
+    }
+    (found.into_values().collect(), revision)
+}
