@@ -186,7 +186,7 @@ impl Bench {
         let state_dir = tmp.join("state");
         let kernel: Arc<dyn Kernel> = Arc::new(Netlink::new(Some(&node)).map_err(other)?);
         // The compiled-guest cache is the normal one: steady state, not Cranelift.
-        let runtime = g.runtime()?;
+        let runtime = g.runtime(true)?;
         let core = Core::new(runtime, kernel, &state_dir, Vec::new())?;
         let mut bench = Bench {
             names: vec![node_name],

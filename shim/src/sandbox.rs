@@ -85,6 +85,28 @@ fn half_made_by(link: &LinkInfo, mark: &str) -> bool {
     }
 }
 
+/// An endpoint with no IPv6 address gets no IPv6 on its interface, as
+/// Docker does for IPv4-only networks (since 26.1): no link-local address,
+/// no duplicate address detection, no router solicitations. Set before
+/// the interface is up, so none of it ever starts. Besides being what
+/// Docker users expect, it is what keeps an attach at a thousand sandboxes
+/// as fast as at ten: each sandbox's IPv6 timers take the kernel's global
+/// rtnl lock, which every attach needs (README, Performance). A kernel
+/// without IPv6 has nothing to turn off.
+fn ipv6_off(kernel: &dyn Kernel, ns: NsId, ifname: &str) -> Result<(), SandboxError> {
+    let link = kernel
+        .link_by_name(ns, ifname)
+        .map_err(k(format!("looking up {ifname}")))?
+        .ok_or_else(|| SandboxError::Missing(ifname.into()))?;
+    match kernel.set_link(link.link_ref(), &LinkChange::Ipv6LinkLocal(false)) {
+        Ok(()) | Err(KernelError::NotFound(_)) => Ok(()),
+        Err(e) => Err(SandboxError::Kernel {
+            what: format!("turning IPv6 off on {ifname} (an IPv4-only endpoint)"),
+            source: e,
+        }),
+    }
+}
+
 /// The driver's static routes stay inside what the network may route:
 /// its prefixes, or a connected host route (Calico's 169.254.1.1).
 pub fn check_static_routes(join: &Join, grant: &[IpNet]) -> Result<(), SandboxError> {
@@ -132,6 +154,9 @@ pub fn configure(
         kernel
             .add_address(link_ref, a)
             .map_err(k(format!("adding {a} to {ifname}")))?;
+    }
+    if address.is_none_or(|a| a.addr().is_ipv4()) {
+        ipv6_off(kernel, ns, ifname)?;
     }
     if let Some(lo) = kernel.link_by_name(ns, "lo").map_err(k("looking up lo"))? {
         if !lo.up {

@@ -22,6 +22,7 @@ fn host(tag: &str) -> Host {
     let limits = Limits {
         deadline: Duration::from_millis(500),
         memory_bytes: 32 << 20,
+        ..Limits::default()
     };
     let runtime = Runtime::new(limits, Some(cache_dir())).unwrap();
     let kernel = Arc::new(Netlink::new(Some(&node.node.path)).unwrap());

@@ -140,6 +140,7 @@ impl HostState {
             },
             LinkChange::Master(_) => LinkChange::Master(before.master),
             LinkChange::Hairpin(on) => LinkChange::Hairpin(!on),
+            LinkChange::Ipv6LinkLocal(on) => LinkChange::Ipv6LinkLocal(!on),
             LinkChange::Name(_) => LinkChange::Name(before.name.clone()),
             LinkChange::Alias(_) => LinkChange::Alias(before.alias.clone()),
         };
@@ -209,6 +210,14 @@ impl HostLink for HostState {
                 "link {:?} and bridge {:?} are in different namespaces",
                 h.name, b.name
             )));
+        }
+        if self.created.contains(&h.link) {
+            // A new bridge port gets no IPv6 link-local address: it is a
+            // port, its bridge holds the addresses. Each address would be
+            // one more IPv6 route walked on every link event of the node
+            // (README, Performance).
+            self.kernel
+                .set_link(h.link, &LinkChange::Ipv6LinkLocal(false))?;
         }
         self.change(&self_, "set-master", LinkChange::Master(Some(b.link.index)))
     }

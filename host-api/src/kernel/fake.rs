@@ -412,7 +412,7 @@ impl Kernel for FakeKernel {
             LinkChange::Master(b) => info.master = *b,
             LinkChange::Name(n) => info.name = n.clone(),
             LinkChange::Alias(a) => info.alias = a.clone(),
-            LinkChange::Hairpin(_) => {}
+            LinkChange::Hairpin(_) | LinkChange::Ipv6LinkLocal(_) => {}
         }
         m.log(format!("set_link {name} {change:?}"));
         Ok(())

@@ -122,6 +122,9 @@ pub enum LinkChange {
     Alias(Option<String>),
     /// Bridge port hairpin mode (IFLA_BRPORT_MODE).
     Hairpin(bool),
+    /// Whether the kernel gives the link an IPv6 link-local address when it
+    /// comes up (IFLA_INET6_ADDR_GEN_MODE eui64, or none).
+    Ipv6LinkLocal(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

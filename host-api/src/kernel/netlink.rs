@@ -28,8 +28,9 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoIpTunnel, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoIpTunnel, InfoKind,
+    InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags,
+    LinkInfo as NlLinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -1179,6 +1180,18 @@ impl Kernel for Netlink {
                         IFLA_IFALIAS,
                         Vec::new(),
                     )))
+            }
+            LinkChange::Ipv6LinkLocal(on) => {
+                let mode = if *on {
+                    In6AddrGenMode::Eui64
+                } else {
+                    In6AddrGenMode::None
+                };
+                message
+                    .attributes
+                    .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                        vec![AfSpecInet6::AddrGenMode(mode)],
+                    )]));
             }
             LinkChange::Hairpin(on) => {
                 // Bridge port options are the port's "slave data", which only

@@ -1,7 +1,10 @@
 //! The embedded store: SQLite in WAL mode, one row per key, in
 //! `<state-dir>/state.db`. An operation writes only the rows it changes, so
-//! its cost does not grow with the node; every commit is durable
-//! (`synchronous=FULL`: the WAL is synced before COMMIT returns).
+//! its cost does not grow with the node. A commit is durable: the WAL is
+//! synced before it returns. A checkpoint is not synced (SQLite's
+//! `synchronous=NORMAL`): it survives the process dying, not a power loss,
+//! and is for records of kernel objects, which a power loss takes too. The
+//! log stays a consistent prefix either way.
 //!
 //! Sessions exclude each other with an exclusive `flock` on
 //! `<state-dir>/lock`, held from [`LocalStore::session`] until the session
@@ -30,9 +33,11 @@ pub(super) const DB_FILE: &str = "state.db";
 const LOCK_FILE: &str = "lock";
 const LEGACY_FILE: &str = "state.json";
 
+/// `PRAGMA user_version` of a database with [`SCHEMA`] in place.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
-    PRAGMA synchronous = FULL;
     CREATE TABLE IF NOT EXISTS kv (
         space    TEXT NOT NULL,
         key      TEXT NOT NULL,
@@ -44,6 +49,7 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
+    PRAGMA user_version = 1;
 ";
 
 /// Opens sessions on a state directory. Cloning shares the idle connection.
@@ -107,7 +113,17 @@ impl LocalStore {
         // the database file's mode.
         drop(crate::private::open_writable(&path)?);
         let conn = Connection::open(&path).map_err(db_error(&path))?;
-        conn.execute_batch(SCHEMA).map_err(db_error(&path))?;
+        // A process opens the database once per operation: the schema is
+        // written once, and later opens only check its version.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_error(&path))?;
+        if version != SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA).map_err(db_error(&path))?;
+        }
+        // Per connection: not stored in the file.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(db_error(&path))?;
         Ok(conn)
     }
 
@@ -151,8 +167,13 @@ impl LocalStore {
         }
     }
 
+    /// Close the idle connection now (a session in progress keeps its own).
+    pub fn close(&self) {
+        drop(self.take_idle());
+    }
+
     /// The connection the last session left, if any.
-    pub(super) fn take_idle(&self) -> Option<Connection> {
+    fn take_idle(&self) -> Option<Connection> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -413,7 +434,24 @@ impl Store for LocalSession {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.end_transaction()
+        self.end_transaction()?;
+        // What synchronous=FULL would do at COMMIT: the log, which now
+        // holds the commit, on disk before we return. (SQLite's setting
+        // cannot change inside the session's open transaction, so it stays
+        // NORMAL and the durable commits sync here.)
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let synced = File::open(&wal).and_then(|f| f.sync_data());
+        match synced {
+            Ok(()) => Ok(()),
+            // No log: SQLite wrote the commit to the database file itself.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open(&self.path)
+                .and_then(|f| f.sync_data())
+                .map_err(|source| StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                }),
+            Err(source) => Err(StoreError::Io { path: wal, source }),
+        }
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {

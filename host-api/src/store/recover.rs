@@ -29,7 +29,7 @@ impl LocalStore {
     pub fn recover(&self) -> Result<Option<Recovered>, StoreError> {
         let _lock = self.lock()?;
         // The cached connection may be on the damaged file.
-        drop(self.take_idle());
+        self.close();
         let path = self.dir().join(DB_FILE);
         if !path.exists() || healthy(&path) {
             return Ok(None);

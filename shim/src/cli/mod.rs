@@ -309,15 +309,18 @@ impl Global {
         Ok(args)
     }
 
-    pub fn limits(&self) -> Limits {
+    /// A process that runs one operation allocates guest instances per
+    /// call; one that serves many (`pooled`) sets up a pool once.
+    pub fn limits(&self, pooled: bool) -> Limits {
         Limits {
             deadline: Duration::from_millis(self.guest_deadline_ms),
             memory_bytes: self.guest_memory_mb << 20,
+            pooled,
         }
     }
 
-    pub fn runtime(&self) -> Result<Runtime, CliError> {
-        Ok(Runtime::new(self.limits(), Some(self.cache_dir()))?)
+    pub fn runtime(&self, pooled: bool) -> Result<Runtime, CliError> {
+        Ok(Runtime::new(self.limits(pooled), Some(self.cache_dir()))?)
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -332,10 +335,16 @@ impl Global {
         Ok(Arc::new(k))
     }
 
+    /// The core for one operation.
     pub fn core(&self) -> Result<Core, CliError> {
+        self.core_for(false)
+    }
+
+    /// The core for a process that serves many operations (the daemon).
+    pub fn core_for(&self, long_lived: bool) -> Result<Core, CliError> {
         let mut dirs = self.guest_dirs.clone();
         dirs.extend(crate::guests::default_dirs());
-        let runtime = self.runtime()?;
+        let runtime = self.runtime(long_lived)?;
         tracing::debug!("wasm runtime ready");
         let kernel = self.kernel()?;
         tracing::debug!("netlink ready");
@@ -357,6 +366,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 ..Attach::new(a.network, a.netns)
             })?;
             out.endpoint(&ep);
+            core.close_for_exit();
             Ok(())
         }
         Command::Detach(d) => {
@@ -372,6 +382,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let ep = core.teardown_despite_damage(|| core.detach(target.clone()))?;
             out.detached(&ep);
+            core.close_for_exit();
             Ok(())
         }
         Command::Guest(GuestCmd::Ls) => {
@@ -381,7 +392,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Guest(GuestCmd::Check { file }) => {
-            let rt = Runtime::new(cli.global.limits(), None)?;
+            let rt = Runtime::new(cli.global.limits(false), None)?;
             let guest = rt.load_file(&file)?;
             out.guest_check(&file, &guest);
             Ok(())
@@ -399,7 +410,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             idle_timeout_ms,
             metrics_addr,
         } => {
-            let core = std::sync::Arc::new(cli.global.core()?);
+            let core = std::sync::Arc::new(cli.global.core_for(true)?);
             // What a previous daemon (or a CLI, or a hook) left halfway is
             // settled before Docker's first request.
             match core.gc() {
@@ -462,6 +473,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 oci::Outcome::Detached(eps) => tracing::info!(endpoints = eps.len(), "detached"),
             }
+            core.close_for_exit();
             Ok(())
         }
         Command::Oci(OciCmd::InstallHook {

@@ -228,6 +228,16 @@ impl Core {
         })
     }
 
+    /// End a process that ran one operation: the store is closed (SQLite
+    /// folds its log into the database), the rest — the wasm engine and its
+    /// memory, the guests, netlink sockets — goes with the process, whose
+    /// exit unmaps it all at once instead of piece by piece.
+    pub fn close_for_exit(self) {
+        let Core { store, .. } = &self;
+        store.close();
+        std::mem::forget(self);
+    }
+
     pub fn kernel(&self) -> &Arc<dyn Kernel> {
         &self.kernel
     }

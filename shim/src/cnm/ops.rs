@@ -210,6 +210,7 @@ impl Core {
         s.checkpoint()?;
 
         let outcome = self.run_transaction(Box::new(s), &net.driver, "attach", |c| {
+            c.kernel_state_only();
             match &unfinished {
                 Some(old) => self.undo_attach(c, &net, old, Some(ns.ns))?,
                 None => sandbox::clear_stale(
@@ -490,6 +491,7 @@ impl Core {
         };
         let errors =
             self.transaction_pending(Box::new(s), &pending, &net.driver, "detach", |c| {
+                c.kernel_state_only();
                 self.remove_endpoint_step(c, &net, &ep)
             })?;
         if errors.is_empty() {

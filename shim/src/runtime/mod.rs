@@ -85,6 +85,10 @@ pub struct Limits {
     pub deadline: Duration,
     /// Linear memory one guest call may grow to.
     pub memory_bytes: usize,
+    /// Instances from a pool set up once (the daemon, the benchmark), or
+    /// allocated per call (a CLI or hook process makes three calls and
+    /// exits: setting up and tearing down a pool would cost it more).
+    pub pooled: bool,
 }
 
 impl Default for Limits {
@@ -92,6 +96,7 @@ impl Default for Limits {
         Limits {
             deadline: Duration::from_secs(2),
             memory_bytes: 64 << 20,
+            pooled: true,
         }
     }
 }
@@ -202,7 +207,11 @@ impl Runtime {
             .memory_reservation(limits.memory_bytes as u64)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(if limits.pooled {
+                InstanceAllocationStrategy::Pooling(pool)
+            } else {
+                InstanceAllocationStrategy::OnDemand
+            });
         let engine = Engine::new(&config).map_err(RuntimeError::Engine)?;
         tracing::debug!("engine ready");
         let mut linker = Linker::new(&engine);
