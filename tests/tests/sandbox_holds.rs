@@ -38,6 +38,7 @@ fn host(tag: &str) -> Host {
     let limits = Limits {
         deadline: Duration::from_millis(2000),
         memory_bytes: 64 << 20,
+        ..Limits::default()
     };
     let runtime = Runtime::new(limits, Some(cache_dir())).unwrap();
     let kernel = Arc::new(Netlink::new(Some(&node.node.path)).unwrap());
