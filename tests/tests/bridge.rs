@@ -51,6 +51,24 @@ fn two_sandboxes_ping_and_talk_tcp() {
     assert!(c1
         .ip(&["link", "show", "eth0"])
         .contains("02:42:0a:4d:00:02"));
+    // An IPv4-only network: no IPv6 address on the container's interface
+    // (as Docker since 26.1), none on the bridge ports, while lo keeps ::1.
+    assert_eq!(c1.ip(&["-6", "addr", "show", "dev", "eth0"]).trim(), "");
+    assert!(c1.ip(&["-6", "addr", "show", "dev", "lo"]).contains("::1"));
+    assert!(c1
+        .ip(&["-d", "link", "show", "eth0"])
+        .contains("addrgenmode none"));
+    for port in node.node.ip(&["-o", "link", "show", "type", "veth"]).lines() {
+        let name = port.split(':').nth(1).unwrap().trim();
+        let name = name.split('@').next().unwrap();
+        if name.starts_with("veth") {
+            assert_eq!(
+                node.node.ip(&["-6", "addr", "show", "dev", name]).trim(),
+                "",
+                "bridge port {name} has an IPv6 address"
+            );
+        }
+    }
     node.ok(&[
         "detach",
         "--network",
