@@ -58,7 +58,11 @@ fn two_sandboxes_ping_and_talk_tcp() {
     assert!(c1
         .ip(&["-d", "link", "show", "eth0"])
         .contains("addrgenmode none"));
-    for port in node.node.ip(&["-o", "link", "show", "type", "veth"]).lines() {
+    for port in node
+        .node
+        .ip(&["-o", "link", "show", "type", "veth"])
+        .lines()
+    {
         let name = port.split(':').nth(1).unwrap().trim();
         let name = name.split('@').next().unwrap();
         if name.starts_with("veth") {
