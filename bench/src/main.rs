@@ -188,6 +188,8 @@ impl Bench {
         // The compiled-guest cache is the normal one: steady state, not Cranelift.
         let runtime = g.runtime(true)?;
         let core = Core::new(runtime, kernel, &state_dir, Vec::new())?;
+        // In-process is the daemon's way: configured as the daemon is.
+        core.serve_many()?;
         let mut bench = Bench {
             names: vec![node_name],
             tmp,

@@ -333,6 +333,37 @@ mod tests {
     }
 
     #[test]
+    fn a_background_thread_folds_the_log_into_the_database() {
+        let dir = tmpdir("bg-ckpt");
+        let store = LocalStore::open(&dir).unwrap();
+        store.checkpoint_in_background().unwrap();
+        let db = dir.join("state.db");
+        let before = fs::metadata(&db).unwrap().len();
+        for i in 0..300 {
+            let mut s = store.session().unwrap();
+            s.put(
+                "cnm",
+                &format!("k{i}"),
+                &[b'x'; 2000],
+                Condition::None,
+                None,
+            )
+            .unwrap();
+            s.commit().unwrap();
+        }
+        // Sessions no longer fold the log themselves (autocheckpoint off):
+        // the thread does, within a couple of its one-second rounds.
+        let grown = (0..40).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            fs::metadata(&db).unwrap().len() > before + 300 * 2000
+        });
+        assert!(grown, "the database file did not take the log's pages");
+        assert_eq!(store.snapshot().unwrap().len(), 300);
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn writes_touch_only_their_keys() {
         // Two sessions' writes to different keys both survive: nothing
         // rewrites what it did not change.

@@ -411,6 +411,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             metrics_addr,
         } => {
             let core = std::sync::Arc::new(cli.global.core_for(true)?);
+            core.serve_many()?;
             // What a previous daemon (or a CLI, or a hook) left halfway is
             // settled before Docker's first request.
             match core.gc() {

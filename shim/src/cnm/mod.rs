@@ -250,6 +250,12 @@ impl Core {
         &self.metrics
     }
 
+    /// For a process that serves many operations: the store's log is
+    /// folded into the database off the operations' path.
+    pub fn serve_many(&self) -> CnmResult<()> {
+        Ok(self.store.checkpoint_in_background()?)
+    }
+
     /// Bytes the state takes on disk.
     pub fn store_bytes(&self) -> u64 {
         self.store.disk_bytes()
