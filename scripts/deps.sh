@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Everything netshim needs on a fresh Debian 12 machine with rustup: the
 # tools the demo drives, a C compiler (the store's SQLite is compiled in,
-# statically; netshim links no system library beyond libc) and the wasm
+# statically; netshim links no system library beyond libc), protoc (the
+# etcd client's gRPC code is generated at build time) and the wasm
 # target the drivers are built for. `deps.sh test` adds what the
 # tests drive: real OCI runtimes (runc, crun from Debian; youki from
 # crates.io, kept in ~/.cargo/bin between runs), busybox for container
-# images, strace.
+# images, strace, and Debian's etcd for the cluster store's tests (started
+# by the tests themselves, never as a service).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev)
+pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev protobuf-compiler)
 if [ "${1:-}" = test ]; then
-  pkgs+=(strace runc crun busybox-static util-linux docker.io)
+  pkgs+=(strace runc crun busybox-static util-linux docker.io etcd-server)
 fi
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()

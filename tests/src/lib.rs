@@ -4,6 +4,7 @@
 //! machine's own namespace; every namespace is removed on drop, also when a
 //! test fails.
 
+pub mod cluster;
 #[path = "../../shim/guest_build.rs"]
 pub mod guest_build;
 pub mod http_gen;

@@ -159,22 +159,7 @@ impl LocalStore {
 
     /// The state lock, blocking until other sessions end.
     pub(super) fn lock(&self) -> Result<Flock<File>, StoreError> {
-        let lock_path = self.dir.join(LOCK_FILE);
-        // Private (0600 in a 0700 directory): no other user can take it
-        // and hang every netshim operation.
-        let mut file = crate::private::open_writable(&lock_path)?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(l) => return Ok(l),
-                Err((f, Errno::EINTR)) => file = f,
-                Err((_, e)) => {
-                    return Err(StoreError::Io {
-                        path: lock_path,
-                        source: std::io::Error::from(e),
-                    })
-                }
-            }
-        }
+        lock_dir(&self.dir)
     }
 
     /// For a process that serves many operations (the daemon): SQLite
@@ -342,6 +327,26 @@ impl LocalSession {
         self.sql("COMMIT")?;
         // The session goes on (checkpoints are followed by more writes).
         self.sql("BEGIN")
+    }
+}
+
+/// The exclusive lock on `<dir>/lock`, blocking until its holder lets go.
+/// The file is private (0600 in a 0700 directory): no other user can take
+/// it and hang every netshim operation.
+pub(super) fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let mut file = crate::private::open_writable(&lock_path)?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(l) => return Ok(l),
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, e)) => {
+                return Err(StoreError::Io {
+                    path: lock_path,
+                    source: std::io::Error::from(e),
+                })
+            }
+        }
     }
 }
 

@@ -26,6 +26,13 @@ pub enum StoreError {
     },
     #[error("state directory: {0}")]
     Private(#[from] crate::private::PrivateError),
+    #[error("cluster store {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("{0}")]
+    Config(String),
     #[error("state database {path}: {source}")]
     Database {
         path: PathBuf,
@@ -89,10 +96,12 @@ pub trait Store {
     }
 }
 
+mod etcd;
 mod legacy;
 mod local;
 mod recover;
 
+pub use etcd::{parse_endpoints, EtcdSession, EtcdStore};
 pub use local::{LocalSession, LocalStore};
 pub use recover::Recovered;
 

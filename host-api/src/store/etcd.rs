@@ -1,0 +1,418 @@
+//! The cluster backend of [`Store`]: etcd v3, for state every node of a
+//! cluster shares (issue 9). A key `K` of space `S` is the etcd key
+//! `<prefix><S>/<K>`; an entry's revision is etcd's `mod_revision`.
+//!
+//! A session is optimistic: reads go to etcd and are remembered with the
+//! revision they saw (0 for absent), writes are buffered, and the commit
+//! is one etcd transaction that applies the writes only if nothing the
+//! session read has changed since (`mod_revision` equal, or
+//! `create_revision == 0` for what was absent; a listed range must hold no
+//! key modified after the list). Another node's write in between is a
+//! [`StoreError::Conflict`]: nothing of the session is applied. Processes
+//! of one node still exclude each other with the state directory's lock,
+//! as on the local store, so they never conflict among themselves.
+//!
+//! A TTL is an etcd lease granted at commit (one per distinct TTL): the key
+//! goes when the lease ends. An uncommitted session writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use nix::fcntl::Flock;
+
+use super::{Condition, Entry, Store, StoreError};
+
+/// Each request gives up after this; the next one reconnects.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Revisions of buffered writes: far above any etcd revision, so a
+/// condition on a key this session wrote compares against its own write.
+const BUFFERED: u64 = 1 << 62;
+
+/// A connection to an etcd cluster. Cloning shares it.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    /// Drives the client: its own threads, so sync callers (and callers on
+    /// another runtime's blocking pool) can wait on it.
+    rt: Arc<tokio::runtime::Runtime>,
+    endpoints: String,
+    prefix: String,
+    /// The state directory whose lock node-local sessions take.
+    lock_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// `etcd://HOST:PORT[,HOST:PORT…]` as the client's endpoint URLs.
+pub fn parse_endpoints(url: &str) -> Result<Vec<String>, StoreError> {
+    let bad = |why: &str| {
+        StoreError::Config(format!(
+            "store {url:?}: {why}; expected etcd://HOST:PORT[,HOST:PORT...]"
+        ))
+    };
+    let rest = url
+        .strip_prefix("etcd://")
+        .ok_or_else(|| bad("not an etcd:// address"))?;
+    let mut out = Vec::new();
+    for hp in rest.split(',') {
+        let (host, port) = hp
+            .rsplit_once(':')
+            .ok_or_else(|| bad(&format!("{hp:?} has no port")))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad(&format!("{hp:?} is not HOST:PORT")));
+        }
+        out.push(format!("http://{hp}"));
+    }
+    Ok(out)
+}
+
+impl EtcdStore {
+    /// Connect to `etcd://…`, keeping keys under `prefix` (e.g.
+    /// "/netshim/"). With `lock_dir`, sessions of this node's processes
+    /// exclude each other through that directory's lock.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        lock_dir: Option<&Path>,
+    ) -> Result<EtcdStore, StoreError> {
+        let endpoints = parse_endpoints(url)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("netshim-etcd")
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::Io {
+                path: PathBuf::from(url),
+                source,
+            })?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        let client = rt
+            .block_on(Client::connect(&endpoints, Some(options)))
+            .map_err(|source| StoreError::Etcd {
+                endpoints: url.to_string(),
+                source,
+            })?;
+        if let Some(dir) = lock_dir {
+            crate::private::dir(dir)?;
+        }
+        Ok(EtcdStore {
+            client,
+            rt: Arc::new(rt),
+            endpoints: url.to_string(),
+            prefix: prefix.to_string(),
+            lock_dir: lock_dir.map(Path::to_path_buf),
+        })
+    }
+
+    pub fn session(&self) -> Result<EtcdSession, StoreError> {
+        let lock = match &self.lock_dir {
+            Some(d) => Some(super::local::lock_dir(d)?),
+            None => None,
+        };
+        Ok(EtcdSession {
+            store: self.clone(),
+            _lock: lock,
+            reads: HashMap::new(),
+            ranges: Vec::new(),
+            writes: BTreeMap::new(),
+            next: BUFFERED,
+        })
+    }
+
+    fn full_key(&self, space: &str, key: &str) -> String {
+        format!("{}{space}/{key}", self.prefix)
+    }
+
+    fn error(&self, source: etcd_client::Error) -> StoreError {
+        StoreError::Etcd {
+            endpoints: self.endpoints.clone(),
+            source,
+        }
+    }
+}
+
+enum Write {
+    Put {
+        value: Vec<u8>,
+        ttl: Option<u32>,
+        revision: u64,
+    },
+    Delete,
+}
+
+/// One optimistic transaction on etcd (see the module's comment).
+pub struct EtcdSession {
+    store: EtcdStore,
+    _lock: Option<Flock<File>>,
+    /// Full key → what this session read of it: value and mod_revision,
+    /// or absent.
+    reads: HashMap<String, Option<(Vec<u8>, i64)>>,
+    /// Listed prefixes and the store revision they were read at.
+    ranges: Vec<(String, i64)>,
+    writes: BTreeMap<String, Write>,
+    next: u64,
+}
+
+impl EtcdSession {
+    /// The key as this session sees it: its own write, else what it read
+    /// of it before (reads repeat within a session), else etcd's value,
+    /// remembered for the commit's compare.
+    fn current(&mut self, full: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        match self.writes.get(full) {
+            Some(Write::Put {
+                value, revision, ..
+            }) => return Ok(Some((value.clone(), *revision))),
+            Some(Write::Delete) => return Ok(None),
+            None => {}
+        }
+        if let Some(seen) = self.reads.get(full) {
+            return Ok(seen.clone().map(|(v, r)| (v, r as u64)));
+        }
+        let mut kv = self.store.client.kv_client();
+        let key = full.to_string();
+        let got = self
+            .store
+            .rt
+            .block_on(async move { kv.get(key, None).await })
+            .map_err(|e| self.store.error(e))?;
+        let found = got
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+        self.reads.insert(full.to_string(), found.clone());
+        Ok(found.map(|(v, r)| (v, r as u64)))
+    }
+
+    fn check(full: &str, current: Option<u64>, cond: Condition) -> Result<(), StoreError> {
+        let ok = match cond {
+            Condition::None => true,
+            Condition::Absent => current.is_none(),
+            Condition::Revision(r) => current == Some(r),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(full.to_string()))
+        }
+    }
+
+    /// One etcd transaction: the writes, if every read still holds.
+    fn apply(&mut self) -> Result<(), StoreError> {
+        if self.writes.is_empty() {
+            self.reset();
+            return Ok(());
+        }
+        let mut compares = Vec::new();
+        for (key, seen) in &self.reads {
+            compares.push(match seen {
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
+            });
+        }
+        for (prefix, at) in &self.ranges {
+            compares
+                .push(Compare::mod_revision(prefix.clone(), CompareOp::Less, at + 1).with_prefix());
+        }
+        let client = self.store.client.clone();
+        let writes = std::mem::take(&mut self.writes);
+        let result = self.store.rt.block_on(async move {
+            let mut client = client;
+            let mut leases: BTreeMap<u32, i64> = BTreeMap::new();
+            let mut ops = Vec::new();
+            for (key, w) in writes {
+                match w {
+                    Write::Put { value, ttl, .. } => {
+                        let options = match ttl {
+                            None => None,
+                            Some(t) => {
+                                let id = match leases.get(&t) {
+                                    Some(id) => *id,
+                                    None => {
+                                        let id = client.lease_grant(i64::from(t), None).await?.id();
+                                        leases.insert(t, id);
+                                        id
+                                    }
+                                };
+                                Some(PutOptions::new().with_lease(id))
+                            }
+                        };
+                        ops.push(TxnOp::put(key, value, options));
+                    }
+                    Write::Delete => ops.push(TxnOp::delete(key, None)),
+                }
+            }
+            let txn = Txn::new().when(compares).and_then(ops);
+            client.txn(txn).await.map(|r| r.succeeded())
+        });
+        let (keys, ranges) = (self.reads.len(), self.ranges.len());
+        self.reset();
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Conflict(format!(
+                "another writer changed what this operation read ({keys} key(s) and {ranges} range(s) under {})",
+                self.store.prefix
+            ))),
+            Err(e) => Err(self.store.error(e)),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.reads.clear();
+        self.ranges.clear();
+        self.writes.clear();
+    }
+}
+
+impl Store for EtcdSession {
+    fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        let full = self.store.full_key(space, key);
+        Ok(self.current(&full)?.map(|(value, revision)| Entry {
+            key: key.to_string(),
+            value,
+            revision,
+        }))
+    }
+
+    fn put(
+        &mut self,
+        space: &str,
+        key: &str,
+        value: &[u8],
+        cond: Condition,
+        ttl_seconds: Option<u32>,
+    ) -> Result<u64, StoreError> {
+        let full = self.store.full_key(space, key);
+        let current = self.current(&full)?.map(|(_, r)| r);
+        Self::check(&full, current, cond)?;
+        self.next += 1;
+        let revision = self.next;
+        self.writes.insert(
+            full,
+            Write::Put {
+                value: value.to_vec(),
+                ttl: ttl_seconds,
+                revision,
+            },
+        );
+        Ok(revision)
+    }
+
+    fn delete(
+        &mut self,
+        space: &str,
+        key: &str,
+        cond: Condition,
+    ) -> Result<Option<Entry>, StoreError> {
+        let full = self.store.full_key(space, key);
+        let current = self.current(&full)?;
+        Self::check(&full, current.as_ref().map(|(_, r)| *r), cond)?;
+        let Some((value, revision)) = current else {
+            return Ok(None);
+        };
+        self.writes.insert(full, Write::Delete);
+        Ok(Some(Entry {
+            key: key.to_string(),
+            value,
+            revision,
+        }))
+    }
+
+    fn list(&mut self, space: &str, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let space_prefix = self.store.full_key(space, "");
+        let full = format!("{space_prefix}{prefix}");
+        let mut kv = self.store.client.kv_client();
+        let range = full.clone();
+        let got = self
+            .store
+            .rt
+            .block_on(async move { kv.get(range, Some(GetOptions::new().with_prefix())).await })
+            .map_err(|e| self.store.error(e))?;
+        let at = got.header().map_or(0, |h| h.revision());
+        self.ranges.push((full.clone(), at));
+        let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+        for kv in got.kvs() {
+            let Ok(k) = kv.key_str() else { continue };
+            let Some(key) = k.strip_prefix(&space_prefix) else {
+                continue;
+            };
+            out.insert(
+                key.to_string(),
+                Entry {
+                    key: key.to_string(),
+                    value: kv.value().to_vec(),
+                    revision: kv.mod_revision() as u64,
+                },
+            );
+        }
+        // This session's own writes, over what etcd holds.
+        for (k, w) in self.writes.range(full.clone()..) {
+            if !k.starts_with(&full) {
+                break;
+            }
+            let key = k[space_prefix.len()..].to_string();
+            match w {
+                Write::Put {
+                    value, revision, ..
+                } => {
+                    out.insert(
+                        key.clone(),
+                        Entry {
+                            key,
+                            value: value.clone(),
+                            revision: *revision,
+                        },
+                    );
+                }
+                Write::Delete => {
+                    out.remove(&key);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.apply()
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.apply()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert_eq!(
+            parse_endpoints("etcd://192.0.2.10:2379,192.0.2.11:2379").unwrap(),
+            vec!["http://192.0.2.10:2379", "http://192.0.2.11:2379"]
+        );
+        for bad in [
+            "http://x:1",
+            "etcd://",
+            "etcd://host",
+            "etcd://host:port",
+            "etcd://:2379",
+        ] {
+            let e = parse_endpoints(bad).unwrap_err().to_string();
+            assert!(e.contains("etcd://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+}
