@@ -744,7 +744,9 @@ fn open_tun(name: &str, tap: bool) -> io::Result<std::fs::File> {
         *slot = byte as libc::c_char;
     }
     let mode = if tap { libc::IFF_TAP } else { libc::IFF_TUN };
-    request.ifr_ifru.ifru_flags = (mode | libc::IFF_NO_PI) as libc::c_short;
+    // IFF_TUN_EXCL: a device of that name made since the check above is
+    // refused, not adopted.
+    request.ifr_ifru.ifru_flags = (mode | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one ifreq, which outlives the call.
     if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
         return Err(io::Error::last_os_error());

@@ -38,7 +38,7 @@ const LEGACY_FILE: &str = "state.json";
 /// `PRAGMA user_version` of a database with [`SCHEMA`] in place.
 const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
+pub(super) const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     CREATE TABLE IF NOT EXISTS kv (
         space    TEXT NOT NULL,
@@ -61,6 +61,10 @@ pub struct LocalStore {
     /// The connection of the last session, kept for the next one: opening
     /// SQLite costs more than an attach's own reads.
     idle: Arc<Mutex<Option<Connection>>>,
+    /// Device and inode of the file the idle connection has open: another
+    /// process's `store recover` puts a new file in its place, and a
+    /// connection still on the old one would split the state in two.
+    idle_file: Arc<Mutex<Option<(u64, u64)>>>,
     /// Set once a thread folds the log into the database (see
     /// [`LocalStore::checkpoint_in_background`]): sessions then never do.
     background: Arc<AtomicBool>,
@@ -94,6 +98,7 @@ impl LocalStore {
         Ok(LocalStore {
             dir: dir.to_path_buf(),
             idle: Arc::new(Mutex::new(None)),
+            idle_file: Arc::new(Mutex::new(None)),
             background: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -141,10 +146,20 @@ impl LocalStore {
     /// transaction on the current state.
     pub fn session(&self) -> Result<LocalSession, StoreError> {
         let lock = self.lock()?;
-        let idle = self.take_idle();
+        let db = self.dir.join(DB_FILE);
+        let now = file_id(&db);
+        let mut idle = self.take_idle();
+        if idle.is_some() && *self.idle_file.lock().unwrap_or_else(|p| p.into_inner()) != now {
+            tracing::info!(file = %db.display(), "the state database was replaced (recovered): reopening it");
+            idle = None;
+        }
         let conn = match idle {
             Some(c) => c,
-            None => self.connect()?,
+            None => {
+                let c = self.connect()?;
+                *self.idle_file.lock().unwrap_or_else(|p| p.into_inner()) = file_id(&db);
+                c
+            }
         };
         let mut s = LocalSession {
             _lock: lock,
@@ -328,6 +343,12 @@ impl LocalSession {
         // The session goes on (checkpoints are followed by more writes).
         self.sql("BEGIN")
     }
+}
+
+/// Device and inode of a file, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The exclusive lock on `<dir>/lock`, blocking until its holder lets go.

@@ -342,6 +342,41 @@ mod tests {
     }
 
     #[test]
+    fn a_long_lived_store_follows_a_recovery_made_by_another_process() {
+        let dir = tmpdir("follow");
+        let daemon = LocalStore::open(&dir).unwrap();
+        let mut s = daemon.session().unwrap();
+        s.put("cnm", "before", b"1", Condition::None, None).unwrap();
+        s.commit().unwrap();
+        drop(s); // its connection stays open, idle, as the daemon's does
+                 // Another process finds the file damaged and recovers it (the log
+                 // folded in first, so the damage is what SQLite reads).
+        let db = dir.join("state.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let mut bytes = fs::read(&db).unwrap();
+        bytes[..100].fill(0x5a);
+        fs::write(&db, &bytes).unwrap();
+        let cli = LocalStore::open(&dir).unwrap();
+        assert!(cli.recover().unwrap().is_some());
+        // The daemon's next session is on the new file, not the damaged one.
+        let mut s = daemon.session().unwrap();
+        s.put("cnm", "after", b"1", Condition::None, None).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let keys: Vec<String> = cli
+            .snapshot()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.key)
+            .collect();
+        assert!(keys.contains(&"after".to_string()), "{keys:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_background_thread_folds_the_log_into_the_database() {
         let dir = tmpdir("bg-ckpt");
         let store = LocalStore::open(&dir).unwrap();

@@ -39,22 +39,58 @@ impl LocalStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let moved_to = self.dir().join(format!("{DB_FILE}.corrupt-{stamp}"));
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        // The new database is written whole, and synced, beside the damaged
+        // one before anything is moved: a recovery killed at any point
+        // leaves either the damaged database (recovered again next time) or
+        // the new one, never an empty state.
+        let fresh = self.dir().join(format!("{DB_FILE}.recovering"));
+        let _ = std::fs::remove_file(&fresh);
+        drop(crate::private::open_writable(&fresh)?);
+        {
+            let conn = Connection::open(&fresh).map_err(|source| StoreError::Database {
+                path: fresh.clone(),
+                source,
+            })?;
+            conn.execute_batch(super::local::SCHEMA)
+                .and_then(|_| insert_rows(&conn, &rows, revision))
+                .map_err(|source| StoreError::Database {
+                    path: fresh.clone(),
+                    source,
+                })?;
+            // Closing folds its log into the file.
+        }
+        std::fs::File::open(&fresh)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&fresh))?;
+        // The damaged files are kept under a new name (hard links), and
+        // its log taken away before the new file takes its place: SQLite
+        // would replay a stale log into the new database.
+        // A name no earlier recovery took.
+        let moved_to = (0..)
+            .map(|n| match n {
+                0 => self.dir().join(format!("{DB_FILE}.corrupt-{stamp}")),
+                n => self.dir().join(format!("{DB_FILE}.corrupt-{stamp}.{n}")),
+            })
+            .find(|p| !p.exists())
+            .unwrap_or_default();
         for suffix in ["", "-wal", "-shm"] {
             let from = self.dir().join(format!("{DB_FILE}{suffix}"));
             if from.exists() {
                 let to = PathBuf::from(format!("{}{suffix}", moved_to.display()));
-                std::fs::rename(&from, &to).map_err(|source| StoreError::Io {
-                    path: from.clone(),
-                    source,
-                })?;
+                std::fs::hard_link(&from, &to).map_err(io(&from))?;
+                if !suffix.is_empty() {
+                    std::fs::remove_file(&from).map_err(io(&from))?;
+                }
             }
         }
-        let conn = self.connect()?;
-        insert_rows(&conn, &rows, revision).map_err(|source| StoreError::Database {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::rename(&fresh, &path).map_err(io(&path))?;
+        std::fs::File::open(self.dir())
+            .and_then(|d| d.sync_all())
+            .map_err(io(self.dir()))?;
         tracing::warn!(
             kept = rows.len(),
             damaged = %moved_to.display(),

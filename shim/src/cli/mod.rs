@@ -144,9 +144,16 @@ pub enum Command {
     #[command(subcommand)]
     Oci(OciCmd),
     /// Finish or undo what interrupted operations left (their records say
-    /// which), and remove links and driver tables netshim made that no
-    /// network owns. The daemon runs it at start.
-    Gc,
+    /// which) and remove links a killed netshim left unmarked. The daemon
+    /// runs it at start.
+    Gc {
+        /// Also remove links whose netshim mark names no network of this
+        /// store, and driver tables of drivers with no network. Only for the
+        /// state directory that made them: to any other store (an empty
+        /// one, a test's) every network of the node looks dead.
+        #[arg(long)]
+        orphans: bool,
+    },
     /// The state database.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -414,7 +421,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             core.serve_many()?;
             // What a previous daemon (or a CLI, or a hook) left halfway is
             // settled before Docker's first request.
-            match core.gc() {
+            match core.gc(crate::cnm::Orphans::HalfMade) {
                 Ok(r) if !r.is_empty() => tracing::info!(
                     settled = r.settled.len(),
                     links = r.links.len(),
@@ -438,9 +445,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             out.recovered(core.recover_store()?.as_ref());
             Ok(())
         }
-        Command::Gc => {
+        Command::Gc { orphans } => {
             let core = cli.global.core()?;
-            let report = core.gc()?;
+            let report = core.gc(if orphans {
+                crate::cnm::Orphans::Unowned
+            } else {
+                crate::cnm::Orphans::HalfMade
+            })?;
             out.gc(&report);
             if report.errors.is_empty() {
                 Ok(())

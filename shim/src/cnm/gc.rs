@@ -17,6 +17,20 @@ use netshim_host_api::store::{Condition, Recovered, Store, StoreError};
 use super::model::{self, Network, Pending, PENDING_PREFIX, SPACE};
 use super::{get_json, release_netfilter, CnmError, CnmResult, Core, DetachTarget};
 
+/// Which kernel objects without a record gc removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphans {
+    /// Only links that prove they are a dead netshim process's: no alias,
+    /// born in netshim's device group (killed between creating a link and
+    /// marking it). What the daemon runs at start.
+    HalfMade,
+    /// Also links whose mark names no network this store knows, and
+    /// driver tables of drivers with no network. Only on request (`gc
+    /// --orphans`) and after a recovery: a store that does not know a
+    /// network (an empty or wrong state directory) would take it for dead.
+    Unowned,
+}
+
 /// What a gc run did, for the CLI and the daemon's log.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct GcReport {
@@ -40,7 +54,7 @@ impl GcReport {
 }
 
 impl Core {
-    pub fn gc(&self) -> CnmResult<GcReport> {
+    pub fn gc(&self, orphans: Orphans) -> CnmResult<GcReport> {
         let mut report = GcReport::default();
         let (pending, intents) = {
             let mut s = self.store.session()?;
@@ -70,7 +84,7 @@ impl Core {
                 Err(e) => report.errors.push(format!("{}: {e}", entry.key)),
             }
         }
-        self.remove_orphans(&mut report)?;
+        self.remove_orphans(orphans, &mut report)?;
         for line in &report.settled {
             tracing::info!(what = %line, "gc");
         }
@@ -207,30 +221,50 @@ impl Core {
 
     /// Links and driver tables netshim made that no network owns. The
     /// session is held throughout: no operation is halfway while it is.
-    fn remove_orphans(&self, report: &mut GcReport) -> CnmResult<()> {
+    fn remove_orphans(&self, orphans: Orphans, report: &mut GcReport) -> CnmResult<()> {
         let mut s = self.store.session()?;
         let mut owners = BTreeSet::new();
         let mut drivers = BTreeSet::new();
+        let mut unreadable = Vec::new();
         for e in s.list(SPACE, "networks/")? {
-            if let Ok(n) = serde_json::from_slice::<Network>(&e.value) {
-                owners.insert(n.id);
-                drivers.insert(n.driver);
+            // The id from the key: a record that does not parse still
+            // names a network that exists.
+            owners.insert(e.key.trim_start_matches("networks/").to_string());
+            match serde_json::from_slice::<Network>(&e.value) {
+                Ok(n) => {
+                    drivers.insert(n.driver);
+                }
+                Err(_) => unreadable.push(e.key),
             }
         }
         // A create whose undo failed keeps its record (and its objects,
         // for the next run's undo).
         for e in s.list(SPACE, PENDING_PREFIX)? {
-            if let Ok(Pending::CreateNetwork { network }) = serde_json::from_slice(&e.value) {
-                owners.insert(network.id);
-                drivers.insert(network.driver);
+            match serde_json::from_slice(&e.value) {
+                Ok(Pending::CreateNetwork { network }) => {
+                    owners.insert(network.id);
+                    drivers.insert(network.driver);
+                }
+                Ok(_) => {}
+                Err(_) => unreadable.push(e.key),
             }
+        }
+        let by_absence = orphans == Orphans::Unowned && unreadable.is_empty();
+        if orphans == Orphans::Unowned && !unreadable.is_empty() {
+            report.errors.push(format!(
+                "records {} are unreadable: nothing is removed for lacking a record until they are fixed or removed",
+                unreadable.join(", ")
+            ));
         }
         let kernel = self.kernel.as_ref();
         for link in kernel.links(NsId::NODE)? {
             let orphan = match link.alias.as_deref() {
-                Some(alias) => alias
-                    .strip_prefix("netshim:")
-                    .is_some_and(|id| !owners.contains(id)),
+                Some(alias) => {
+                    by_absence
+                        && alias
+                            .strip_prefix("netshim:")
+                            .is_some_and(|id| !owners.contains(id))
+                }
                 None => link.group == LINK_GROUP,
             };
             if !orphan {
@@ -248,6 +282,9 @@ impl Core {
             }
         }
         for table in kernel.nft_tables(NsId::NODE)? {
+            if !by_absence {
+                break;
+            }
             let Some(driver) = table.strip_prefix("netshim-") else {
                 continue;
             };
@@ -272,7 +309,7 @@ impl Core {
     pub fn recover_store(&self) -> CnmResult<Option<(Recovered, GcReport)>> {
         match self.store.recover()? {
             None => Ok(None),
-            Some(r) => Ok(Some((r, self.gc()?))),
+            Some(r) => Ok(Some((r, self.gc(Orphans::Unowned)?))),
         }
     }
 

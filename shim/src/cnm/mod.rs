@@ -460,7 +460,7 @@ fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option
 mod ops;
 mod steps;
 pub use driver::{Join, Mac, RouteVia, Scope, StaticRoute};
-pub use gc::GcReport;
+pub use gc::{GcReport, Orphans};
 pub use lifecycle::PoolGrant;
 
 #[cfg(test)]

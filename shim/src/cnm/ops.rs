@@ -140,6 +140,13 @@ impl Core {
             .to_str()
             .ok_or_else(|| CnmError::Invalid(format!("netns path {:?} is not UTF-8", req.netns)))?
             .to_string();
+        // Intents and indexes are keyed by the path: it must name the same
+        // namespace whatever the working directory.
+        if !req.netns.is_absolute() {
+            return Err(CnmError::Invalid(format!(
+                "netns path {netns} is relative; give an absolute path (/run/netns/NAME, /proc/PID/ns/net)"
+            )));
+        }
         if !req.netns.exists() {
             return Err(CnmError::NotFound(format!(
                 "network namespace {netns} does not exist"

@@ -352,7 +352,7 @@ fn gc_undoes_a_dead_create_and_removes_only_netshim_orphans() {
         .create_link(&link("user1", Some("uplink to rack 4".into())))
         .unwrap();
 
-    let report = f.core.gc().unwrap();
+    let report = f.core.gc(Orphans::HalfMade).unwrap();
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(report.settled.len(), 1, "{report:?}");
     let names = f.fake.link_names(NsId::NODE);
@@ -372,5 +372,50 @@ fn gc_undoes_a_dead_create_and_removes_only_netshim_orphans() {
     assert!(s.list(SPACE, model::PENDING_PREFIX).unwrap().is_empty());
     drop(s);
     // A second run finds nothing.
-    assert!(f.core.gc().unwrap().is_empty());
+    assert!(f.core.gc(Orphans::HalfMade).unwrap().is_empty());
+
+    // A link marked for a network this store does not know is removed only
+    // on request: to an empty or wrong state directory, every network of
+    // the node looks dead.
+    f.fake
+        .create_link(&link("stray0", Some(ownership_mark(&"e".repeat(64)))))
+        .unwrap();
+    f.core.gc(Orphans::HalfMade).unwrap();
+    assert!(f
+        .fake
+        .link_names(NsId::NODE)
+        .contains(&"stray0".to_string()));
+    // Not while a network record is unreadable: its network would look dead.
+    {
+        let mut s = f.core.store.session().unwrap();
+        s.put(
+            SPACE,
+            "networks/broken",
+            b"{not json",
+            Condition::None,
+            None,
+        )
+        .unwrap();
+        s.commit().unwrap();
+    }
+    let report = f.core.gc(Orphans::Unowned).unwrap();
+    assert!(report.errors[0].contains("networks/broken"), "{report:?}");
+    assert!(f
+        .fake
+        .link_names(NsId::NODE)
+        .contains(&"stray0".to_string()));
+    {
+        let mut s = f.core.store.session().unwrap();
+        s.delete(SPACE, "networks/broken", Condition::None).unwrap();
+        s.commit().unwrap();
+    }
+    let report = f.core.gc(Orphans::Unowned).unwrap();
+    assert_eq!(report.links.len(), 1, "{report:?}");
+    let names = f.fake.link_names(NsId::NODE);
+    assert!(!names.contains(&"stray0".to_string()), "{names:?}");
+    assert!(
+        names.contains(&format!("br-{}", &kept.id[..12])),
+        "{names:?}"
+    );
+    assert!(names.contains(&"user1".to_string()), "{names:?}");
 }
