@@ -27,6 +27,8 @@ pub struct Calls<'a> {
     timing: Timing,
     teardown: bool,
     kernel_state_only: bool,
+    /// What the rollback of a failed call could not undo.
+    unwound: Vec<String>,
 }
 
 /// How a driver's error reads: its kind, then its own words (cut to the
@@ -84,6 +86,7 @@ impl<'a> Calls<'a> {
             timing: Timing::default(),
             teardown: false,
             kernel_state_only: false,
+            unwound: Vec::new(),
         })
     }
 
@@ -149,6 +152,8 @@ impl<'a> Calls<'a> {
         for e in &errors {
             tracing::error!(call = name, error = %e, "rollback after a failed guest call is incomplete");
         }
+        // Counted as the transaction's own: its record of intent stays.
+        self.unwound.extend(errors);
         Err(failure)
     }
 
@@ -173,7 +178,8 @@ impl<'a> Calls<'a> {
             .store
             .take()
             .expect("store session is present between calls");
-        let errors = self.core.unwind(journals, store.as_mut());
+        let mut errors = std::mem::take(&mut self.unwound);
+        errors.extend(self.core.unwind(journals, store.as_mut()));
         self.finish_timing();
         errors
     }

@@ -270,8 +270,9 @@ impl Core {
         let cleanup = c.delete_endpoint(net, &old.endpoint_id);
         c.teardown(false);
         for e in [revoke.err(), cleanup.err()].into_iter().flatten() {
-            // An unmarked veth is not the driver's to delete; the sandbox
-            // end below (or the sandbox's end of life) takes it with it.
+            // An unmarked veth is not the driver's to delete (its teardown
+            // reports that as a failure); the sandbox end below, or the
+            // sandbox's end of life, takes it with it.
             tracing::debug!(error = %e, "driver cleanup of the interrupted endpoint");
         }
         if let Some(ns) = ns {
