@@ -127,6 +127,46 @@ fn sessions_are_transactions_across_nodes() {
         );
     });
 
+    // A key deleted from a range this session listed, and a key changed
+    // before this session's checkpoint, both fail its final commit.
+    let (a7, b7) = (a.clone(), b.clone());
+    let n1 = c.nodes[1].path.clone();
+    inside(&c.nodes[0], move || {
+        let mut s = a7.session().unwrap();
+        assert_eq!(s.list("cnm", "networks/").unwrap().len(), 2);
+        let b8 = b7.clone();
+        inside_path(n1.clone(), move || {
+            let mut s = b8.session().unwrap();
+            s.delete("cnm", "networks/y", Condition::None).unwrap();
+            s.commit().unwrap();
+        });
+        s.put("cnm", "decided", b"on two networks", Condition::None, None)
+            .unwrap();
+        assert!(matches!(s.commit(), Err(StoreError::Conflict(_))));
+
+        let mut s = a7.session().unwrap();
+        let x = s.get("cnm", "networks/x").unwrap().unwrap();
+        s.put("cnm", "intent", b"1", Condition::None, None).unwrap();
+        s.checkpoint().unwrap();
+        inside_path(n1, move || {
+            let mut s = b7.session().unwrap();
+            s.put("cnm", "networks/x", b"again", Condition::None, None)
+                .unwrap();
+            s.commit().unwrap();
+        });
+        s.put("cnm", "endpoint", x.value.as_slice(), Condition::None, None)
+            .unwrap();
+        assert!(
+            matches!(s.commit(), Err(StoreError::Conflict(_))),
+            "a read from before the checkpoint was not checked at the commit"
+        );
+        // The checkpointed write stands; the final one did not happen.
+        let mut s = a7.session().unwrap();
+        assert!(s.get("cnm", "intent").unwrap().is_some());
+        assert!(s.get("cnm", "endpoint").unwrap().is_none());
+        assert!(s.get("cnm", "decided").unwrap().is_none());
+    });
+
     // Two nodes create the same key at once: exactly one wins.
     let wins: usize = (0..2)
         .map(|i| {

@@ -32,6 +32,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Revisions of buffered writes: far above any etcd revision, so a
 /// condition on a key this session wrote compares against its own write.
 const BUFFERED: u64 = 1 << 62;
+/// etcd's default `--max-txn-ops`: compares and writes of one transaction.
+const MAX_TXN_OPS: usize = 128;
+/// Lists up to this long have each key compared at commit.
+const LISTED_KEYS_COMPARED: usize = 32;
 
 /// A connection to an etcd cluster. Cloning shares it.
 #[derive(Clone)]
@@ -210,14 +214,16 @@ impl EtcdSession {
         }
     }
 
-    /// One etcd transaction: the writes, if every read still holds.
+    /// One etcd transaction: the writes, if every read still holds. What
+    /// was read stays read past a checkpoint (the session's later writes
+    /// still rest on it), updated with what this transaction wrote.
     fn apply(&mut self) -> Result<(), StoreError> {
         if self.writes.is_empty() {
-            self.reset();
             return Ok(());
         }
         let mut compares = Vec::new();
         for (key, seen) in &self.reads {
+            // A key this transaction writes is compared as it was read.
             compares.push(match seen {
                 None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
                 Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
@@ -227,12 +233,28 @@ impl EtcdSession {
             compares
                 .push(Compare::mod_revision(prefix.clone(), CompareOp::Less, at + 1).with_prefix());
         }
+        let ops_count = compares.len() + self.writes.len();
+        if ops_count > MAX_TXN_OPS {
+            self.writes.clear();
+            return Err(StoreError::Config(format!(
+                "one operation on {} needs {ops_count} compares and writes in one etcd transaction; etcd allows {MAX_TXN_OPS} by default (--max-txn-ops)",
+                self.store.endpoints
+            )));
+        }
         let client = self.store.client.clone();
         let writes = std::mem::take(&mut self.writes);
+        let written: Vec<(String, Option<Vec<u8>>)> = writes
+            .iter()
+            .map(|(k, w)| match w {
+                Write::Put { value, .. } => (k.clone(), Some(value.clone())),
+                Write::Delete => (k.clone(), None),
+            })
+            .collect();
         let result = self.store.rt.block_on(async move {
             let mut client = client;
             let mut leases: BTreeMap<u32, i64> = BTreeMap::new();
             let mut ops = Vec::new();
+            let mut granted = Ok(());
             for (key, w) in writes {
                 match w {
                     Write::Put { value, ttl, .. } => {
@@ -241,11 +263,16 @@ impl EtcdSession {
                             Some(t) => {
                                 let id = match leases.get(&t) {
                                     Some(id) => *id,
-                                    None => {
-                                        let id = client.lease_grant(i64::from(t), None).await?.id();
-                                        leases.insert(t, id);
-                                        id
-                                    }
+                                    None => match client.lease_grant(i64::from(t), None).await {
+                                        Ok(r) => {
+                                            leases.insert(t, r.id());
+                                            r.id()
+                                        }
+                                        Err(e) => {
+                                            granted = Err(e);
+                                            break;
+                                        }
+                                    },
                                 };
                                 Some(PutOptions::new().with_lease(id))
                             }
@@ -255,25 +282,43 @@ impl EtcdSession {
                     Write::Delete => ops.push(TxnOp::delete(key, None)),
                 }
             }
-            let txn = Txn::new().when(compares).and_then(ops);
-            client.txn(txn).await.map(|r| r.succeeded())
+            let outcome = match granted {
+                Ok(()) => {
+                    let txn = Txn::new().when(compares).and_then(ops);
+                    client
+                        .txn(txn)
+                        .await
+                        .map(|r| (r.succeeded(), r.header().map_or(0, |h| h.revision())))
+                }
+                Err(e) => Err(e),
+            };
+            // A lease no committed key uses would only wait out its TTL.
+            if !matches!(outcome, Ok((true, _))) {
+                for id in leases.values() {
+                    let _ = client.lease_revoke(*id).await;
+                }
+            }
+            outcome
         });
-        let (keys, ranges) = (self.reads.len(), self.ranges.len());
-        self.reset();
         match result {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::Conflict(format!(
-                "another writer changed what this operation read ({keys} key(s) and {ranges} range(s) under {})",
-                self.store.prefix
-            ))),
+            Ok((true, revision)) => {
+                for (key, value) in written {
+                    self.reads.insert(key, value.map(|v| (v, revision)));
+                }
+                for (_, at) in &mut self.ranges {
+                    *at = revision;
+                }
+                Ok(())
+            }
+            Ok((false, _)) => {
+                let (keys, ranges) = (self.reads.len(), self.ranges.len());
+                Err(StoreError::Conflict(format!(
+                    "another writer changed what this operation read ({keys} key(s) and {ranges} range(s) under {})",
+                    self.store.prefix
+                )))
+            }
             Err(e) => Err(self.store.error(e)),
         }
-    }
-
-    fn reset(&mut self) {
-        self.reads.clear();
-        self.ranges.clear();
-        self.writes.clear();
     }
 }
 
@@ -344,8 +389,19 @@ impl Store for EtcdSession {
         let at = got.header().map_or(0, |h| h.revision());
         self.ranges.push((full.clone(), at));
         let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+        // The keys of a short list join what the commit compares, so a
+        // delete in the range (which the range compare cannot see) is
+        // caught too; a long one would overrun etcd's transaction limit,
+        // and a key deleted from it goes unnoticed (what is deleted frees
+        // something: no decision taken on the list is made unsafe by it).
+        let track_keys = got.kvs().len() <= LISTED_KEYS_COMPARED;
         for kv in got.kvs() {
             let Ok(k) = kv.key_str() else { continue };
+            if track_keys {
+                self.reads
+                    .entry(k.to_string())
+                    .or_insert_with(|| Some((kv.value().to_vec(), kv.mod_revision())));
+            }
             let Some(key) = k.strip_prefix(&space_prefix) else {
                 continue;
             };
