@@ -220,16 +220,22 @@ impl Bench {
         Ok(bench)
     }
 
-    /// netshim as a separate process, with this node and state.
+    /// netshim as a separate process, with this state. It runs inside the
+    /// node's namespace ([`Bench::node_file`] given to `time_process`), as
+    /// a hook or CLI does on a real node and as the CNI peer is run here:
+    /// no `--node-netns`, whose thread entering the namespace a real node
+    /// does not pay.
     fn netshim(&self, g: &Global) -> Result<Command, CliError> {
         let mut c = Command::new(&self.exe);
         c.arg("--state-dir")
             .arg(&self.state_dir)
-            .arg("--node-netns")
-            .arg(&self.node)
             .arg("--cache-dir")
             .arg(g.cache_dir());
         Ok(c)
+    }
+
+    fn node_file(&self) -> Result<File, CliError> {
+        File::open(&self.node).map_err(other)
     }
 }
 
@@ -303,19 +309,20 @@ fn attach(g: &Global, exe: &Path, args: BenchAttach) -> Result<(), CliError> {
     // the cost of one attach on a node that holds `count` of them.
     let procs = &b.sandboxes[args.count..args.count + args.process_count];
     let (mut pa, mut pd) = (Vec::new(), Vec::new());
+    let node = b.node_file()?;
     for sb in procs {
         let ns = sb.to_str().unwrap_or_default();
         pa.push(time_process(
             b.netshim(g)?
                 .args(["attach", "--network", "bench", "--netns", ns]),
             b"",
-            None,
+            Some(&node),
         )?);
         pd.push(time_process(
             b.netshim(g)?
                 .args(["detach", "--network", "bench", "--netns", ns]),
             b"",
-            None,
+            Some(&node),
         )?);
     }
     for sb in &b.sandboxes[..args.count] {
@@ -389,20 +396,21 @@ fn hook(g: &Global, exe: &Path, args: BenchHook) -> Result<(), CliError> {
         json!({"ociVersion": "1.0.2", "id": format!("bench{i}"), "status": status, "pid": 0, "bundle": bundle}).to_string()
     };
     let (mut ha, mut hd) = (Vec::new(), Vec::new());
+    let node = b.node_file()?;
     for (i, bundle) in bundles.iter().enumerate() {
         ha.push(time_process(
             b.netshim(g)?
                 .args(["oci-hook", "createRuntime"])
                 .env_clear(),
             state(i, "creating", bundle).as_bytes(),
-            None,
+            Some(&node),
         )?);
     }
     for (i, bundle) in bundles.iter().enumerate() {
         hd.push(time_process(
             b.netshim(g)?.args(["oci-hook", "poststop"]).env_clear(),
             state(i, "stopped", bundle).as_bytes(),
-            None,
+            Some(&node),
         )?);
     }
     let (ha, hd) = (stats(ha), stats(hd));
