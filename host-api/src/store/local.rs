@@ -507,20 +507,21 @@ impl Store for LocalSession {
         // What synchronous=FULL would do at COMMIT: the log, which now
         // holds the commit, on disk before we return. (SQLite's setting
         // cannot change inside the session's open transaction, so it stays
-        // NORMAL and the durable commits sync here.)
+        // NORMAL and the durable commits sync here.) The commit stands
+        // either way: a failed sync is reported as such, not as a failed
+        // commit, so nobody undoes work that others can already see.
         let wal = PathBuf::from(format!("{}-wal", self.path.display()));
-        let synced = File::open(&wal).and_then(|f| f.sync_data());
-        match synced {
-            Ok(()) => Ok(()),
+        let synced = match File::open(&wal).and_then(|f| f.sync_data()) {
             // No log: SQLite wrote the commit to the database file itself.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::open(&self.path)
-                .and_then(|f| f.sync_data())
-                .map_err(|source| StoreError::Io {
-                    path: self.path.clone(),
-                    source,
-                }),
-            Err(source) => Err(StoreError::Io { path: wal, source }),
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open(&self.path).and_then(|f| f.sync_data())
+            }
+            other => other,
+        };
+        synced.map_err(|source| StoreError::NotSynced {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {

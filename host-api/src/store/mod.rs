@@ -33,6 +33,13 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Config(String),
+    /// The commit is made and visible; syncing it to disk failed, so it
+    /// may not survive a power loss.
+    #[error("state database {path}: committed, but syncing it to disk failed ({source}); it may not survive a power loss")]
+    NotSynced {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state database {path}: {source}")]
     Database {
         path: PathBuf,

@@ -200,6 +200,12 @@ impl<'a> Calls<'a> {
         };
         let result = match committed {
             Ok(()) => Ok(()),
+            // Committed: undoing the kernel work now would leave records
+            // that others can see describing objects that are gone.
+            Err(e @ netshim_host_api::store::StoreError::NotSynced { .. }) => {
+                tracing::error!(error = %e, "commit not synced");
+                Err((CnmError::Store(e), false))
+            }
             Err(e) => {
                 let journals = std::mem::take(&mut self.journals);
                 let incomplete = self.core.unwind(journals, store.as_mut());
