@@ -75,13 +75,30 @@ impl Core {
             Ok(r) => Ok(r),
             Err((e, undone)) => {
                 if undone {
-                    let mut s = self.store.session()?;
-                    s.delete(SPACE, &key, Condition::None)?;
-                    s.commit()?;
+                    self.drop_own_record(&key, pending)?;
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Delete a record this operation wrote, in a session of its own after
+    /// the operation's: only if it still holds what was written, since
+    /// another operation may have written the key in between.
+    pub(super) fn drop_own_record<T: serde::Serialize>(
+        &self,
+        key: &str,
+        wrote: &T,
+    ) -> CnmResult<()> {
+        let bytes = serde_json::to_vec(wrote).map_err(|e| CnmError::Invalid(e.to_string()))?;
+        let mut s = self.store.session()?;
+        if let Some(now) = s.get(SPACE, key)? {
+            if now.value == bytes {
+                s.delete(SPACE, key, Condition::Revision(now.revision))?;
+                s.commit()?;
+            }
+        }
+        Ok(())
     }
 
     /// Run `f`; commit, or undo its calls. The error says whether the undo

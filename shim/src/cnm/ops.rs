@@ -237,9 +237,7 @@ impl Core {
                 // Everything the attach made is undone: so is its intent
                 // (kept for the next attach or gc when the undo was not).
                 if undone {
-                    let mut s = self.store.session()?;
-                    s.delete(SPACE, &intent_key, Condition::None)?;
-                    s.commit()?;
+                    self.drop_own_record(&intent_key, &intent)?;
                 }
                 Err(e)
             }

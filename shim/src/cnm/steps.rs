@@ -309,6 +309,7 @@ impl Core {
             s.checkpoint()?;
         }
         let before = ep.clone();
+        let ports_asked = ports.clone();
         let outcome = self.run_transaction(Box::new(s), &net.driver, "ExternalConnectivity", |c| {
             c.ports(&net, &spec, publish)?;
             ep.ports = ports;
@@ -318,10 +319,17 @@ impl Core {
             Ok(()) => Ok(()),
             Err((e, undone)) => {
                 if publish && undone {
-                    // No rule of this request is left: the record says so.
+                    // No rule of this request is left: the record says so,
+                    // unless another request changed (or removed) the
+                    // endpoint in between.
                     let mut s = self.store.session()?;
-                    save_endpoint(&mut s, &before)?;
-                    s.commit()?;
+                    let now: Option<Endpoint> = get_json(&mut s, &model::endpoint_key(&before.id))?;
+                    let mut pending = before.clone();
+                    pending.ports.extend(ports_asked.iter().cloned());
+                    if now.as_ref() == Some(&pending) {
+                        save_endpoint(&mut s, &before)?;
+                        s.commit()?;
+                    }
                 }
                 Err(e)
             }
