@@ -5,7 +5,7 @@
 use crate::cnm::{Join, RouteVia};
 use ipnet::IpNet;
 use netshim_host_api::kernel::{
-    Kernel, KernelError, LinkChange, LinkInfo, NsId, Route, RouteScope, LINK_GROUP,
+    Kernel, KernelError, LinkChange, LinkInfo, LinkRef, NsId, Route, RouteScope, LINK_GROUP,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,21 +90,14 @@ fn half_made_by(link: &LinkInfo, mark: &str) -> bool {
 /// no duplicate address detection, no router solicitations. Set before
 /// the interface is up, so none of it ever starts. Besides being what
 /// Docker users expect, it is what keeps an attach at a thousand sandboxes
-/// as fast as at ten: each sandbox's IPv6 timers take the kernel's global
-/// rtnl lock, which every attach needs (README, Performance). A kernel
-/// without IPv6 has nothing to turn off.
-fn ipv6_off(kernel: &dyn Kernel, ns: NsId, ifname: &str) -> Result<(), SandboxError> {
-    let link = kernel
-        .link_by_name(ns, ifname)
-        .map_err(k(format!("looking up {ifname}")))?
-        .ok_or_else(|| SandboxError::Missing(ifname.into()))?;
-    match kernel.set_link(link.link_ref(), &LinkChange::Ipv6LinkLocal(false)) {
-        Ok(()) | Err(KernelError::NotFound(_)) => Ok(()),
-        Err(e) => Err(SandboxError::Kernel {
-            what: format!("turning IPv6 off on {ifname} (an IPv4-only endpoint)"),
-            source: e,
-        }),
-    }
+/// near its cost at ten: each sandbox's IPv6 timers take the kernel's global
+/// rtnl lock, which every attach needs (README, Performance).
+fn ipv6_off(kernel: &dyn Kernel, link: LinkRef, ifname: &str) -> Result<(), SandboxError> {
+    kernel
+        .set_link(link, &LinkChange::Ipv6LinkLocal(false))
+        .map_err(k(format!(
+            "turning IPv6 off on {ifname} (an IPv4-only endpoint)"
+        )))
 }
 
 /// The driver's static routes stay inside what the network may route:
@@ -156,7 +149,7 @@ pub fn configure(
             .map_err(k(format!("adding {a} to {ifname}")))?;
     }
     if address.is_none_or(|a| a.addr().is_ipv4()) {
-        ipv6_off(kernel, ns, ifname)?;
+        ipv6_off(kernel, link_ref, ifname)?;
     }
     if let Some(lo) = kernel.link_by_name(ns, "lo").map_err(k("looking up lo"))? {
         if !lo.up {

@@ -27,7 +27,9 @@ fn spawn(node: &Node, args: &[&str], stdin: Option<&str>) -> Child {
             Stdio::null()
         })
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Read by `wait_with_output`; a killed child writes too little to
+        // fill the pipe.
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
@@ -79,6 +81,13 @@ fn leftover_records(node: &Node) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An attach died between its intent and its commit.
+fn has_intent(node: &Node) -> bool {
+    leftover_records(node)
+        .iter()
+        .any(|k| k.starts_with("intents/"))
 }
 
 fn netshim_tables(ns: &Ns) -> Vec<String> {
@@ -181,8 +190,10 @@ fn attach_and_detach_killed_anywhere_then_detach_or_gc_leaves_nothing() {
     let span = duration_of(&node, &attach, None);
     node.ok(&detach);
     let mut addresses = BTreeSet::new();
+    let mut halfway = 0;
     for delay in delays(span, 30) {
         kill_after(&node, &attach, None, delay);
+        halfway += usize::from(has_intent(&node));
         // What a user does next: detach (which undoes a half-made attach).
         let _ = node.netshim(&detach);
         assert_eq!(
@@ -199,6 +210,7 @@ fn attach_and_detach_killed_anywhere_then_detach_or_gc_leaves_nothing() {
         node.ok(&detach);
     }
     assert_eq!(addresses.len(), 1, "{addresses:?}");
+    assert!(halfway > 0, "no kill landed inside an attach");
 
     node.ok(&attach);
     let span = duration_of(&node, &detach, None);
@@ -259,8 +271,10 @@ fn a_killed_create_runtime_hook_then_poststop_leaves_no_port_to_the_next_contain
         .wait_with_output()
         .unwrap();
     assert!(out.status.success());
+    let mut halfway = 0;
     for delay in delays(span, 30) {
         kill_after(&node, &create, Some(&create_state), delay);
+        halfway += usize::from(has_intent(&node));
         let out = spawn(&node, &poststop, Some(&stop_state))
             .wait_with_output()
             .unwrap();
@@ -273,6 +287,7 @@ fn a_killed_create_runtime_hook_then_poststop_leaves_no_port_to_the_next_contain
         );
         assert_eq!(leftover_records(&node), Vec::<String>::new(), "{delay:?}");
     }
+    assert!(halfway > 0, "no kill landed inside the hook's attach");
     // A new container on the same address publishes nothing: the outside
     // host cannot reach its port 80 through the node's 8080.
     let next = Ns::new("crashoci-d");
@@ -486,22 +501,8 @@ fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() 
 
     // poststop recovers the store (keeping the damaged file) and removes
     // what no surviving record owns: here, everything of the network.
-    let out = Command::new(netshim_bin())
-        .env("NETSHIM_STATE_DIR", &node.state.0)
-        .env("NETSHIM_NODE_NETNS", &node.node.path)
-        .env("NETSHIM_CACHE_DIR", netshim_tests::cache_dir())
-        .args(["oci-hook", "poststop"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(state("stopped").as_bytes())?;
-            c.wait_with_output()
-        })
+    let out = spawn(&node, &["oci-hook", "poststop"], Some(&state("stopped")))
+        .wait_with_output()
         .unwrap();
     assert!(
         out.status.success(),

@@ -123,7 +123,8 @@ pub enum LinkChange {
     /// Bridge port hairpin mode (IFLA_BRPORT_MODE).
     Hairpin(bool),
     /// Whether the kernel gives the link an IPv6 link-local address when it
-    /// comes up (IFLA_INET6_ADDR_GEN_MODE eui64, or none).
+    /// comes up (IFLA_INET6_ADDR_GEN_MODE eui64, or none). Turning it off
+    /// on a kernel without IPv6 is done already.
     Ipv6LinkLocal(bool),
 }
 

@@ -201,19 +201,6 @@ impl EtcdSession {
         Ok(found.map(|(v, r)| (v, r as u64)))
     }
 
-    fn check(full: &str, current: Option<u64>, cond: Condition) -> Result<(), StoreError> {
-        let ok = match cond {
-            Condition::None => true,
-            Condition::Absent => current.is_none(),
-            Condition::Revision(r) => current == Some(r),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(full.to_string()))
-        }
-    }
-
     /// One etcd transaction: the writes, if every read still holds. What
     /// was read stays read past a checkpoint (the session's later writes
     /// still rest on it), updated with what this transaction wrote.
@@ -342,7 +329,7 @@ impl Store for EtcdSession {
     ) -> Result<u64, StoreError> {
         let full = self.store.full_key(space, key);
         let current = self.current(&full)?.map(|(_, r)| r);
-        Self::check(&full, current, cond)?;
+        cond.check(&full, current)?;
         self.next += 1;
         let revision = self.next;
         self.writes.insert(
@@ -364,7 +351,7 @@ impl Store for EtcdSession {
     ) -> Result<Option<Entry>, StoreError> {
         let full = self.store.full_key(space, key);
         let current = self.current(&full)?;
-        Self::check(&full, current.as_ref().map(|(_, r)| *r), cond)?;
+        cond.check(&full, current.as_ref().map(|(_, r)| *r))?;
         let Some((value, revision)) = current else {
             return Ok(None);
         };

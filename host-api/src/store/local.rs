@@ -401,20 +401,6 @@ pub(super) fn insert_rows(
     conn.execute_batch("COMMIT")
 }
 
-/// Whether a write under `cond` may go ahead, given the key's current revision.
-fn check(space: &str, key: &str, current: Option<u64>, cond: Condition) -> Result<(), StoreError> {
-    let ok = match cond {
-        Condition::None => true,
-        Condition::Absent => current.is_none(),
-        Condition::Revision(r) => current == Some(r),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict(format!("{space}/{key}")))
-    }
-}
-
 impl Store for LocalSession {
     fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         self.current(space, key)
@@ -429,11 +415,9 @@ impl Store for LocalSession {
         ttl_seconds: Option<u32>,
     ) -> Result<u64, StoreError> {
         if cond != Condition::None {
-            check(
-                space,
-                key,
+            cond.check(
+                &format!("{space}/{key}"),
                 self.current(space, key)?.map(|e| e.revision),
-                cond,
             )?;
         }
         let revision = self.next_revision()?;
@@ -455,7 +439,7 @@ impl Store for LocalSession {
         cond: Condition,
     ) -> Result<Option<Entry>, StoreError> {
         let old = self.current(space, key)?;
-        check(space, key, old.as_ref().map(|e| e.revision), cond)?;
+        cond.check(&format!("{space}/{key}"), old.as_ref().map(|e| e.revision))?;
         let removed = self
             .conn()
             .prepare_cached("DELETE FROM kv WHERE space = ?1 AND key = ?2")

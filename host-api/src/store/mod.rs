@@ -62,9 +62,28 @@ pub enum Condition {
     Revision(u64),
 }
 
+impl Condition {
+    /// Whether a write under this condition may go ahead, given the key's
+    /// current revision (as this session sees it); `key` names it in the
+    /// conflict.
+    pub(crate) fn check(self, key: &str, current: Option<u64>) -> Result<(), StoreError> {
+        let ok = match self {
+            Condition::None => true,
+            Condition::Absent => current.is_none(),
+            Condition::Revision(r) => current == Some(r),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(key.to_string()))
+        }
+    }
+}
+
 /// One session with the store: a local store holds its lock for the whole
-/// session, so a CNM operation reads and writes a consistent state; a cluster
-/// store would map each call onto an etcd request. Spaces separate the CNM
+/// session, so a CNM operation reads and writes a consistent state; the
+/// etcd store reads through and commits its buffered writes in one
+/// transaction that fails if anything it read changed (see `etcd`). Spaces separate the CNM
 /// state ("cnm") from each driver's keys ("driver/<name>").
 pub trait Store {
     fn get(&mut self, space: &str, key: &str) -> Result<Option<Entry>, StoreError>;
