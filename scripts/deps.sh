@@ -12,7 +12,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev protobuf-compiler)
 if [ "${1:-}" = test ]; then
-  pkgs+=(strace runc crun busybox-static util-linux docker.io etcd-server)
+  pkgs+=(strace runc crun busybox-static util-linux docker.io etcd-server etcd-client)
 fi
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()

@@ -6,10 +6,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Built-in guests, compiled for wasm32-wasip2 by build.rs.
-pub const BUILTIN: &[(&str, &[u8])] = &[(
-    "bridge",
-    include_bytes!(concat!(env!("OUT_DIR"), "/bridge.wasm")),
-)];
+pub const BUILTIN: &[(&str, &[u8])] = &[
+    (
+        "bridge",
+        include_bytes!(concat!(env!("OUT_DIR"), "/bridge.wasm")),
+    ),
+    (
+        "flannel",
+        include_bytes!(concat!(env!("OUT_DIR"), "/flannel.wasm")),
+    ),
+];
 
 #[derive(Debug, Clone)]
 pub enum Source {

@@ -1,5 +1,6 @@
 //! netshim: the CNM core, the guest runtime and the front-ends.
 
+pub mod agent;
 pub mod cli;
 pub mod cnm;
 pub mod docker;

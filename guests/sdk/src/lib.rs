@@ -6,7 +6,7 @@
 //! implements the three export traits and writes
 //! `netshim_guest_sdk::export!(MyDriver);`.
 //!
-//! - [`host`]: the interfaces a driver may call (link, route, sysctl,
+//! - [`host`]: the interfaces a driver may call (link, route, sysctl, cluster,
 //!   netfilter, node, store, log, types); [`guest`]: the ones it implements.
 //! - [`addr`]: IPv4 prefixes ([`ipnet::Ipv4Net`]) to and from WIT addresses.
 //! - [`names`]: interface names, veth names and MACs derived from ids.
@@ -38,7 +38,7 @@ pub mod wit {
 /// host; every value a driver passes is checked again by the host.
 pub mod host {
     pub use crate::wit::netshim::plugin0_1_0::{link, log, route, store, sysctl, types};
-    pub use crate::wit::netshim::plugin0_2_0::{netfilter, node};
+    pub use crate::wit::netshim::plugin0_2_0::{cluster, netfilter, node};
 }
 
 /// What a driver implements: `driver::Guest`, `ipam::Guest` and

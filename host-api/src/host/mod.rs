@@ -6,6 +6,7 @@
 //! with the journal, when the call ends; on failure the runtime replays the
 //! journal backwards ([`crate::journal::Journal::rollback`]).
 
+mod cluster;
 mod convert;
 mod kv;
 mod links;
@@ -27,6 +28,7 @@ use crate::journal::Journal;
 use crate::kernel::{Kernel, KernelError, LinkRef, NsId};
 use crate::store::{Store, StoreError};
 
+pub use cluster::ClusterAccess;
 pub use convert::{from_ip, from_prefix, to_ip, to_prefix};
 pub use netfilter::release_network;
 
@@ -129,6 +131,12 @@ pub struct Grant {
     /// The node's name (WIT 0.2 `node.identity`; the rest of the identity
     /// is read from the kernel when a driver asks).
     pub node_name: String,
+    /// The driver's subtree of the cluster store for this call (WIT 0.2
+    /// `cluster`), decided by the CNM core; `None`: no cluster access.
+    pub cluster_root: Option<String>,
+    /// Whether request-pool may claim route prefixes (the operator
+    /// granted the network none).
+    pub may_claim: bool,
 }
 
 impl Grant {
@@ -166,6 +174,21 @@ pub struct HostState {
     pub(crate) created: Vec<LinkRef>,
     /// Log lines the guest wrote in this call (past the quota: counted only).
     pub(crate) log_lines: usize,
+    /// The cluster store, as far as this call may use it.
+    pub(crate) cluster: ClusterAccess,
+    /// Route prefixes the driver claimed (`cluster.claim-route-prefix`),
+    /// for the CNM core to check.
+    pub(crate) claims: Vec<IpNet>,
+}
+
+/// What a finished call hands back.
+pub struct Finished {
+    /// The store session, to commit or keep using.
+    pub store: Box<dyn Store + Send>,
+    /// What the call changed, to roll back on failure.
+    pub journal: Journal,
+    pub cluster: ClusterAccess,
+    pub claims: Vec<IpNet>,
 }
 
 impl HostState {
@@ -185,7 +208,15 @@ impl HostState {
             store_budget: crate::guard::limits::STORE_BYTES_PER_CALL,
             log_lines: 0,
             created: Vec::new(),
+            cluster: ClusterAccess::Absent,
+            claims: Vec::new(),
         }
+    }
+
+    /// Let the call use the cluster store as `access` says.
+    pub fn with_cluster(mut self, access: ClusterAccess) -> HostState {
+        self.cluster = access;
+        self
     }
 
     /// Lend a sandbox to the call; the returned handle is passed to the export.
@@ -200,9 +231,8 @@ impl HostState {
         })?)
     }
 
-    /// End the call: the store session (to commit or keep using) and the
-    /// journal (to roll back on failure).
-    pub fn finish(self) -> (Box<dyn Store + Send>, Journal) {
+    /// End the call: its sessions and its journal.
+    pub fn finish(self) -> Finished {
         let quota = crate::guard::limits::LOG_LINES_PER_CALL;
         if self.log_lines > quota {
             tracing::warn!(
@@ -213,7 +243,12 @@ impl HostState {
                 self.log_lines - quota
             );
         }
-        (self.store, self.journal)
+        Finished {
+            store: self.store,
+            journal: self.journal,
+            cluster: self.cluster,
+            claims: self.claims,
+        }
     }
 
     pub fn kernel(&self) -> &Arc<dyn Kernel> {

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use nix::fcntl::Flock;
 
 use super::{Condition, Entry, Store, StoreError};
@@ -122,6 +124,19 @@ impl EtcdStore {
         })
     }
 
+    /// A session that takes no lock: for a caller that already holds the
+    /// node's (an operation inside a local-store session).
+    pub fn session_unlocked(&self) -> EtcdSession {
+        EtcdSession {
+            store: self.clone(),
+            _lock: None,
+            reads: HashMap::new(),
+            ranges: Vec::new(),
+            writes: BTreeMap::new(),
+            next: BUFFERED,
+        }
+    }
+
     pub fn session(&self) -> Result<EtcdSession, StoreError> {
         let lock = match &self.lock_dir {
             Some(d) => Some(super::local::lock_dir(d)?),
@@ -137,6 +152,93 @@ impl EtcdStore {
         })
     }
 
+    /// Follow every change under `root` (a space: keys `<root>/…`), from
+    /// now on, into `tx`, until the guard is dropped or `tx`'s receiver
+    /// goes. A [`Change::Resync`] comes first and whenever changes may
+    /// have been missed: the watch resumes from the revision after the
+    /// last event it saw when the connection breaks (retrying with
+    /// backoff from 100 ms to 5 s), and re-lists when etcd compacted that
+    /// revision away.
+    pub fn watch(&self, root: &str, tx: std::sync::mpsc::Sender<Change>) -> WatchGuard {
+        let prefix = self.full_key(root, "");
+        let root = root.to_string();
+        let mut client = self.client.clone();
+        let task = self.rt.spawn(async move {
+            let first_backoff = Duration::from_millis(100);
+            let mut backoff = first_backoff;
+            let mut from: Option<i64> = None;
+            loop {
+                let start = match from {
+                    Some(r) => r,
+                    None => {
+                        let options = GetOptions::new().with_prefix().with_keys_only().with_limit(1);
+                        match client.get(prefix.clone(), Some(options)).await {
+                            Ok(r) => {
+                                let next = r.header().map_or(0, |h| h.revision()) + 1;
+                                from = Some(next);
+                                if tx.send(Change::Resync { root: root.clone() }).is_err() {
+                                    return;
+                                }
+                                next
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, root, "cluster watch: cannot reach etcd");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(start);
+                let (_watcher, mut stream) = match client.watch(prefix.clone(), Some(options)).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::debug!(error = %e, root, "cluster watch: cannot start");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                backoff = first_backoff;
+                loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            if resp.compact_revision() > 0 || resp.canceled() {
+                                // Events before the compaction are gone: list again.
+                                tracing::info!(root, compacted = resp.compact_revision(), "cluster watch: resyncing");
+                                from = None;
+                                break;
+                            }
+                            for ev in resp.events() {
+                                let Some(kv) = ev.kv() else { continue };
+                                from = Some(kv.mod_revision() + 1);
+                                let Some(key) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
+                                    continue;
+                                };
+                                let change = Change::Key {
+                                    root: root.clone(),
+                                    key: key.to_string(),
+                                };
+                                if tx.send(change).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            tracing::debug!(root, "cluster watch: stream ended, resuming");
+                            tokio::time::sleep(backoff).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        WatchGuard(task)
+    }
+
     fn full_key(&self, space: &str, key: &str) -> String {
         format!("{}{space}/{key}", self.prefix)
     }
@@ -149,6 +251,27 @@ impl EtcdStore {
     }
 }
 
+/// A change [`EtcdStore::watch`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key under the root was written or went (its lease ended); the key
+    /// is relative to the root.
+    Key { root: String, key: String },
+    /// Changes may have been missed (the watch just started, or etcd
+    /// compacted what it would have replayed): re-read everything.
+    Resync { root: String },
+}
+
+/// Stops its watch when dropped.
+pub struct WatchGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Clone)]
 enum Write {
     Put {
         value: Vec<u8>,
@@ -306,6 +429,63 @@ impl EtcdSession {
             }
             Err(e) => Err(self.store.error(e)),
         }
+    }
+}
+
+/// What [`EtcdSession::mark`] saved: the buffered writes at that point.
+pub struct Mark {
+    writes: BTreeMap<String, Write>,
+    next: u64,
+}
+
+impl EtcdSession {
+    /// Save the buffered writes, to go back to them if a step fails.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            writes: self.writes.clone(),
+            next: self.next,
+        }
+    }
+
+    /// Forget the writes buffered since `mark` (what was read stays read:
+    /// the commit still checks it).
+    pub fn restore(&mut self, mark: Mark) {
+        self.writes = mark.writes;
+        self.next = mark.next;
+    }
+
+    /// Whether a commit would write anything.
+    pub fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// Seconds until the key's lease ends, as this session sees the key:
+    /// its own buffered write (its TTL), else etcd's lease of the key.
+    /// `None`: no key, or a key with no lease.
+    pub fn expires_in(&mut self, space: &str, key: &str) -> Result<Option<u32>, StoreError> {
+        let full = self.store.full_key(space, key);
+        match self.writes.get(&full) {
+            Some(Write::Put { ttl, .. }) => return Ok(*ttl),
+            Some(Write::Delete) => return Ok(None),
+            None => {}
+        }
+        let client = self.store.client.clone();
+        let got = self
+            .store
+            .rt
+            .block_on(async move {
+                let mut client = client;
+                let got = client.get(full, None).await?;
+                let lease = got.kvs().first().map_or(0, |kv| kv.lease());
+                if lease == 0 {
+                    return Ok(None);
+                }
+                let ttl = client.lease_time_to_live(lease, None).await?;
+                Ok(Some(ttl.ttl()))
+            })
+            .map_err(|e| self.store.error(e))?;
+        // A lease that ended answers -1: the key is going.
+        Ok(got.map(|t: i64| t.clamp(0, i64::from(u32::MAX)) as u32))
     }
 }
 

@@ -127,7 +127,7 @@ mod legacy;
 mod local;
 mod recover;
 
-pub use etcd::{parse_endpoints, EtcdSession, EtcdStore};
+pub use etcd::{parse_endpoints, Change, EtcdSession, EtcdStore, Mark, WatchGuard};
 pub use local::{LocalSession, LocalStore};
 pub use recover::Recovered;
 

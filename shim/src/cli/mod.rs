@@ -41,6 +41,11 @@ pub struct Global {
         default_value = "/var/lib/netshim"
     )]
     pub state_dir: PathBuf,
+    /// The cluster store for what the nodes of a cluster share
+    /// (etcd://HOST:PORT[,HOST:PORT...]); node-local state stays in the
+    /// state directory. Default: none (one node).
+    #[arg(long, global = true, env = "NETSHIM_STORE")]
+    pub store: Option<String>,
     /// Where compiled guests are cached (default: <state-dir>/cache).
     #[arg(long, global = true, env = "NETSHIM_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -355,8 +360,16 @@ impl Global {
         tracing::debug!("wasm runtime ready");
         let kernel = self.kernel()?;
         tracing::debug!("netlink ready");
+        let cluster = match &self.store {
+            None => None,
+            Some(url) => Some(
+                netshim_host_api::store::EtcdStore::connect(url, "", None)
+                    .map_err(crate::cnm::CnmError::Store)?,
+            ),
+        };
         Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?
-            .with_node_name(self.node_name.clone()))
+            .with_node_name(self.node_name.clone())
+            .with_cluster(cluster))
     }
 }
 
@@ -437,8 +450,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 header_timeout: std::time::Duration::from_millis(idle_timeout_ms),
                 ..crate::docker::Limits::default()
             };
-            crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits, metrics_addr)
-                .map_err(|e| CliError::Other(e.to_string()))
+            let agent = crate::agent::Agent::start(core.clone());
+            let served =
+                crate::docker::serve(core, &plugin_dir, &plugin_prefix, limits, metrics_addr)
+                    .map_err(|e| CliError::Other(e.to_string()));
+            if let Some(a) = agent {
+                a.stop();
+            }
+            served
         }
         Command::Store(StoreCmd::Recover) => {
             let core = cli.global.core()?;

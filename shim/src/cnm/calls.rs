@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::time::Instant;
 
+use ipnet::IpNet;
 use netshim_host_api::bindings::netshim::plugin::types::Error as WitError;
 use netshim_host_api::bindings::Plugin;
-use netshim_host_api::host::{HostState, SandboxHandle};
+use netshim_host_api::host::{ClusterAccess, HostState, SandboxHandle};
 use netshim_host_api::journal::Journal;
 use netshim_host_api::kernel::NsId;
-use netshim_host_api::store::Store;
+use netshim_host_api::store::{EtcdSession, Store};
 use wasmtime::component::Resource;
 
 use super::{CnmError, CnmResult, Core, DriverErrorKind, Timing};
@@ -29,7 +30,22 @@ pub struct Calls<'a> {
     kernel_state_only: bool,
     /// What the rollback of a failed call could not undo.
     unwound: Vec<String>,
+    /// The operation's cluster-store session, opened by the first call
+    /// that may use it, committed before the local store's.
+    cluster: Option<Box<EtcdSession>>,
+    /// Route prefixes the driver claimed in request-pool.
+    claims: Vec<IpNet>,
 }
+
+/// The exports that may use the cluster store: those that decide cluster
+/// state. An attach never waits for etcd.
+const CLUSTER_CALLS: &[&str] = &[
+    "create-network",
+    "delete-network",
+    "reconcile",
+    "request-pool",
+    "release-pool",
+];
 
 /// How a driver's error reads: its kind, then its own words (cut to the
 /// length limit: they reach logs, HTTP replies and terminals).
@@ -87,7 +103,40 @@ impl<'a> Calls<'a> {
             teardown: false,
             kernel_state_only: false,
             unwound: Vec::new(),
+            cluster: None,
+            claims: Vec::new(),
         })
+    }
+
+    /// Route prefixes the driver claimed so far (for the core to check).
+    pub fn take_claims(&mut self) -> Vec<IpNet> {
+        std::mem::take(&mut self.claims)
+    }
+
+    /// What this call may do with the cluster store.
+    fn cluster_access(
+        &mut self,
+        grant: &netshim_host_api::host::Grant,
+        name: &str,
+    ) -> ClusterAccess {
+        let Some(store) = &self.core.cluster else {
+            return ClusterAccess::Absent;
+        };
+        let Some(root) = grant.cluster_root.clone() else {
+            return ClusterAccess::Denied;
+        };
+        if !CLUSTER_CALLS.contains(&name) {
+            return ClusterAccess::Denied;
+        }
+        let session = self
+            .cluster
+            .take()
+            .unwrap_or_else(|| Box::new(store.session_unlocked()));
+        ClusterAccess::Granted {
+            session,
+            root,
+            may_claim: grant.may_claim && name == "request-pool",
+        }
     }
 
     pub fn store(&mut self) -> &mut dyn Store {
@@ -113,7 +162,13 @@ impl<'a> Calls<'a> {
             .store
             .take()
             .expect("store session is present between calls");
-        let host = HostState::new(self.core.kernel.clone(), store, grant, name);
+        let access = self.cluster_access(&grant, name);
+        let mark = match &access {
+            ClusterAccess::Granted { session, .. } => Some(session.mark()),
+            _ => None,
+        };
+        let host =
+            HostState::new(self.core.kernel.clone(), store, grant, name).with_cluster(access);
         let in_kernel = self.core.meter.elapsed();
         let out = self
             .core
@@ -123,9 +178,13 @@ impl<'a> Calls<'a> {
         self.timing.wasm += out.wasm_time.saturating_sub(in_kernel);
         self.timing.instantiate += out.instantiate_time;
         self.store = Some(out.store);
+        if let Some(session) = out.cluster.into_session() {
+            self.cluster = Some(session);
+        }
         let failure = match out.result {
             Ok(Ok(r)) => {
                 self.journals.push(out.journal);
+                self.claims.extend(out.claims);
                 return Ok(r);
             }
             Ok(Err(e)) => CnmError::Driver {
@@ -145,6 +204,11 @@ impl<'a> Calls<'a> {
             // removed; its error is reported.
             self.journals.push(out.journal);
             return Err(failure);
+        }
+        // The failed call's cluster writes go with it (reads stay: what
+        // the operation decides next still rests on them).
+        if let (Some(session), Some(mark)) = (self.cluster.as_mut(), mark) {
+            session.restore(mark);
         }
         let errors = out
             .journal
@@ -193,11 +257,20 @@ impl<'a> Calls<'a> {
             .store
             .take()
             .expect("store session is present between calls");
-        let committed = if self.kernel_state_only {
-            store.checkpoint()
-        } else {
-            store.commit()
+        // The cluster first: if another node got there in between, its
+        // conflict undoes this operation before any local record says
+        // otherwise.
+        let cluster = match self.cluster.take() {
+            Some(mut c) if c.has_writes() => c.commit(),
+            _ => Ok(()),
         };
+        let committed = cluster.and_then(|()| {
+            if self.kernel_state_only {
+                store.checkpoint()
+            } else {
+                store.commit()
+            }
+        });
         let result = match committed {
             Ok(()) => Ok(()),
             // Committed: undoing the kernel work now would leave records

@@ -11,6 +11,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use netshim_host_api::bindings::exports::netshim::plugin::driver as wit;
 use netshim_host_api::bindings::exports::netshim::plugin::ipam as wit_ipam;
+use netshim_host_api::bindings::exports::netshim::plugin::reconcile as wit_reconcile;
 use netshim_host_api::bindings::netshim::plugin::types::{IpPrefix, MacAddress};
 use netshim_host_api::guard::netfilter::Published;
 use netshim_host_api::host::{from_ip, from_prefix, to_ip, to_prefix};
@@ -20,6 +21,15 @@ use wasmtime::component::Resource;
 
 use super::calls::Calls;
 use super::{CnmError, CnmResult, Core, DriverErrorKind, Network, PortMapping};
+
+/// Why a driver is asked to reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// At start, on a timer, or after changes may have been missed.
+    Resync,
+    /// A key of the driver's cluster subtree changed (relative to it).
+    KeyChanged(String),
+}
 
 /// What a driver is told of an endpoint.
 #[derive(Debug, Clone)]
@@ -256,7 +266,11 @@ impl Calls<'_> {
             options: ask.options.clone(),
             v6: ask.v6,
         };
-        let grant = self.ipam_grant();
+        let mut grant = self.cluster_ipam_grant(&ask.options);
+        grant.may_claim = !ask
+            .options
+            .iter()
+            .any(|(k, _)| k == super::ipam_check::ROUTE_PREFIXES_OPTION);
         let p = self.call(grant, "request-pool", &[], |p, st, _| {
             p.netshim_plugin_ipam().call_request_pool(st, &req)
         })?;
@@ -272,8 +286,10 @@ impl Calls<'_> {
         })
     }
 
-    pub fn release_pool(&mut self, pool_id: &str) -> CnmResult<()> {
-        let grant = self.ipam_grant();
+    /// `options`: the network's, where known (they place its subtree of
+    /// the cluster store).
+    pub fn release_pool(&mut self, pool_id: &str, options: &[(String, String)]) -> CnmResult<()> {
+        let grant = self.cluster_ipam_grant(options);
         self.call(grant, "release-pool", &[], |p, st, _| {
             p.netshim_plugin_ipam().call_release_pool(st, pool_id)
         })
@@ -318,6 +334,20 @@ impl Calls<'_> {
         let grant = self.core.grant(net, true);
         self.call(grant, "delete-network", &[], |p, st, _| {
             p.netshim_plugin_driver().call_delete_network(st, &wnet)
+        })
+    }
+
+    /// The driver's `reconcile.handle`: bring the node in line with the
+    /// cluster. The seconds until it wants to be called again, if ever.
+    pub fn reconcile(&mut self, net: &Network, event: &Event) -> CnmResult<Option<u32>> {
+        let wnet = wit_network(net);
+        let ev = match event {
+            Event::Resync => wit_reconcile::Event::Resync,
+            Event::KeyChanged(k) => wit_reconcile::Event::KeyChanged(k.clone()),
+        };
+        let grant = self.core.grant(net, true);
+        self.call(grant, "reconcile", &[], |p, st, _| {
+            p.netshim_plugin_reconcile().call_handle(st, &wnet, &ev)
         })
     }
 
@@ -426,6 +456,15 @@ impl Calls<'_> {
     /// beyond reading (IPAM, capabilities).
     fn ipam_grant(&self) -> netshim_host_api::host::Grant {
         Core::ipam_grant(&self.guest.name)
+    }
+
+    /// An IPAM grant that reaches the driver's subtree of the cluster
+    /// store (pools of cluster networks are cluster state).
+    fn cluster_ipam_grant(&self, options: &[(String, String)]) -> netshim_host_api::host::Grant {
+        netshim_host_api::host::Grant {
+            cluster_root: super::cluster_root::root(&self.guest.name, options).ok(),
+            ..self.ipam_grant()
+        }
     }
 }
 

@@ -223,6 +223,63 @@ pub fn route_prefixes(
     Ok(out)
 }
 
+/// Where a driver may claim route prefixes on its own: private ranges.
+fn claimable() -> Vec<IpNet> {
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+    ]
+    .iter()
+    .map(|p| p.parse().expect("literal prefix"))
+    .collect()
+}
+
+/// Route prefixes a driver claimed for a cluster network (its whole
+/// range), checked: each inside a private range, at least a /8 (/16 for
+/// IPv6), holding the network's pool or clear of it, holding no address
+/// of the node and no other network's pool. Without these a driver could
+/// take over routes to anything the node does not route itself.
+pub fn check_claims(
+    driver: &str,
+    claims: &[IpNet],
+    pool: IpNet,
+    node: &NodeFacts,
+    others: &[(String, IpNet)],
+) -> CnmResult<()> {
+    for p in claims {
+        let bad = |why: String| refuse(driver, format!("claim-route-prefix {p}: {why}"));
+        if !claimable().iter().any(|c| c.contains(p)) {
+            return Err(bad(format!(
+                "a driver may claim only inside the private ranges [{}]; the operator grants anything else with -o {ROUTE_PREFIXES_OPTION}=",
+                claimable()
+                    .iter()
+                    .map(IpNet::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let min = if p.addr().is_ipv4() { 8 } else { 16 };
+        if p.prefix_len() < min {
+            return Err(bad(format!("shorter than /{min}")));
+        }
+        if overlaps(p, &pool) && !p.contains(&pool) {
+            return Err(bad(format!(
+                "it cuts through the network's own pool {pool}"
+            )));
+        }
+        if let Some(a) = node.addresses.iter().find(|a| p.contains(&a.addr())) {
+            return Err(bad(format!("it holds the node's own address {a}")));
+        }
+        if let Some((who, o)) = others.iter().find(|(_, o)| overlaps(o, p)) {
+            return Err(bad(format!("it overlaps {who} ({o})")));
+        }
+    }
+    Ok(())
+}
+
 /// An address a driver's request-address returned, checked against the
 /// pool it was asked from (and the one asked for, if any).
 pub fn check_address(

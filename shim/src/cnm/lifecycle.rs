@@ -142,11 +142,43 @@ impl Core {
         })
     }
 
+    /// Route prefixes the driver claimed in request-pool (a cluster
+    /// network's whole range, with no operator grant), checked and kept
+    /// in the network's options as if the operator had granted them.
+    pub(super) fn grant_claims(
+        &self,
+        c: &mut Calls,
+        net: &mut Network,
+        pool: IpNet,
+    ) -> CnmResult<()> {
+        let claims = c.take_claims();
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+        let taken = ipam_check::taken_pools(c.store())?;
+        let others: Vec<_> = taken.into_iter().filter(|(_, p)| *p != pool).collect();
+        ipam_check::check_claims(&c.guest.name, &claims, pool, &node, &others)?;
+        let list = claims
+            .iter()
+            .map(IpNet::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        net.options
+            .push((ipam_check::ROUTE_PREFIXES_OPTION.to_string(), list));
+        Ok(())
+    }
+
     /// IPAM's release-pool; the record goes either way (in a teardown the
     /// session commits past the error).
-    pub(super) fn give_back_pool(&self, c: &mut Calls, pool_id: &str) -> CnmResult<()> {
+    pub(super) fn give_back_pool(
+        &self,
+        c: &mut Calls,
+        pool_id: &str,
+        options: &[(String, String)],
+    ) -> CnmResult<()> {
         let driver = c.guest.name.clone();
-        let released = c.release_pool(pool_id);
+        let released = c.release_pool(pool_id, options);
         ipam_check::forget_pool(c.store(), &driver, pool_id)?;
         released
     }

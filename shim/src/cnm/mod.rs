@@ -4,11 +4,13 @@
 //! neither kernel objects nor state behind.
 
 mod calls;
+mod cluster_root;
 mod driver;
 mod gc;
 mod ipam_check;
 mod lifecycle;
 pub mod model;
+mod reconcile;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,7 +23,7 @@ use netshim_host_api::host::{self, Grant};
 use netshim_host_api::journal::Journal;
 use netshim_host_api::kernel::metered::Metered;
 use netshim_host_api::kernel::{Kernel, KernelError, LinkRef, NsId};
-use netshim_host_api::store::{Condition, LocalStore, Store, StoreError};
+use netshim_host_api::store::{Condition, EtcdStore, LocalStore, Store, StoreError};
 
 use crate::guests::{self, Source};
 use crate::runtime::{Guest, Runtime, RuntimeError};
@@ -136,6 +138,9 @@ pub struct Core {
     node_name: OnceLock<String>,
     timing: Mutex<Timing>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The cluster store (`--store etcd://…`), for what every node shares;
+    /// node-local records stay in `store` (see `cluster_root`).
+    cluster: Option<EtcdStore>,
 }
 
 /// Seconds since the epoch, as records keep them.
@@ -225,7 +230,18 @@ impl Core {
             node_name: OnceLock::new(),
             timing: Mutex::new(Timing::default()),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            cluster: None,
         })
+    }
+
+    /// Share cluster state through this etcd store.
+    pub fn with_cluster(mut self, cluster: Option<EtcdStore>) -> Core {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn cluster_store(&self) -> Option<&EtcdStore> {
+        self.cluster.as_ref()
     }
 
     /// End a process that ran one operation: the store is closed (SQLite
@@ -350,6 +366,8 @@ impl Core {
             published: Vec::new(),
             underlay: if with_underlay { self.underlay() } else { None },
             node_name: self.node_name(),
+            cluster_root: cluster_root::root(&net.driver, &net.options).ok(),
+            may_claim: false,
         }
     }
 
@@ -459,9 +477,11 @@ fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option
 
 mod ops;
 mod steps;
-pub use driver::{Join, Mac, RouteVia, Scope, StaticRoute};
+pub use cluster_root::ETCD_PREFIX_OPTION;
+pub use driver::{Event, Join, Mac, RouteVia, Scope, StaticRoute};
 pub use gc::{GcReport, Orphans};
 pub use lifecycle::PoolGrant;
+pub use reconcile::ClusterNetwork;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use netshim_host_api::host::ownership_mark;
 use netshim_host_api::kernel::NsId;
-use netshim_host_api::store::{Condition, Store};
+use netshim_host_api::store::{Condition, Store, StoreError};
 
 use super::calls::Calls;
 use super::driver::{EndpointSpec, PoolAsk};
@@ -30,6 +30,28 @@ impl Drop for OpenNs<'_> {
 
 impl Core {
     pub fn network_create(&self, req: CreateNetwork) -> CnmResult<Network> {
+        // Another node's write between this one's reads and its commit
+        // (two nodes leasing at once) undoes the attempt entirely: try
+        // again on what the cluster holds now.
+        let mut attempt = 0;
+        loop {
+            match self.network_create_once(&req) {
+                Err(CnmError::Store(StoreError::Conflict(why))) if attempt < 8 => {
+                    attempt += 1;
+                    tracing::info!(
+                        network = req.name,
+                        attempt,
+                        why,
+                        "cluster store conflict; retrying"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn network_create_once(&self, req: &CreateNetwork) -> CnmResult<Network> {
         check_name(&req.name)?;
         if let (Some(gw), Some(subnet)) = (req.gateway, req.subnet) {
             if !subnet.contains(&gw) {
@@ -69,9 +91,11 @@ impl Core {
                 c,
                 &PoolAsk {
                     pool: req.subnet,
+                    options: req.options.clone(),
                     ..PoolAsk::default()
                 },
             )?;
+            self.grant_claims(c, &mut net, pool.pool)?;
             let gateway = match pool.gateway {
                 Some(g) => {
                     ipam_check::check_address(&req.driver, pool.pool, req.gateway, g)?;
@@ -116,7 +140,7 @@ impl Core {
                         errors.push(e.to_string());
                     }
                 }
-                if let Err(e) = self.give_back_pool(c, &pool.id) {
+                if let Err(e) = self.give_back_pool(c, &pool.id, &net.options) {
                     errors.push(e.to_string());
                 }
             }

@@ -49,7 +49,9 @@ impl Core {
     }
 
     pub fn ipam_release_pool(&self, driver: &str, pool_id: &str) -> CnmResult<()> {
-        self.transaction(driver, "ReleasePool", |c| self.give_back_pool(c, pool_id))
+        self.transaction(driver, "ReleasePool", |c| {
+            self.give_back_pool(c, pool_id, &[])
+        })
     }
 
     pub fn ipam_request_address(

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netshim_host_api::bindings::{Plugin, PluginPre};
-use netshim_host_api::host::{HostState, SandboxHandle};
+use netshim_host_api::host::{ClusterAccess, HostState, SandboxHandle};
 use netshim_host_api::journal::Journal;
 use netshim_host_api::store::Store as KvStore;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
@@ -182,6 +182,10 @@ pub struct CallOutcome<R> {
     pub store: Box<dyn KvStore + Send>,
     /// What the call changed; the caller rolls it back on failure.
     pub journal: Journal,
+    /// The cluster session, handed back like the store's.
+    pub cluster: ClusterAccess,
+    /// Route prefixes the driver claimed.
+    pub claims: Vec<ipnet::IpNet>,
     /// Time spent in wasm: instantiation plus the call (host calls included).
     pub wasm_time: Duration,
     pub instantiate_time: Duration,
@@ -220,10 +224,14 @@ impl Runtime {
         Plugin::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
             .map_err(RuntimeError::Engine)?;
         {
-            use netshim_host_api::bindings::v0_2::netshim::plugin0_2_0::{netfilter, node};
+            use netshim_host_api::bindings::v0_2::netshim::plugin0_2_0::{
+                cluster, netfilter, node,
+            };
             netfilter::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
             node::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
+                .map_err(RuntimeError::Engine)?;
+            cluster::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
         }
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
@@ -339,12 +347,14 @@ impl Runtime {
         let result = instance.and_then(|plugin| f(&plugin, &mut store, &handles));
         let wasm_time = started.elapsed();
         let CallData { host, cap, .. } = store.into_data();
-        let (kv, journal) = host.finish();
+        let done = host.finish();
         let result = result.map_err(|e| self.explain(guest, call, e, wasm_time, cap.hit));
         CallOutcome {
             result,
-            store: kv,
-            journal,
+            store: done.store,
+            journal: done.journal,
+            cluster: done.cluster,
+            claims: done.claims,
             wasm_time,
             instantiate_time,
         }
@@ -358,7 +368,7 @@ impl Runtime {
         e: wasmtime::Error,
         started: Instant,
     ) -> CallOutcome<R> {
-        let (kv, journal) = host.finish();
+        let done = host.finish();
         CallOutcome {
             result: Err(RuntimeError::Trap {
                 guest: guest.name.clone(),
@@ -366,8 +376,10 @@ impl Runtime {
                 reason: TrapReason::Trap,
                 message: format!("{e:#}"),
             }),
-            store: kv,
-            journal,
+            store: done.store,
+            journal: done.journal,
+            cluster: done.cluster,
+            claims: done.claims,
             wasm_time: started.elapsed(),
             instantiate_time: Duration::ZERO,
         }

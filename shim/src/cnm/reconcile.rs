@@ -1,0 +1,58 @@
+//! Cluster drivers follow the cluster through `reconcile.handle`: the
+//! node agent (`netshim daemon`) calls it at start, when a key of the
+//! driver's subtree changes, and when the interval the driver asked for
+//! is due. Each call is a transaction like any other: its kernel changes
+//! and cluster writes land together or not at all.
+
+use super::driver::{Event, Scope};
+use super::{cluster_root, get_json, CnmResult, Core, Network};
+
+/// A network that follows the cluster, and where its keys live.
+#[derive(Debug, Clone)]
+pub struct ClusterNetwork {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    pub root: String,
+}
+
+impl Core {
+    /// The networks of this node whose driver has cluster scope; none
+    /// without a cluster store.
+    pub fn cluster_networks(&self) -> CnmResult<Vec<ClusterNetwork>> {
+        if self.cluster.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (net, _) in self.networks()? {
+            let Ok((scope, _)) = self.driver_capabilities(&net.driver) else {
+                continue;
+            };
+            if scope != Scope::Global {
+                continue;
+            }
+            let Ok(root) = cluster_root::root(&net.driver, &net.options) else {
+                continue;
+            };
+            out.push(ClusterNetwork {
+                id: net.id,
+                name: net.name,
+                driver: net.driver,
+                root,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One reconcile of a network; the seconds until the driver wants the
+    /// next one. A network removed meanwhile is `Ok(None)`.
+    pub fn reconcile(&self, network_id: &str, event: Event) -> CnmResult<Option<u32>> {
+        let mut s = self.store.session()?;
+        let Some(net) = get_json::<Network>(&mut s, &super::model::network_key(network_id))? else {
+            return Ok(None);
+        };
+        self.transaction_in(Box::new(s), &net.driver.clone(), "reconcile", |c| {
+            c.reconcile(&net, &event)
+        })
+    }
+}
