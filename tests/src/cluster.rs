@@ -97,6 +97,21 @@ impl Etcd {
         }
     }
 
+    /// `etcdctl` against this member (as an operator would use it).
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let endpoint = format!("http://{}", self.addr());
+        let out = self
+            .ns
+            .exec(&[&["etcdctl", "--endpoints", &endpoint][..], args].concat());
+        assert!(
+            out.status.success(),
+            "etcdctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Stop it (SIGTERM, then SIGKILL); its data stays for `resume`.
     pub fn pause(&mut self) {
         if let Some(mut d) = self.daemon.take() {
@@ -129,4 +144,126 @@ pub fn inside_path<T: Send + 'static>(
     })
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A node of a cluster: a namespace on the fabric at 192.0.2.`host`, whose
+/// default route leads to the fabric's outside host (192.0.2.200, if the
+/// test made one), with its own state directory and plugin socket
+/// directory, and its node agent (`netshim daemon`) started and stopped by
+/// the test. Its netshim commands run inside its namespace, as on a real
+/// node.
+pub struct ClusterNode {
+    pub ns: Ns,
+    pub addr: String,
+    pub state: TempDir,
+    pub store: String,
+    daemon: Option<Daemon>,
+    log: std::path::PathBuf,
+}
+
+/// The outside host's address on the fabric.
+pub const OUTSIDE: &str = "192.0.2.200";
+
+impl ClusterNode {
+    pub fn join(fabric: &Fabric, tag: &str, host: u8, store: &str) -> ClusterNode {
+        let ns = Ns::new(&format!("{tag}-n{host}"));
+        let addr = fabric.plug(&ns, host);
+        ns.ip(&["route", "add", "default", "via", OUTSIDE]);
+        let state = TempDir::new(&format!("{tag}-n{host}"));
+        let log = state.0.with_extension("daemon.log");
+        ClusterNode {
+            ns,
+            addr,
+            state,
+            store: store.to_string(),
+            daemon: None,
+            log,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns.name])
+            .arg(crate::netshim_bin())
+            .env("NETSHIM_STATE_DIR", &self.state.0)
+            .env("NETSHIM_STORE", &self.store)
+            .env("NETSHIM_CACHE_DIR", crate::cache_dir())
+            .env("NETSHIM_NODE_NAME", format!("node-{}", self.addr));
+        c
+    }
+
+    pub fn netshim(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().expect("run netshim")
+    }
+
+    /// Like `netshim`, but panics with netshim's stderr on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.netshim(args);
+        assert!(
+            out.status.success(),
+            "node {}: netshim {} failed: {}",
+            self.addr,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Start the node agent (the daemon); its log goes to a file.
+    pub fn start_agent(&mut self) {
+        let plugins = self.state.0.join("plugins");
+        std::fs::create_dir_all(&plugins).expect("plugin dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let child = self
+            .command()
+            .env("NETSHIM_LOG", "info")
+            .args(["daemon", "--plugin-dir"])
+            .arg(&plugins)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start netshim daemon");
+        self.daemon = Some(Daemon {
+            child,
+            name: "netshim daemon",
+        });
+        crate::wait_for(&plugins.join("netshim-flannel.sock"), "the daemon's socket");
+    }
+
+    /// Stop the agent (SIGTERM; it finishes what it is doing).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+
+    /// What the daemon logged so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop_agent();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Wait up to `secs` for `f` to hold; false if it never did.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
