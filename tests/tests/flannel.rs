@@ -54,24 +54,30 @@ impl Cluster {
     /// A node that joins: network created, agent running.
     fn node(&self, host: u8) -> ClusterNode {
         let mut n = ClusterNode::join(&self.fabric, self.tag, host, &self.etcd.url);
-        n.ok(&["network", "create", "pods", "--driver", "flannel", "-o", &format!("lease-ttl={TTL}")]);
+        n.ok(&[
+            "network",
+            "create",
+            "pods",
+            "--driver",
+            "flannel",
+            "-o",
+            &format!("lease-ttl={TTL}"),
+        ]);
         n.start_agent();
         n
     }
 
     /// PublicIP → (subnet, lease JSON), as etcd holds them.
     fn leases(&self) -> BTreeMap<String, (String, serde_json::Value)> {
-        let out = self.etcd.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
+        let out = self
+            .etcd
+            .etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
         let lines: Vec<&str> = out.lines().collect();
         let mut m = BTreeMap::new();
         for pair in lines.chunks(2) {
             let [key, value] = pair else { continue };
             let v: serde_json::Value = serde_json::from_str(value).expect("lease JSON");
-            let subnet = key
-                .rsplit('/')
-                .next()
-                .unwrap()
-                .replace('-', "/");
+            let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
             m.insert(v["PublicIP"].as_str().unwrap().to_string(), (subnet, v));
         }
         m
@@ -81,7 +87,13 @@ impl Cluster {
 /// A container on `node`, attached through the CLI; its address.
 fn container(node: &ClusterNode, tag: &str) -> (Ns, String) {
     let c = Ns::new(tag);
-    node.ok(&["attach", "--network", "pods", "--netns", c.path.to_str().unwrap()]);
+    node.ok(&[
+        "attach",
+        "--network",
+        "pods",
+        "--netns",
+        c.path.to_str().unwrap(),
+    ]);
     let out = c.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
     let addr = out
         .split_whitespace()
@@ -115,14 +127,25 @@ fn network_of(subnet: &str) -> String {
 
 /// Flannel's objects on `n` for a remote node: the route, and for vxlan
 /// its neighbour and FDB entry (in the shapes of flannel's reference).
-fn has_peer(n: &ClusterNode, backend: &str, subnet: &str, public_ip: &str, mac: Option<&str>) -> bool {
+fn has_peer(
+    n: &ClusterNode,
+    backend: &str,
+    subnet: &str,
+    public_ip: &str,
+    mac: Option<&str>,
+) -> bool {
     let routes = n.ns.ip(&["route", "show", subnet]);
     match backend {
         "vxlan" => {
             let gw = network_of(subnet);
             let mac = mac.unwrap();
             let neigh = n.ns.ip(&["neigh", "show", "dev", "flannel.1"]);
-            let fdb = String::from_utf8_lossy(&n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]).stdout).into_owned();
+            let fdb = String::from_utf8_lossy(
+                &n.ns
+                    .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+                    .stdout,
+            )
+            .into_owned();
             routes.contains(&format!("{subnet} via {gw} dev flannel.1"))
                 && routes.contains("onlink")
                 && neigh.contains(&format!("{gw} lladdr {mac} PERMANENT"))
@@ -130,6 +153,11 @@ fn has_peer(n: &ClusterNode, backend: &str, subnet: &str, public_ip: &str, mac: 
         }
         _ => routes.contains(&format!("{subnet} via {public_ip} dev eth0")),
     }
+}
+
+fn cluster_status(n: &ClusterNode) -> serde_json::Value {
+    serde_json::from_str(&n.ok(&["--output", "json", "cluster", "status"]))
+        .expect("cluster status JSON")
 }
 
 fn has_route_to(n: &ClusterNode, subnet: &str) -> bool {
@@ -150,15 +178,30 @@ fn scenario(tag: &'static str, backend: &str) {
     for n in &nodes {
         let (subnet, v) = &leases[&n.addr];
         assert_eq!(v["BackendType"], backend, "{v}");
-        assert!(subnet.starts_with("10.244.") && subnet.ends_with("/24"), "{subnet}");
+        assert!(
+            subnet.starts_with("10.244.") && subnet.ends_with("/24"),
+            "{subnet}"
+        );
         if backend == "vxlan" {
             assert_eq!(v["BackendData"]["VNI"], 1, "{v}");
             let mac = v["BackendData"]["VtepMAC"].as_str().unwrap();
             let dev = n.ns.ip(&["-d", "link", "show", "flannel.1"]);
-            assert!(dev.contains(mac) && dev.contains("vxlan id 1") && dev.contains("dstport 8472") && dev.contains("nolearning"), "{dev}");
-            assert!(dev.contains("mtu 1450"), "MTU is the underlay's minus 50: {dev}");
+            assert!(
+                dev.contains(mac)
+                    && dev.contains("vxlan id 1")
+                    && dev.contains("dstport 8472")
+                    && dev.contains("nolearning"),
+                "{dev}"
+            );
+            assert!(
+                dev.contains("mtu 1450"),
+                "MTU is the underlay's minus 50: {dev}"
+            );
             let addrs = n.ns.ip(&["-4", "addr", "show", "flannel.1"]);
-            assert!(addrs.contains(&format!("{}/32", network_of(subnet))), "{addrs}");
+            assert!(
+                addrs.contains(&format!("{}/32", network_of(subnet))),
+                "{addrs}"
+            );
         }
         // The bridge holds the subnet's first address.
         let gw = subnet.replace(".0/24", ".1/24");
@@ -181,22 +224,61 @@ fn scenario(tag: &'static str, backend: &str) {
         }
     }
 
+    // `cluster status`: every node, its subnet and lease, all programmed.
+    let status = cluster_status(&nodes[0]);
+    let shown: Vec<&serde_json::Value> = status["networks"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(shown.len(), 3, "{status}");
+    for n in &shown {
+        let (subnet, _) = &leases[n["address"].as_str().unwrap()];
+        assert_eq!(n["prefixes"][0], subnet.as_str(), "{status}");
+        assert_eq!(n["kind"], backend, "{status}");
+        assert_eq!(n["programmed"], true, "{status}");
+        assert_eq!(n["lease"]["state"], "expires-in", "{status}");
+        assert!(n["lease"]["seconds"].as_u64().unwrap() <= 6, "{status}");
+    }
+    assert_eq!(shown.iter().filter(|n| n["local"] == true).count(), 1);
+
     // Containers on three nodes reach each other, with their own address.
-    let ctrs: Vec<(Ns, String)> = nodes.iter().enumerate().map(|(i, n)| container(n, &format!("{tag}-c{i}"))).collect();
+    let ctrs: Vec<(Ns, String)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| container(n, &format!("{tag}-c{i}")))
+        .collect();
     for (i, (a, _)) in ctrs.iter().enumerate() {
         for (j, (_, b_addr)) in ctrs.iter().enumerate() {
             if i != j {
-                assert!(a.ping(b_addr), "container on node {i} cannot ping {b_addr} on node {j}");
+                assert!(
+                    a.ping(b_addr),
+                    "container on node {i} cannot ping {b_addr} on node {j}"
+                );
             }
         }
     }
     let listener = ctrs[1].0.accept_one(&format!("{}:8080", ctrs[1].1));
-    ctrs[0].0.connect(&format!("{}:8080", ctrs[1].1)).expect("TCP across nodes");
-    assert_eq!(listener.join().unwrap().ip().to_string(), ctrs[0].1, "pod-to-pod traffic is not masqueraded");
+    ctrs[0]
+        .0
+        .connect(&format!("{}:8080", ctrs[1].1))
+        .expect("TCP across nodes");
+    assert_eq!(
+        listener.join().unwrap().ip().to_string(),
+        ctrs[0].1,
+        "pod-to-pod traffic is not masqueraded"
+    );
     // The outside host sees the node's address.
     let listener = c.outside.accept_one(&format!("{OUTSIDE}:8080"));
-    ctrs[0].0.connect(&format!("{OUTSIDE}:8080")).expect("TCP to the outside host");
-    assert_eq!(listener.join().unwrap().ip().to_string(), nodes[0].addr, "masqueraded to the node's address");
+    ctrs[0]
+        .0
+        .connect(&format!("{OUTSIDE}:8080"))
+        .expect("TCP to the outside host");
+    assert_eq!(
+        listener.join().unwrap().ip().to_string(),
+        nodes[0].addr,
+        "masqueraded to the node's address"
+    );
 
     // An agent restart changes nothing in the kernel.
     std::thread::sleep(std::time::Duration::from_secs(1));
@@ -204,19 +286,33 @@ fn scenario(tag: &'static str, backend: &str) {
     nodes[0].stop_agent();
     nodes[0].start_agent();
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(before, kernel_objects(&nodes[0]), "an agent restart changed kernel objects");
+    assert_eq!(
+        before,
+        kernel_objects(&nodes[0]),
+        "an agent restart changed kernel objects"
+    );
 
     // A lease written by hand, in flannel's format, is honoured.
     let hand_subnet = "10.244.250.0/24";
     let hand_key = format!("{PREFIX}/subnets/10.244.250.0-24");
     let hand = match backend {
-        "vxlan" => r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}"#,
-        _ => r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+        "vxlan" => {
+            r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}"#
+        }
+        _ => {
+            r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#
+        }
     };
     c.etcd.etcdctl(&["put", &hand_key, hand]);
     for n in &nodes {
         assert!(
-            eventually(10, || has_peer(n, backend, hand_subnet, "192.0.2.77", Some("0e:aa:bb:cc:dd:ee"))),
+            eventually(10, || has_peer(
+                n,
+                backend,
+                hand_subnet,
+                "192.0.2.77",
+                Some("0e:aa:bb:cc:dd:ee")
+            )),
             "node {} ignored a hand-written lease: {}",
             n.addr,
             kernel_objects(n)
@@ -224,18 +320,48 @@ fn scenario(tag: &'static str, backend: &str) {
     }
     c.etcd.etcdctl(&["del", &hand_key]);
     for n in &nodes {
-        assert!(eventually(10, || !has_route_to(n, hand_subnet)), "node {} kept a deleted lease's route", n.addr);
+        assert!(
+            eventually(10, || !has_route_to(n, hand_subnet)),
+            "node {} kept a deleted lease's route",
+            n.addr
+        );
     }
     if backend == "host-gw" {
         // A node that is not directly reachable: a clear error, no route.
         let far = format!("{PREFIX}/subnets/10.244.251.0-24");
-        c.etcd.etcdctl(&["put", &far, r#"{"PublicIP":"198.51.100.7","BackendType":"host-gw"}"#]);
+        c.etcd.etcdctl(&[
+            "put",
+            &far,
+            r#"{"PublicIP":"198.51.100.7","BackendType":"host-gw"}"#,
+        ]);
         assert!(
-            eventually(10, || nodes[0].agent_log().contains("198.51.100.7 is not directly reachable")),
+            eventually(10, || nodes[0]
+                .agent_log()
+                .contains("198.51.100.7 is not directly reachable")),
             "no error for an unreachable host-gw peer: {}",
             nodes[0].agent_log()
         );
         assert!(!has_route_to(&nodes[0], "10.244.251.0/24"));
+        let status = cluster_status(&nodes[0]);
+        let far_node = status["networks"][0]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["address"] == "198.51.100.7")
+            .cloned()
+            .unwrap_or_else(|| panic!("cluster status lacks the unreachable node: {status}"));
+        assert_eq!(far_node["programmed"], false, "{status}");
+        assert!(
+            far_node["problem"]
+                .as_str()
+                .unwrap()
+                .contains("not directly reachable"),
+            "{status}"
+        );
+        assert_eq!(
+            far_node["lease"]["state"], "permanent",
+            "a key without a lease: {status}"
+        );
         c.etcd.etcdctl(&["del", &far]);
     }
 
@@ -244,8 +370,15 @@ fn scenario(tag: &'static str, backend: &str) {
     let (c4, c4_addr) = container(&n4, &format!("{tag}-c3"));
     let subnet4 = c.leases()[&n4.addr].0.clone();
     for (i, n) in nodes.iter().enumerate() {
-        assert!(eventually(10, || has_route_to(n, &subnet4)), "node {} has no route to the new node", n.addr);
-        assert!(ctrs[i].0.ping(&c4_addr), "container on node {i} cannot reach the new node's");
+        assert!(
+            eventually(10, || has_route_to(n, &subnet4)),
+            "node {} has no route to the new node",
+            n.addr
+        );
+        assert!(
+            ctrs[i].0.ping(&c4_addr),
+            "container on node {i} cannot reach the new node's"
+        );
     }
     drop(c4);
     nodes.push(n4);
@@ -268,14 +401,24 @@ fn scenario(tag: &'static str, backend: &str) {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(ctrs[0].0.ping(&ctrs[1].1), "traffic stopped with etcd");
     let (late, late_addr) = container(&nodes[1], &format!("{tag}-late"));
-    assert!(ctrs[0].0.ping(&late_addr), "a container attached while etcd was down is unreachable");
+    assert!(
+        ctrs[0].0.ping(&late_addr),
+        "a container attached while etcd was down is unreachable"
+    );
     assert!(late.ping(&ctrs[2].1));
     c.etcd.resume();
     // The stopped node comes back after etcd did: same subnet, reachable.
     gone.start_agent();
     let (back, back_addr) = container(&gone, &format!("{tag}-back"));
-    assert_eq!(c.leases()[&gone.addr].0, subnet4, "a returning node keeps its subnet");
-    assert!(eventually(10, || ctrs[0].0.ping(&back_addr)), "the returning node is unreachable");
+    assert_eq!(
+        c.leases()[&gone.addr].0,
+        subnet4,
+        "a returning node keeps its subnet"
+    );
+    assert!(
+        eventually(10, || ctrs[0].0.ping(&back_addr)),
+        "the returning node is unreachable"
+    );
     drop(back);
     drop(late);
     nodes.push(gone);
@@ -284,15 +427,25 @@ fn scenario(tag: &'static str, backend: &str) {
     drop(ctrs);
     for n in &mut nodes {
         n.stop_agent();
-        let inspect: serde_json::Value = serde_json::from_str(&n.ok(&["--output", "json", "network", "inspect", "pods"])).unwrap();
+        let inspect: serde_json::Value =
+            serde_json::from_str(&n.ok(&["--output", "json", "network", "inspect", "pods"]))
+                .unwrap();
         for ep in inspect["endpoints"].as_array().cloned().unwrap_or_default() {
             n.ok(&["detach", "--endpoint", ep["id"].as_str().unwrap()]);
         }
         n.ok(&["network", "rm", "pods"]);
         assert_eq!(n.ns.links(), baseline_links, "node {} kept links", n.addr);
-        assert!(!n.ns.nft_ruleset().contains("netshim"), "node {} kept a table", n.addr);
+        assert!(
+            !n.ns.nft_ruleset().contains("netshim"),
+            "node {} kept a table",
+            n.addr
+        );
         let routes = n.ns.ip(&["route"]);
-        assert!(!routes.contains("10.244."), "node {} kept routes: {routes}", n.addr);
+        assert!(
+            !routes.contains("10.244."),
+            "node {} kept routes: {routes}",
+            n.addr
+        );
     }
     assert!(c.leases().is_empty(), "leases stayed: {:?}", c.leases());
 }

@@ -186,7 +186,9 @@ pub fn create(net: &Network) -> Result<(), Error> {
         underlay_net: ul_net,
     };
     let leases = peers::leases()?;
-    dp.sync(peers::wanted(&s, &own, &leases))?;
+    let wanted = peers::wanted(&s, &own, &leases);
+    let problems = dp.sync(wanted.clone())?;
+    peers::write_status(&net.id, &s, &own, &wanted, &problems)?;
     Ok(())
 }
 
@@ -209,7 +211,9 @@ pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
         underlay_net: ul_net,
     };
     let leases = peers::leases()?;
-    let problems = dp.sync(peers::wanted(&s, &own, &leases))?;
+    let wanted = peers::wanted(&s, &own, &leases);
+    let problems = dp.sync(wanted.clone())?;
+    peers::write_status(&net.id, &s, &own, &wanted, &problems)?;
     // Like flannel's host-gw route check: look again within 10 s, sooner
     // when something could not be programmed.
     let every = if problems.is_empty() { 10 } else { 3 };
@@ -237,6 +241,10 @@ pub fn delete(net: &Network) -> Result<(), Error> {
         }
     }
     td.check("forgetting peers", peers::forget(&own));
+    td.check(
+        "removing the status record",
+        store::delete(&format!("status/{}", net.id), Condition::None),
+    );
     let (ret, masq) = masq_ids(&bridge);
     if let Some(ids) = td.check("listing nat rules", rule_ids(POSTROUTING)) {
         let mut ops = vec![detach(POSTROUTING, AttachPoint::NatLeavingNetwork)];

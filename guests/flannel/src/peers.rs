@@ -82,7 +82,7 @@ impl Dataplane<'_> {
     /// programmed (host-gw to a node that is not directly reachable) is
     /// reported in the log and left out, not fatal: the others still work.
     /// Returns the problems.
-    pub fn sync(&self, peers: Vec<Peer>) -> Result<Vec<String>, Error> {
+    pub fn sync(&self, peers: Vec<Peer>) -> Result<Vec<(Ipv4Net, String)>, Error> {
         let before = programmed(&self.own)?;
         let mut problems = Vec::new();
         let wanted: BTreeMap<Ipv4Net, Peer> = peers.into_iter().map(|p| (p.subnet, p)).collect();
@@ -113,13 +113,12 @@ impl Dataplane<'_> {
                     ));
                 }
                 Err(e) => {
-                    let why = format!(
-                        "peer {subnet} at {} not programmed: {}",
-                        peer.public_ip,
-                        netshim_guest_sdk::log::show_error(&e)
-                    );
-                    warn(&why);
-                    problems.push(why);
+                    let why = netshim_guest_sdk::log::show_error(&e);
+                    warn(&format!(
+                        "peer {subnet} at {} not programmed: {why}",
+                        peer.public_ip
+                    ));
+                    problems.push((subnet, why));
                 }
             }
         }
@@ -148,7 +147,7 @@ impl Dataplane<'_> {
             })
             .map_err(|e| match (self.settings.backend, e) {
                 (Backend::HostGw, Error::Invalid(m) | Error::Failed(m)) => Error::Failed(format!(
-                    "{m} (host-gw needs every node on the same layer-2 segment; {} is not directly reachable)",
+                    "{} is not directly reachable (host-gw needs every node on one layer-2 segment): {m}",
                     peer.public_ip
                 )),
                 (_, e) => e,
@@ -236,6 +235,67 @@ fn ok_if_exists(r: Result<(), Error>) -> Result<(), Error> {
         Err(Error::Exists(_)) => Ok(()),
         other => other,
     }
+}
+
+/// One node as `netshim cluster status` shows it (the host's status
+/// record format, see wit/README.md).
+#[derive(Debug, Serialize, PartialEq)]
+struct NodeStatus {
+    name: String,
+    address: String,
+    prefixes: Vec<String>,
+    kind: String,
+    #[serde(rename = "cluster-key")]
+    cluster_key: String,
+    local: bool,
+    programmed: bool,
+    problem: Option<String>,
+}
+
+/// Write the status record of network `net_id` (only when it changed).
+pub fn write_status(
+    net_id: &str,
+    s: &Settings,
+    own: &Ipv4Net,
+    peers: &[Peer],
+    problems: &[(Ipv4Net, String)],
+) -> Result<(), Error> {
+    let done = programmed(own)?;
+    let mut nodes = vec![NodeStatus {
+        name: s.public_ip.to_string(),
+        address: s.public_ip.to_string(),
+        prefixes: vec![own.to_string()],
+        kind: s.backend.as_str().into(),
+        cluster_key: crate::config::subnet_key(own),
+        local: true,
+        programmed: true,
+        problem: None,
+    }];
+    for p in peers {
+        nodes.push(NodeStatus {
+            name: p.public_ip.to_string(),
+            address: p.public_ip.to_string(),
+            prefixes: vec![p.subnet.to_string()],
+            kind: match done.get(&p.subnet) {
+                Some(d) if d.direct && s.backend == Backend::Vxlan => "direct".into(),
+                _ => s.backend.as_str().into(),
+            },
+            cluster_key: crate::config::subnet_key(&p.subnet),
+            local: false,
+            programmed: done.get(&p.subnet).is_some_and(|d| d.peer == *p),
+            problem: problems
+                .iter()
+                .find(|(n, _)| n == &p.subnet)
+                .map(|(_, w)| w.clone()),
+        });
+    }
+    let value = serde_json::to_vec(&serde_json::json!({ "nodes": nodes }))
+        .map_err(|e| Error::Failed(e.to_string()))?;
+    let key = format!("status/{net_id}");
+    if store::get(&key)?.map(|e| e.value) != Some(value.clone()) {
+        store::put(&key, &value, Condition::None, None)?;
+    }
+    Ok(())
 }
 
 /// Forget every record of a network's peers (its devices are going).

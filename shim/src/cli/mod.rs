@@ -148,6 +148,9 @@ pub enum Command {
     /// Set up OCI hooks: in a bundle's config.json, or as a hooks.d file.
     #[command(subcommand)]
     Oci(OciCmd),
+    /// The cluster as this node sees it (needs --store etcd://...).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Finish or undo what interrupted operations left (their records say
     /// which) and remove links a killed netshim left unmarked. The daemon
     /// runs it at start.
@@ -162,6 +165,14 @@ pub enum Command {
     /// The state database.
     #[command(subcommand)]
     Store(StoreCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// The nodes each cluster network of this node knows: their subnets
+    /// and backend, their leases, and what this node programmed for each
+    /// (and what it could not).
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,6 +469,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 a.stop();
             }
             served
+        }
+        Command::Cluster(ClusterCmd::Status) => {
+            if cli.global.store.is_none() {
+                return Err(CliError::Usage(
+                    "cluster status needs the cluster store: --store etcd://HOST:PORT (or NETSHIM_STORE)".into(),
+                ));
+            }
+            let core = cli.global.core()?;
+            out.cluster_status(&core.cluster_status()?);
+            Ok(())
         }
         Command::Store(StoreCmd::Recover) => {
             let core = cli.global.core()?;

@@ -213,6 +213,52 @@ impl Output {
         );
     }
 
+    pub fn cluster_status(&self, nets: &[crate::cnm::NetworkStatus]) {
+        let mut rows = Vec::new();
+        let mut notes = Vec::new();
+        for n in nets {
+            for node in &n.nodes {
+                rows.push(vec![
+                    n.network.clone(),
+                    if node.local {
+                        format!("{} (this node)", node.name)
+                    } else {
+                        node.name.clone()
+                    },
+                    node.prefixes.join(","),
+                    node.kind.clone(),
+                    node.lease.to_string(),
+                    if node.programmed { "yes" } else { "NO" }.into(),
+                    node.problem.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            if let Some(e) = &n.error {
+                notes.push(format!("{}: {e}", n.network));
+            }
+        }
+        let mut text = if nets.is_empty() {
+            "no cluster network on this node".to_string()
+        } else {
+            table(
+                &[
+                    "NETWORK",
+                    "NODE",
+                    "SUBNET",
+                    "BACKEND",
+                    "LEASE",
+                    "PROGRAMMED",
+                    "PROBLEM",
+                ],
+                &rows,
+            )
+        };
+        for n in notes {
+            text.push('\n');
+            text.push_str(&n);
+        }
+        self.emit(json!({ "networks": nets }), text);
+    }
+
     pub fn recovered(
         &self,
         r: Option<&(netshim_host_api::store::Recovered, crate::cnm::GcReport)>,

@@ -5,6 +5,7 @@
 
 mod calls;
 mod cluster_root;
+mod cluster_status;
 mod driver;
 mod gc;
 mod ipam_check;
@@ -478,6 +479,7 @@ fn release_netfilter(kernel: &dyn Kernel, net: &Network, others: bool) -> Option
 mod ops;
 mod steps;
 pub use cluster_root::ETCD_PREFIX_OPTION;
+pub use cluster_status::{Lease, NetworkStatus, NodeStatus};
 pub use driver::{Event, Join, Mac, RouteVia, Scope, StaticRoute};
 pub use gc::{GcReport, Orphans};
 pub use lifecycle::PoolGrant;
