@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use netshim_host_api::store::{Change, WatchGuard};
 
 use crate::cnm::{ClusterNetwork, Core, Event};
+use crate::udp_datapath::Datapaths;
 
 /// How often the list of this node's networks is read again (a network
 /// created by the CLI joins the agent within this).
@@ -76,9 +77,14 @@ fn run(core: &Core, stop: &AtomicBool) {
     let mut watches: BTreeMap<String, WatchGuard> = BTreeMap::new();
     let mut nets: BTreeMap<String, Followed> = BTreeMap::new();
     let mut scanned = Instant::now() - RESCAN;
+    let mut tunnels = Datapaths::new(core.kernel().clone());
     while !stop.load(Ordering::Relaxed) {
         if scanned.elapsed() >= RESCAN {
             scanned = Instant::now();
+            match core.udp_tunnels() {
+                Ok(t) => tunnels.sync(t),
+                Err(e) => tracing::warn!(error = %e, "agent: cannot read tunnel records"),
+            }
             match core.cluster_networks() {
                 Ok(list) => {
                     let ids: BTreeSet<String> = list.iter().map(|n| n.id.clone()).collect();
@@ -111,6 +117,7 @@ fn run(core: &Core, stop: &AtomicBool) {
             .saturating_duration_since(now)
             .min(Duration::from_millis(500));
         take_changes(&rx, wait, &mut nets);
+        let mut reconciled = false;
         for f in nets.values_mut() {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -141,6 +148,7 @@ fn run(core: &Core, stop: &AtomicBool) {
                     f.due = Instant::now() + every;
                     f.resync = false;
                     f.changed.clear();
+                    reconciled = true;
                 }
                 Err(e) => {
                     tracing::warn!(network = f.net.name, error = %e, "reconcile failed; retrying");
@@ -151,7 +159,15 @@ fn run(core: &Core, stop: &AtomicBool) {
                 }
             }
         }
+        // A pass may have changed a tunnel's table: follow it now.
+        if reconciled {
+            match core.udp_tunnels() {
+                Ok(t) => tunnels.sync(t),
+                Err(e) => tracing::warn!(error = %e, "agent: cannot read tunnel records"),
+            }
+        }
     }
+    tunnels.stop_all();
 }
 
 /// Wait up to `wait` for changes, then take every one that is queued.

@@ -11,3 +11,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod scaffold;
 pub mod topology;
+pub mod udp_datapath;

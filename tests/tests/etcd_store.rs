@@ -115,7 +115,7 @@ fn sessions_are_transactions_across_nodes() {
         s.put("cnm", "networks/w", b"side", Condition::None, None)
             .unwrap();
         let e = s.commit().unwrap_err();
-        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        assert!(matches!(e, StoreError::Raced(_)), "{e}");
         let mut s = a3.session().unwrap();
         assert_eq!(
             s.get("cnm", "networks/x").unwrap().unwrap().value,
@@ -142,7 +142,7 @@ fn sessions_are_transactions_across_nodes() {
         });
         s.put("cnm", "decided", b"on two networks", Condition::None, None)
             .unwrap();
-        assert!(matches!(s.commit(), Err(StoreError::Conflict(_))));
+        assert!(matches!(s.commit(), Err(StoreError::Raced(_))));
 
         let mut s = a7.session().unwrap();
         let x = s.get("cnm", "networks/x").unwrap().unwrap();
@@ -157,7 +157,7 @@ fn sessions_are_transactions_across_nodes() {
         s.put("cnm", "endpoint", x.value.as_slice(), Condition::None, None)
             .unwrap();
         assert!(
-            matches!(s.commit(), Err(StoreError::Conflict(_))),
+            matches!(s.commit(), Err(StoreError::Raced(_))),
             "a read from before the checkpoint was not checked at the commit"
         );
         // The checkpointed write stands; the final one did not happen.

@@ -1,7 +1,7 @@
 //! The flannel driver across nodes, on the real kernel: a fabric namespace
 //! with an underlay bridge, etcd (Debian's etcd-server) in a namespace of
 //! its own, node namespaces with their own state and node agent, and an
-//! outside host on the fabric. For each backend (vxlan, host-gw):
+//! outside host on the fabric. For each backend (vxlan, host-gw, udp):
 //! - containers on three nodes reach each other (ping, and TCP with their
 //!   own source address: pod traffic is not masqueraded) and the outside
 //!   host, which sees the node's address;
@@ -151,8 +151,37 @@ fn has_peer(
                 && neigh.contains(&format!("{gw} lladdr {mac} PERMANENT"))
                 && fdb.contains(&format!("{mac} dst {public_ip} self permanent"))
         }
+        "udp" => {
+            n.ns.ip(&["route", "show", "10.244.0.0/16"])
+                .contains("dev flannel0")
+                && programmed(n, subnet, public_ip)
+        }
         _ => routes.contains(&format!("{subnet} via {public_ip} dev eth0")),
     }
+}
+
+/// The node's agent says it programmed `subnet` at `public_ip`.
+fn programmed(n: &ClusterNode, subnet: &str, public_ip: &str) -> bool {
+    let status = cluster_status(n);
+    status["networks"][0]["nodes"]
+        .as_array()
+        .is_some_and(|nodes| {
+            nodes.iter().any(|x| {
+                x["prefixes"][0] == subnet && x["address"] == public_ip && x["programmed"] == true
+            })
+        })
+}
+
+/// The node reaches `subnet`: a route to it, or (udp) its entry in the
+/// tunnel's table.
+fn reaches(n: &ClusterNode, backend: &str, subnet: &str) -> bool {
+    if backend == "udp" {
+        let status = cluster_status(n);
+        return status["networks"][0]["nodes"]
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().any(|x| x["prefixes"][0] == subnet));
+    }
+    has_route_to(n, subnet)
 }
 
 fn cluster_status(n: &ClusterNode) -> serde_json::Value {
@@ -177,7 +206,9 @@ fn scenario(tag: &'static str, backend: &str) {
     assert_eq!(leases.len(), 3, "{leases:?}");
     for n in &nodes {
         let (subnet, v) = &leases[&n.addr];
-        assert_eq!(v["BackendType"], backend, "{v}");
+        if backend != "udp" {
+            assert_eq!(v["BackendType"], backend, "{v}");
+        }
         assert!(
             subnet.starts_with("10.244.") && subnet.ends_with("/24"),
             "{subnet}"
@@ -299,6 +330,7 @@ fn scenario(tag: &'static str, backend: &str) {
         "vxlan" => {
             r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:ee"}}"#
         }
+        "udp" => r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendData":null}"#,
         _ => {
             r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#
         }
@@ -313,15 +345,17 @@ fn scenario(tag: &'static str, backend: &str) {
                 "192.0.2.77",
                 Some("0e:aa:bb:cc:dd:ee")
             )),
-            "node {} ignored a hand-written lease: {}",
+            "node {} ignored a hand-written lease: {}\n{}\n{}",
             n.addr,
-            kernel_objects(n)
+            kernel_objects(n),
+            cluster_status(n),
+            n.agent_log()
         );
     }
     c.etcd.etcdctl(&["del", &hand_key]);
     for n in &nodes {
         assert!(
-            eventually(10, || !has_route_to(n, hand_subnet)),
+            eventually(10, || !reaches(n, backend, hand_subnet)),
             "node {} kept a deleted lease's route",
             n.addr
         );
@@ -371,9 +405,10 @@ fn scenario(tag: &'static str, backend: &str) {
     let subnet4 = c.leases()[&n4.addr].0.clone();
     for (i, n) in nodes.iter().enumerate() {
         assert!(
-            eventually(10, || has_route_to(n, &subnet4)),
-            "node {} has no route to the new node",
-            n.addr
+            eventually(10, || reaches(n, backend, &subnet4)),
+            "node {} has no route to the new node ({subnet4}): {}",
+            n.addr,
+            cluster_status(n)
         );
         assert!(
             ctrs[i].0.ping(&c4_addr),
@@ -389,7 +424,7 @@ fn scenario(tag: &'static str, backend: &str) {
     gone.stop_agent();
     for n in &nodes {
         assert!(
-            eventually(20, || !has_route_to(n, &subnet4)),
+            eventually(20, || !reaches(n, backend, &subnet4)),
             "node {} still routes to a node whose lease ended",
             n.addr
         );
@@ -456,6 +491,14 @@ fn vxlan_across_nodes() {
         return;
     }
     scenario("flvx", "vxlan");
+}
+
+#[test]
+fn udp_across_nodes() {
+    if !can_run() {
+        return;
+    }
+    scenario("flud", "udp");
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub enum Backend {
     Vxlan,
     #[serde(rename = "host-gw")]
     HostGw,
+    #[serde(rename = "udp")]
+    Udp,
 }
 
 impl Backend {
@@ -30,11 +32,9 @@ impl Backend {
         match s {
             "vxlan" => Ok(Backend::Vxlan),
             "host-gw" => Ok(Backend::HostGw),
-            "udp" => Err(Error::Unsupported(
-                "backend udp is not available yet in netshim's flannel driver; use vxlan or host-gw".into(),
-            )),
+            "udp" => Ok(Backend::Udp),
             other => Err(Error::Invalid(format!(
-                "unknown flannel backend {other:?}; use vxlan or host-gw"
+                "unknown flannel backend {other:?}; use vxlan, host-gw or udp"
             ))),
         }
     }
@@ -43,14 +43,26 @@ impl Backend {
         match self {
             Backend::Vxlan => "vxlan",
             Backend::HostGw => "host-gw",
+            Backend::Udp => "udp",
         }
     }
 
-    /// Bytes of encapsulation per packet (flannel: VXLAN 50, host-gw 0).
+    /// What leases of this backend say in `BackendType`: flannel's udp
+    /// backend leaves it empty.
+    pub fn lease_type(self) -> &'static str {
+        match self {
+            Backend::Udp => "",
+            other => other.as_str(),
+        }
+    }
+
+    /// Bytes of encapsulation per packet (flannel: VXLAN 50, host-gw 0,
+    /// udp 28: an IP and a UDP header).
     pub fn overhead(self) -> u32 {
         match self {
             Backend::Vxlan => 50,
             Backend::HostGw => 0,
+            Backend::Udp => 28,
         }
     }
 }
@@ -243,7 +255,10 @@ pub fn settings(
         subnet_max,
         backend,
         vni,
-        port: raw_backend.port.filter(|p| *p != 0),
+        port: raw_backend.port.filter(|p| *p != 0).or(match backend {
+            Backend::Udp => Some(8285),
+            _ => None,
+        }),
         direct_routing: raw_backend.direct_routing.unwrap_or(false),
         ttl,
         public_ip,
@@ -297,7 +312,11 @@ pub struct LeaseAttrs {
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<String>,
     /// The udp backend leaves it out.
-    #[serde(rename = "BackendType", default)]
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub backend_type: String,
     #[serde(rename = "BackendData", default)]
     pub backend_data: Option<BackendData>,
@@ -356,7 +375,7 @@ pub fn parse_lease(settings: &Settings, key: &str, value: &[u8]) -> Result<Peer,
             attrs.public_ip
         )
     })?;
-    if attrs.backend_type != settings.backend.as_str() {
+    if attrs.backend_type != settings.backend.lease_type() {
         return Err(format!(
             "{key}: backend {:?}, this network uses {}",
             attrs.backend_type,
@@ -372,7 +391,7 @@ pub fn parse_lease(settings: &Settings, key: &str, value: &[u8]) -> Result<Peer,
                 .ok_or_else(|| format!("{key}: a vxlan lease without BackendData.VtepMAC"))?;
             Some(parse_mac(text).ok_or_else(|| format!("{key}: VtepMAC {text:?} is not a MAC"))?)
         }
-        Backend::HostGw => None,
+        Backend::HostGw | Backend::Udp => None,
     };
     Ok(Peer {
         subnet,
@@ -386,7 +405,7 @@ pub fn lease_value(settings: &Settings, vtep_mac: Option<[u8; 6]>) -> Vec<u8> {
     let attrs = LeaseAttrs {
         public_ip: settings.public_ip.to_string(),
         public_ipv6: None,
-        backend_type: settings.backend.as_str().to_string(),
+        backend_type: settings.backend.lease_type().to_string(),
         backend_data: vtep_mac.map(|m| BackendData {
             vni: Some(settings.vni),
             vtep_mac: Some(show_mac(m)),

@@ -30,7 +30,7 @@ pub fn vtep_mac(s: &Settings) -> [u8; 6] {
 fn announce(s: &Settings) -> Vec<u8> {
     let mac = match s.backend {
         crate::config::Backend::Vxlan => Some(vtep_mac(s)),
-        crate::config::Backend::HostGw => None,
+        crate::config::Backend::HostGw | crate::config::Backend::Udp => None,
     };
     lease_value(s, mac)
 }

@@ -6,9 +6,10 @@
 use std::net::Ipv4Addr;
 
 use netshim_guest_sdk::guest::driver::Network;
-use netshim_guest_sdk::host::link::{self, BridgeSpec, Link, VxlanSpec};
+use netshim_guest_sdk::host::link::{self, BridgeSpec, Link, TunSpec, VxlanSpec};
 use netshim_guest_sdk::host::netfilter::{self, Action, AttachPoint, Match, Op};
 use netshim_guest_sdk::host::node;
+use netshim_guest_sdk::host::route::{self, Route, RouteKind, RouteScope};
 use netshim_guest_sdk::host::store::{self, Condition};
 use netshim_guest_sdk::host::sysctl::{self, LinkKey};
 use netshim_guest_sdk::log::debug;
@@ -22,6 +23,8 @@ use crate::peers::{self, Dataplane};
 
 pub const POSTROUTING: &str = "postrouting";
 pub const DEFAULT_BRIDGE: &str = "cni0";
+/// flannel's udp device (`flannel%d`, the first one).
+pub const TUN: &str = "flannel0";
 
 pub fn settings_key(subnet: &Ipv4Net) -> String {
     format!("settings/{}-{}", subnet.network(), subnet.prefix_len())
@@ -168,7 +171,33 @@ pub fn create(net: &Network) -> Result<(), Error> {
             vx.set_up(true)?;
             Some(vx)
         }
-        Backend::HostGw => None,
+        Backend::HostGw | Backend::Udp => None,
+    };
+    let tun = match s.backend {
+        Backend::Udp => {
+            let tun = link::create_tun(&TunSpec {
+                name: TUN.into(),
+                tap: false,
+                mtu: Some(mtu),
+            })?;
+            tun.add_address(addr::host_prefix(own.network()))?;
+            tun.set_up(true)?;
+            // The whole network through the tunnel (flannel adds it
+            // explicitly: another route to it may be there already).
+            route::add(&Route {
+                destination: addr::wit_prefix(s.network),
+                gateway: None,
+                device: Some(&tun),
+                kind: RouteKind::Unicast,
+                scope: RouteScope::Link,
+                onlink: false,
+                table: None,
+                metric: None,
+                source: None,
+            })?;
+            Some(tun)
+        }
+        _ => None,
     };
     let spec = BridgeSpec {
         name: bridge.clone(),
@@ -182,6 +211,7 @@ pub fn create(net: &Network) -> Result<(), Error> {
         settings: &s,
         own,
         vxlan: vx.as_ref(),
+        tun: tun.as_ref(),
         underlay: &ul,
         underlay_net: ul_net,
     };
@@ -201,12 +231,17 @@ pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
     let (ul, ul_net) = underlay()?;
     let vx = match s.backend {
         Backend::Vxlan => Some(link::open_owned(&vxlan_name(&s))?),
-        Backend::HostGw => None,
+        _ => None,
+    };
+    let tun = match s.backend {
+        Backend::Udp => Some(link::open_owned(TUN)?),
+        _ => None,
     };
     let dp = Dataplane {
         settings: &s,
         own,
         vxlan: vx.as_ref(),
+        tun: tun.as_ref(),
         underlay: &ul,
         underlay_net: ul_net,
     };
@@ -231,6 +266,7 @@ pub fn delete(net: &Network) -> Result<(), Error> {
             settings: s,
             own,
             vxlan: None,
+            tun: None,
             underlay: &ul,
             underlay_net: ul_net,
         };
@@ -259,8 +295,12 @@ pub fn delete(net: &Network) -> Result<(), Error> {
         td.check("removing nat rules", netfilter::apply(&ops));
     }
     if let Some(s) = &s {
-        if s.backend == Backend::Vxlan {
-            let name = vxlan_name(s);
+        let device = match s.backend {
+            Backend::Vxlan => Some(vxlan_name(s)),
+            Backend::Udp => Some(TUN.to_string()),
+            Backend::HostGw => None,
+        };
+        if let Some(name) = device {
             links::delete_owned(&name, &name, &mut td);
         }
     }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use netshim_guest_sdk::host::link::Link;
 use netshim_guest_sdk::host::route::{self, Route, RouteKind, RouteScope};
 use netshim_guest_sdk::host::store::{self, Condition};
+use netshim_guest_sdk::host::udp_tunnel;
 use netshim_guest_sdk::log::{info, warn};
 use netshim_guest_sdk::{addr, Error, Ipv4Net};
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,8 @@ pub struct Dataplane<'a> {
     pub settings: &'a Settings,
     pub own: Ipv4Net,
     pub vxlan: Option<&'a Link>,
+    /// udp: the TUN device whose tunnel the host runs.
+    pub tun: Option<&'a Link>,
     pub underlay: &'a Link,
     /// The underlay's own prefix, to tell which peers are on-link.
     pub underlay_net: Option<Ipv4Net>,
@@ -92,6 +95,18 @@ impl Dataplane<'_> {
                 store::delete(&record_key(&self.own, subnet), Condition::None)?;
                 info(&format!("peer {subnet} ({}) removed", old.peer.public_ip));
             }
+        }
+        if let (Backend::Udp, Some(tun)) = (self.settings.backend, self.tun) {
+            // The whole table at once; the host keeps it if it is unchanged.
+            let table: Vec<udp_tunnel::Peer> = wanted
+                .values()
+                .map(|p| udp_tunnel::Peer {
+                    prefix: addr::wit_prefix(p.subnet),
+                    address: addr::wit_addr(p.public_ip),
+                })
+                .collect();
+            let port = self.settings.port.unwrap_or(8285);
+            udp_tunnel::configure(tun, addr::wit_addr(self.settings.public_ip), port, &table)?;
         }
         for (subnet, peer) in wanted {
             if before.get(&subnet).is_some_and(|old| old.peer == peer) {
@@ -128,6 +143,7 @@ impl Dataplane<'_> {
     fn direct(&self, peer: &Peer) -> bool {
         match self.settings.backend {
             Backend::HostGw => true,
+            Backend::Udp => false,
             Backend::Vxlan => {
                 self.settings.direct_routing
                     && self
@@ -139,6 +155,13 @@ impl Dataplane<'_> {
 
     fn add(&self, peer: &Peer) -> Result<Programmed, Error> {
         let direct = self.direct(peer);
+        if self.settings.backend == Backend::Udp {
+            // Nothing per peer in the kernel: the tunnel's table has it.
+            return Ok(Programmed {
+                peer: peer.clone(),
+                direct,
+            });
+        }
         if direct {
             route::replace(&Route {
                 gateway: Some(addr::wit_addr(peer.public_ip)),

@@ -17,6 +17,7 @@ mod nft_v02;
 mod node;
 mod routes;
 mod sysctl;
+pub mod udp_tunnel;
 
 use std::sync::Arc;
 
@@ -77,7 +78,7 @@ impl From<StoreError> for HostError {
     fn from(e: StoreError) -> HostError {
         let msg = e.to_string();
         HostError::Guest(match e {
-            StoreError::Conflict(_) => types::Error::Conflict(msg),
+            StoreError::Conflict(_) | StoreError::Raced(_) => types::Error::Conflict(msg),
             _ => types::Error::Failed(msg),
         })
     }

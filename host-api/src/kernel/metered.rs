@@ -62,6 +62,14 @@ impl Kernel for Metered {
     fn link_by_index(&self, link: LinkRef) -> KResult<Option<LinkInfo>> {
         self.timed(|k| k.link_by_index(link))
     }
+    fn open_tunnel(
+        &self,
+        link: LinkRef,
+        name: &str,
+        local: std::net::SocketAddrV4,
+    ) -> KResult<(std::fs::File, std::net::UdpSocket)> {
+        self.timed(|k| k.open_tunnel(link, name, local))
+    }
     fn links(&self, ns: NsId) -> KResult<Vec<LinkInfo>> {
         self.timed(|k| k.links(ns))
     }

@@ -251,6 +251,20 @@ pub trait Kernel: Send + Sync {
     fn delete_link(&self, link: LinkRef) -> KResult<()>;
     fn link_by_name(&self, ns: NsId, name: &str) -> KResult<Option<LinkInfo>>;
     fn link_by_index(&self, link: LinkRef) -> KResult<Option<LinkInfo>>;
+    /// Attach to the TUN device `link` (named `name`) and bind a UDP socket
+    /// at `local`, both in the link's namespace: a host data path moves
+    /// packets between them.
+    fn open_tunnel(
+        &self,
+        link: LinkRef,
+        name: &str,
+        local: std::net::SocketAddrV4,
+    ) -> KResult<(std::fs::File, std::net::UdpSocket)> {
+        let _ = (link, local);
+        Err(KernelError::Unsupported(format!(
+            "tunnel on {name}: this kernel backend has no data path"
+        )))
+    }
     fn links(&self, ns: NsId) -> KResult<Vec<LinkInfo>>;
     fn set_link(&self, link: LinkRef, change: &LinkChange) -> KResult<()>;
 

@@ -730,6 +730,12 @@ impl Netlink {
 /// tap) device, which lives as long as the returned fd unless made
 /// persistent.
 fn open_tun(name: &str, tap: bool) -> io::Result<std::fs::File> {
+    tun_setiff(name, tap, true)
+}
+
+/// TUNSETIFF: with `exclusive`, make a new device (refusing one that
+/// exists); without, attach to the existing device of that name.
+fn tun_setiff(name: &str, tap: bool, exclusive: bool) -> io::Result<std::fs::File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -746,7 +752,8 @@ fn open_tun(name: &str, tap: bool) -> io::Result<std::fs::File> {
     let mode = if tap { libc::IFF_TAP } else { libc::IFF_TUN };
     // IFF_TUN_EXCL: a device of that name made since the check above is
     // refused, not adopted.
-    request.ifr_ifru.ifru_flags = (mode | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short;
+    let excl = if exclusive { libc::IFF_TUN_EXCL } else { 0 };
+    request.ifr_ifru.ifru_flags = (mode | libc::IFF_NO_PI | excl) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one ifreq, which outlives the call.
     if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
         return Err(io::Error::last_os_error());
@@ -1121,6 +1128,32 @@ impl Kernel for Netlink {
     fn link_by_name(&self, ns_id: NsId, name: &str) -> KResult<Option<LinkInfo>> {
         let ns = self.ns(ns_id)?;
         self.get_link_by_name(ns_id, &ns, name)
+    }
+
+    fn open_tunnel(
+        &self,
+        link: LinkRef,
+        name: &str,
+        local: std::net::SocketAddrV4,
+    ) -> KResult<(std::fs::File, std::net::UdpSocket)> {
+        let ns = self.ns(link.ns)?;
+        let what = format!("tunnel on {name} ({}) at {local}", ns.label);
+        let owned = name.to_string();
+        let (device, socket) = ns
+            .run_inside(move || {
+                let device = tun_setiff(&owned, false, false)?;
+                let socket = std::net::UdpSocket::bind(local)?;
+                Ok((device, socket))
+            })
+            .map_err(|e| kernel_error(&NlError::io(e), &what))?;
+        // The name was looked up by the kernel just now: make sure it is
+        // still the device the network made.
+        match self.link_by_name(link.ns, name)? {
+            Some(l) if l.index == link.index && l.kind == "tun" => Ok((device, socket)),
+            _ => Err(KernelError::NotFound(format!(
+                "{what}: the TUN device is not the one the network made"
+            ))),
+        }
     }
 
     fn link_by_index(&self, link: LinkRef) -> KResult<Option<LinkInfo>> {

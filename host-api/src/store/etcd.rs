@@ -8,7 +8,7 @@
 //! session read has changed since (`mod_revision` equal, or
 //! `create_revision == 0` for what was absent; a listed range must hold no
 //! key modified after the list). Another node's write in between is a
-//! [`StoreError::Conflict`]: nothing of the session is applied. Processes
+//! [`StoreError::Raced`]: nothing of the session is applied. Processes
 //! of one node still exclude each other with the state directory's lock,
 //! as on the local store, so they never conflict among themselves.
 //!
@@ -422,9 +422,9 @@ impl EtcdSession {
             }
             Ok((false, _)) => {
                 let (keys, ranges) = (self.reads.len(), self.ranges.len());
-                Err(StoreError::Conflict(format!(
-                    "another writer changed what this operation read ({keys} key(s) and {ranges} range(s) under {})",
-                    self.store.prefix
+                Err(StoreError::Raced(format!(
+                    "cluster store {}: another writer changed what this operation read ({keys} key(s), {ranges} range(s)) before it committed; nothing of it was applied",
+                    self.store.endpoints
                 )))
             }
             Err(e) => Err(self.store.error(e)),

@@ -11,6 +11,10 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("key {0:?}: condition failed (it changed since it was read)")]
     Conflict(String),
+    /// A commit found that another writer changed what the session read:
+    /// nothing of the session was applied.
+    #[error("{0}")]
+    Raced(String),
     #[error("state directory {path}: {source}")]
     Io {
         path: PathBuf,

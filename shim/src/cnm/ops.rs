@@ -36,7 +36,7 @@ impl Core {
         let mut attempt = 0;
         loop {
             match self.network_create_once(&req) {
-                Err(CnmError::Store(StoreError::Conflict(why))) if attempt < 8 => {
+                Err(CnmError::Store(StoreError::Raced(why))) if attempt < 8 => {
                     attempt += 1;
                     tracing::info!(
                         network = req.name,

@@ -4,6 +4,11 @@
 //! is due. Each call is a transaction like any other: its kernel changes
 //! and cluster writes land together or not at all.
 
+use std::collections::BTreeMap;
+
+use netshim_host_api::host::udp_tunnel::{self, UdpTunnel};
+use netshim_host_api::store::Store;
+
 use super::driver::{Event, Scope};
 use super::{cluster_root, get_json, CnmResult, Core, Network};
 
@@ -40,6 +45,29 @@ impl Core {
                 driver: net.driver,
                 root,
             });
+        }
+        Ok(out)
+    }
+
+    /// The UDP tunnels drivers configured, by network id, for the node
+    /// agent's data path; a record that does not parse is skipped.
+    pub fn udp_tunnels(&self) -> CnmResult<BTreeMap<String, UdpTunnel>> {
+        let mut s = self.store.session()?;
+        let mut out = BTreeMap::new();
+        for e in s.list(udp_tunnel::SPACE, "")? {
+            if s.get(super::model::SPACE, &super::model::network_key(&e.key))?
+                .is_none()
+            {
+                continue;
+            }
+            match serde_json::from_slice::<UdpTunnel>(&e.value) {
+                Ok(t) => {
+                    out.insert(e.key, t);
+                }
+                Err(err) => {
+                    tracing::warn!(network = e.key, error = %err, "unreadable tunnel record")
+                }
+            }
         }
         Ok(out)
     }
