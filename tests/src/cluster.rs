@@ -212,7 +212,14 @@ impl ClusterNode {
     /// Start the node agent (the daemon); its log goes to a file.
     pub fn start_agent(&mut self) {
         let plugins = self.state.0.join("plugins");
-        std::fs::create_dir_all(&plugins).expect("plugin dir");
+        self.start_agent_serving(&plugins, "netshim-");
+    }
+
+    /// Start the node agent, serving Docker at `plugins/<prefix>flannel.sock`.
+    pub fn start_agent_serving(&mut self, plugins: &std::path::Path, prefix: &str) {
+        std::fs::create_dir_all(plugins).expect("plugin dir");
+        let sock = plugins.join(format!("{prefix}flannel.sock"));
+        let _ = std::fs::remove_file(&sock);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -221,8 +228,8 @@ impl ClusterNode {
         let child = self
             .command()
             .env("NETSHIM_LOG", "info")
-            .args(["daemon", "--plugin-dir"])
-            .arg(&plugins)
+            .args(["daemon", "--plugin-prefix", prefix, "--plugin-dir"])
+            .arg(plugins)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -231,7 +238,7 @@ impl ClusterNode {
             child,
             name: "netshim daemon",
         });
-        crate::wait_for(&plugins.join("netshim-flannel.sock"), "the daemon's socket");
+        crate::wait_for(&sock, "the daemon's socket");
     }
 
     /// Stop the agent (SIGTERM; it finishes what it is doing).

@@ -5,6 +5,7 @@
 //! test fails.
 
 pub mod cluster;
+pub mod docker;
 #[path = "../../shim/guest_build.rs"]
 pub mod guest_build;
 pub mod http_gen;

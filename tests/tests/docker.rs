@@ -5,11 +5,11 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use netshim_tests::docker::Docker;
 use netshim_tests::{
-    busybox_rootfs, cache_dir, can_run, netshim_bin, wait_for, Daemon, Node, NODE_ADDR,
-    OUTSIDE_ADDR,
+    cache_dir, can_run, netshim_bin, wait_for, Daemon, Node, NODE_ADDR, OUTSIDE_ADDR,
 };
 
 /// netshim's plugin socket for this test: a unique plugin name, since
@@ -48,112 +48,6 @@ fn start_netshim(node: &Node, tag: &str) -> Daemon {
     d
 }
 
-struct Docker {
-    sock: PathBuf,
-    root: PathBuf,
-    daemon: Option<Daemon>,
-}
-
-impl Docker {
-    /// dockerd in the node's network namespace: no default bridge, no
-    /// iptables, its own data root, exec root and socket.
-    fn start(node: &Node, tag: &str) -> Docker {
-        // Short paths: containerd's socket lives under the exec root.
-        let root = PathBuf::from(format!("/tmp/nsd{}{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let sock = root.join("d.sock");
-        let log = std::fs::File::create(root.join("dockerd.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", node.node.path.display()))
-            .args([
-                "dockerd",
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-            ])
-            .arg("--data-root")
-            .arg(root.join("data"))
-            .arg("--exec-root")
-            .arg(root.join("x"))
-            .arg("--pidfile")
-            .arg(root.join("d.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let d = Docker {
-            sock: sock.clone(),
-            root: root.clone(),
-            daemon: Some(Daemon {
-                child,
-                name: "dockerd",
-            }),
-        };
-        wait_for(&sock, "dockerd's socket");
-        for _ in 0..100 {
-            if d.docker(&["version"]).status.success() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let tar = root.join("rootfs.tar");
-        let ok = Command::new("tar")
-            .arg("-C")
-            .arg(busybox_rootfs())
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        d.ok(&["import", tar.to_str().unwrap(), "nstbusybox"]);
-        d
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new("/usr/bin/docker")
-            .env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn ip_of(&self, c: &str, net: &str) -> String {
-        self.ok(&[
-            "inspect",
-            "-f",
-            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
-            c,
-        ])
-    }
-}
-
-impl Drop for Docker {
-    fn drop(&mut self) {
-        let ids = self.docker(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
-        drop(self.daemon.take());
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 #[test]
 fn docker_networks_through_netshim() {
     if !can_run() {
@@ -162,7 +56,7 @@ fn docker_networks_through_netshim() {
     let node = Node::new("dock");
     let (links, _, routes) = node.baseline();
     let mut netshim = start_netshim(&node, "a");
-    let docker = Docker::start(&node, "a");
+    let docker = Docker::start(&node.node, "a");
     let drv = plugin_name("a");
 
     docker.ok(&[

@@ -40,9 +40,13 @@ fn pool_subnet_key(pool_id: &str) -> String {
 struct Flannel;
 
 impl Driver for Flannel {
+    /// Each node holds its own network record (local data scope) and the
+    /// network reaches across the cluster (global connectivity): as Docker
+    /// sees it, a network created on every node, like an overlay without
+    /// a cluster store of Docker's own.
     fn get_capabilities() -> Capabilities {
         Capabilities {
-            scope: Scope::Global,
+            scope: Scope::Local,
             connectivity_scope: Scope::Global,
         }
     }

@@ -48,6 +48,22 @@ pub fn save_settings(subnet: &Ipv4Net, s: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// The network's own copy of its settings: Docker releases the pool (and
+/// with it the pool's settings) in an order of its choosing, and the
+/// network's teardown still needs to know its devices.
+fn network_settings_key(net: &Network) -> String {
+    format!("network-settings/{}", net.id)
+}
+
+fn settings_of(net: &Network, own: &Ipv4Net) -> Result<Settings, Error> {
+    if let Some(e) = store::get(&network_settings_key(net))? {
+        if let Ok(s) = serde_json::from_slice(&e.value) {
+            return Ok(s);
+        }
+    }
+    load_settings(own)
+}
+
 /// The network's subnet and gateway (one IPv4 pool with a gateway).
 pub fn subnet_of(net: &Network) -> Result<(Ipv4Net, IpPrefix), Error> {
     let [pd] = net.ipv4.as_slice() else {
@@ -142,6 +158,8 @@ fn nat_ops(bridge: &str, own: Ipv4Net, s: &Settings) -> Vec<Op> {
 pub fn create(net: &Network) -> Result<(), Error> {
     let (own, gateway) = subnet_of(net)?;
     let s = load_settings(&own)?;
+    let v = serde_json::to_vec(&s).map_err(|e| Error::Failed(e.to_string()))?;
+    store::put(&network_settings_key(net), &v, Condition::None, None)?;
     let bridge = bridge_name(net)?;
     let (ul, ul_net) = underlay()?;
     let mtu = ul.state()?.mtu.saturating_sub(s.backend.overhead());
@@ -226,7 +244,12 @@ pub fn create(net: &Network) -> Result<(), Error> {
 /// Returns the seconds until the next pass is due.
 pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
     let (own, _) = subnet_of(net)?;
-    let s = load_settings(&own)?;
+    if store::get(&settings_key(&own))?.is_none() {
+        // The pool was released (Docker releases it apart from the
+        // network): the lease is given back, not to be taken again.
+        return Ok(None);
+    }
+    let s = settings_of(net, &own)?;
     let until_renewal = lease::keep(&s, own)?;
     let (ul, ul_net) = underlay()?;
     let vx = match s.backend {
@@ -259,7 +282,7 @@ pub fn delete(net: &Network) -> Result<(), Error> {
     let (own, _) = subnet_of(net)?;
     let bridge = bridge_name(net)?;
     let mut td = Teardown::new(format!("delete-network {}", net.name));
-    let s = td.check("reading the network's settings", load_settings(&own));
+    let s = td.check("reading the network's settings", settings_of(net, &own));
     // Routes over the underlay do not go with a device: remove them.
     if let (Some(s), Ok((ul, ul_net))) = (&s, underlay()) {
         let dp = Dataplane {
@@ -280,6 +303,10 @@ pub fn delete(net: &Network) -> Result<(), Error> {
     td.check(
         "removing the status record",
         store::delete(&format!("status/{}", net.id), Condition::None),
+    );
+    td.check(
+        "removing the network's settings",
+        store::delete(&network_settings_key(net), Condition::None),
     );
     let (ret, masq) = masq_ids(&bridge);
     if let Some(ids) = td.check("listing nat rules", rule_ids(POSTROUTING)) {

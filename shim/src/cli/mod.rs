@@ -329,6 +329,12 @@ impl Global {
         for d in &self.guest_dirs {
             args.extend(["--guest-dir".to_string(), abs(d)?]);
         }
+        if let Some(s) = &self.store {
+            args.extend(["--store".to_string(), s.clone()]);
+        }
+        if let Some(n) = &self.node_name {
+            args.extend(["--node-name".to_string(), n.clone()]);
+        }
         Ok(args)
     }
 

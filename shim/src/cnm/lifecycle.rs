@@ -143,29 +143,38 @@ impl Core {
     }
 
     /// Route prefixes the driver claimed in request-pool (a cluster
-    /// network's whole range, with no operator grant), checked and kept
-    /// in the network's options as if the operator had granted them.
+    /// network's whole range, with no operator grant), checked: the value
+    /// of the network option that grants them, if there were any.
+    pub(super) fn checked_claims(&self, c: &mut Calls, pool: IpNet) -> CnmResult<Option<String>> {
+        let claims = c.take_claims();
+        if claims.is_empty() {
+            return Ok(None);
+        }
+        let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
+        let taken = ipam_check::taken_pools(c.store())?;
+        let others: Vec<_> = taken.into_iter().filter(|(_, p)| *p != pool).collect();
+        ipam_check::check_claims(&c.guest.name, &claims, pool, &node, &others)?;
+        Ok(Some(
+            claims
+                .iter()
+                .map(IpNet::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ))
+    }
+
+    /// [`Core::checked_claims`], kept in the network's options as if the
+    /// operator had granted them.
     pub(super) fn grant_claims(
         &self,
         c: &mut Calls,
         net: &mut Network,
         pool: IpNet,
     ) -> CnmResult<()> {
-        let claims = c.take_claims();
-        if claims.is_empty() {
-            return Ok(());
+        if let Some(list) = self.checked_claims(c, pool)? {
+            net.options
+                .push((ipam_check::ROUTE_PREFIXES_OPTION.to_string(), list));
         }
-        let node = ipam_check::NodeFacts::read(self.kernel.as_ref())?;
-        let taken = ipam_check::taken_pools(c.store())?;
-        let others: Vec<_> = taken.into_iter().filter(|(_, p)| *p != pool).collect();
-        ipam_check::check_claims(&c.guest.name, &claims, pool, &node, &others)?;
-        let list = claims
-            .iter()
-            .map(IpNet::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        net.options
-            .push((ipam_check::ROUTE_PREFIXES_OPTION.to_string(), list));
         Ok(())
     }
 

@@ -107,6 +107,12 @@ pub fn pool_key(driver: &str, pool_id: &str) -> String {
     format!("pools/{driver}/{pool_id}")
 }
 
+/// Route prefixes a driver claimed with a pool (Docker asks for pools
+/// before networks), until a network takes them or the pool is released.
+pub fn claims_key(driver: &str, pool_id: &str) -> String {
+    format!("pool-claims/{driver}/{pool_id}")
+}
+
 pub fn endpoint_key(id: &str) -> String {
     format!("endpoints/{id}")
 }

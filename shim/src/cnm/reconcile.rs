@@ -22,18 +22,18 @@ pub struct ClusterNetwork {
 }
 
 impl Core {
-    /// The networks of this node whose driver has cluster scope; none
-    /// without a cluster store.
+    /// The networks of this node whose driver connects across the cluster
+    /// (global connectivity scope); none without a cluster store.
     pub fn cluster_networks(&self) -> CnmResult<Vec<ClusterNetwork>> {
         if self.cluster.is_none() {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         for (net, _) in self.networks()? {
-            let Ok((scope, _)) = self.driver_capabilities(&net.driver) else {
+            let Ok((_, connectivity)) = self.driver_capabilities(&net.driver) else {
                 continue;
             };
-            if scope != Scope::Global {
+            if connectivity != Scope::Global {
                 continue;
             }
             let Ok(root) = cluster_root::root(&net.driver, &net.options) else {

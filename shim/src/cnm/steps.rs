@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use netshim_host_api::guard::limits::truncate;
 use netshim_host_api::host::ownership_mark;
 use netshim_host_api::kernel::NsId;
-use netshim_host_api::store::Store;
+use netshim_host_api::store::{Condition, Store};
 
 use super::calls::is_not_found;
 use super::driver::{EndpointSpec, Join, Mac, PoolAsk, Scope};
@@ -45,7 +45,20 @@ impl Core {
             options,
             v6,
         };
-        self.transaction(driver, "RequestPool", |c| self.take_pool(c, &ask))
+        self.transaction(driver, "RequestPool", |c| {
+            let grant = self.take_pool(c, &ask)?;
+            // Kept with the pool until CreateNetwork names it.
+            if let Some(list) = self.checked_claims(c, grant.pool)? {
+                c.store().put(
+                    SPACE,
+                    &model::claims_key(driver, &grant.id),
+                    list.as_bytes(),
+                    Condition::None,
+                    None,
+                )?;
+            }
+            Ok(grant)
+        })
     }
 
     pub fn ipam_release_pool(&self, driver: &str, pool_id: &str) -> CnmResult<()> {
@@ -85,10 +98,23 @@ impl Core {
 
     /// A network whose IPAM the caller already did (Docker's CreateNetwork).
     /// Creating the same id again is a no-op.
-    pub fn network_register(&self, net: Network) -> CnmResult<Network> {
+    pub fn network_register(&self, mut net: Network) -> CnmResult<Network> {
         let mut s = self.store.session()?;
         if let Some(existing) = get_json::<Network>(&mut s, &model::network_key(&net.id))? {
             return Ok(existing);
+        }
+        let granted = net
+            .options
+            .iter()
+            .any(|(k, _)| k == super::ipam_check::ROUTE_PREFIXES_OPTION);
+        if !granted {
+            for p in net.ipv4.clone() {
+                if let Some(e) = s.get(SPACE, &model::claims_key(&net.driver, &p.id))? {
+                    let list = String::from_utf8_lossy(&e.value).into_owned();
+                    net.options
+                        .push((super::ipam_check::ROUTE_PREFIXES_OPTION.to_string(), list));
+                }
+            }
         }
         if s.get(SPACE, &model::name_key(&net.name))?.is_some() {
             return Err(CnmError::Exists(format!(

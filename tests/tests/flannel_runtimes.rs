@@ -1,0 +1,234 @@
+//! Flannel across nodes with real container runtimes: dockerd on one node
+//! (netshim as its network and IPAM plugin), runc with netshim's OCI hook
+//! on another, the CLI on a third. Every container reaches every other
+//! across nodes, and the outside host through masquerade; after the
+//! containers and networks are gone, nothing is left on any node and the
+//! leases are given back.
+
+use std::time::Duration;
+
+use netshim_tests::cluster::{eventually, ClusterNode, Etcd, Fabric, OUTSIDE};
+use netshim_tests::docker::Docker;
+use netshim_tests::{busybox_rootfs, can_run, Ns, Runtime, TempDir};
+use serde_json::json;
+
+const PREFIX: &str = "/coreos.com/network";
+
+/// A runc bundle on `node` whose createRuntime and poststop hooks attach
+/// it to "pods" and detach it (installed by `netshim oci install-hook`).
+fn bundle(node: &ClusterNode, tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+            "args": ["sleep", "1000"], "env": ["PATH=/bin"],
+            "capabilities": {"bounding": ["CAP_NET_RAW"], "effective": ["CAP_NET_RAW"], "permitted": ["CAP_NET_RAW"]},
+            "noNewPrivileges": true
+        },
+        "root": {"path": busybox_rootfs(), "readonly": true},
+        "hostname": tag,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}
+    });
+    std::fs::write(
+        dir.0.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    node.ok(&[
+        "oci",
+        "install-hook",
+        dir.0.to_str().unwrap(),
+        "--network",
+        "pods",
+    ]);
+    dir
+}
+
+fn runc_ok(node: &ClusterNode, root: &TempDir, args: &[&str]) -> String {
+    let out = Runtime::Runc.cmd(&node.ns, &root.0, args);
+    assert!(
+        out.status.success(),
+        "runc {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn addr_of(ip_output: &str) -> String {
+    ip_output
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn docker_runc_and_cli_containers_across_nodes() {
+    if !can_run() {
+        return;
+    }
+    let tag = "flrt";
+    let fabric = Fabric::new(tag);
+    let etcd = Etcd::start(&fabric, tag);
+    let outside = Ns::new(&format!("{tag}-out"));
+    fabric.plug(&outside, 200);
+    etcd.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+    ]);
+    let baseline = ClusterNode::join(&fabric, tag, 99, &etcd.url).ns.links();
+
+    // Node A: dockerd, with netshim's daemon as its plugin.
+    let mut a = ClusterNode::join(&fabric, tag, 11, &etcd.url);
+    let prefix = format!("nst{}fl-", std::process::id());
+    a.start_agent_serving(std::path::Path::new("/run/docker/plugins"), &prefix);
+    let docker = Docker::start(&a.ns, tag);
+    let drv = format!("{prefix}flannel");
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &drv,
+        "--ipam-driver",
+        &drv,
+        "pods",
+    ]);
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "d1",
+        "--network",
+        "pods",
+        "nstbusybox",
+        "sleep",
+        "1000",
+    ]);
+    let d1 = docker.ip_of("d1", "pods");
+
+    // Node B: runc, attached by netshim's OCI hook.
+    let mut b = ClusterNode::join(&fabric, tag, 12, &etcd.url);
+    b.ok(&["network", "create", "pods", "--driver", "flannel"]);
+    b.start_agent();
+    let runc_root = TempDir::new(&format!("{tag}-runc"));
+    let bundle_b = bundle(&b, &format!("{tag}-r1"));
+    let id = Runtime::id("flr1");
+    runc_ok(
+        &b,
+        &runc_root,
+        &["run", "-d", "--bundle", bundle_b.0.to_str().unwrap(), &id],
+    );
+    let r1 = addr_of(&runc_ok(
+        &b,
+        &runc_root,
+        &["exec", &id, "ip", "-o", "-4", "addr", "show", "eth0"],
+    ));
+
+    // Node C: the CLI.
+    let mut c = ClusterNode::join(&fabric, tag, 13, &etcd.url);
+    c.ok(&["network", "create", "pods", "--driver", "flannel"]);
+    c.start_agent();
+    let cli = Ns::new(&format!("{tag}-c1"));
+    c.ok(&[
+        "attach",
+        "--network",
+        "pods",
+        "--netns",
+        cli.path.to_str().unwrap(),
+    ]);
+    let c1 = addr_of(&cli.ip(&["-o", "-4", "addr", "show", "eth0"]));
+
+    // Three nodes, three subnets.
+    let subnet = |a: &str| a.rsplit_once('.').unwrap().0.to_string();
+    assert!(
+        d1.starts_with("10.244.") && r1.starts_with("10.244.") && c1.starts_with("10.244."),
+        "{d1} {r1} {c1}"
+    );
+    assert!(subnet(&d1) != subnet(&r1) && subnet(&r1) != subnet(&c1) && subnet(&d1) != subnet(&c1));
+
+    let docker_pings = |to: &str| {
+        docker
+            .docker(&["exec", "d1", "ping", "-c1", "-W2", to])
+            .status
+            .success()
+    };
+    let runc_pings = |to: &str| {
+        Runtime::Runc
+            .cmd(
+                &b.ns,
+                &runc_root.0,
+                &["exec", &id, "ping", "-c1", "-W2", to],
+            )
+            .status
+            .success()
+    };
+    assert!(
+        eventually(15, || docker_pings(&r1)),
+        "docker on A cannot reach runc on B"
+    );
+    assert!(
+        docker_pings(&c1),
+        "docker on A cannot reach the CLI's container on C"
+    );
+    assert!(runc_pings(&d1), "runc on B cannot reach docker on A");
+    assert!(runc_pings(&c1), "runc on B cannot reach C");
+    assert!(cli.ping(&d1) && cli.ping(&r1), "C cannot reach A or B");
+    // Masquerade to the outside host, from the docker container.
+    let listener = outside.accept_one(&format!("{OUTSIDE}:8080"));
+    assert!(docker
+        .docker(&[
+            "exec",
+            "d1",
+            "sh",
+            "-c",
+            &format!("echo hi | nc {OUTSIDE} 8080")
+        ])
+        .status
+        .success());
+    assert_eq!(listener.join().unwrap().ip().to_string(), a.addr);
+
+    // Teardown through each front-end.
+    docker.ok(&["rm", "-f", "d1"]);
+    docker.ok(&["network", "rm", "pods"]);
+    runc_ok(&b, &runc_root, &["kill", &id, "KILL"]);
+    assert!(
+        eventually(10, || Runtime::Runc
+            .cmd(&b.ns, &runc_root.0, &["delete", &id])
+            .status
+            .success()),
+        "runc delete"
+    );
+    c.ok(&[
+        "detach",
+        "--network",
+        "pods",
+        "--netns",
+        cli.path.to_str().unwrap(),
+    ]);
+    for n in [&b, &c] {
+        n.ok(&["network", "rm", "pods"]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop_agent();
+        assert_eq!(n.ns.links(), baseline, "node {} kept links", n.addr);
+        assert!(
+            !n.ns.nft_ruleset().contains("netshim"),
+            "node {} kept a table",
+            n.addr
+        );
+    }
+    let leases = etcd.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
+    assert!(leases.trim().is_empty(), "leases stayed: {leases}");
+    drop(docker);
+}
