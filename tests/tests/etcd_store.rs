@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use netshim_host_api::store::{Condition, EtcdStore, Store, StoreError};
+use netshim_host_api::store::{Change, Condition, EtcdStore, Store, StoreError};
 use netshim_tests::cluster::{inside, inside_path, Etcd, Fabric};
 use netshim_tests::{can_run, Ns};
 
@@ -257,4 +257,63 @@ fn a_ttl_ends_the_key_and_a_stopped_etcd_is_named_then_recovered() {
             }
         }
     });
+}
+
+/// What a watch reports next, within `secs`.
+fn next_change(rx: &std::sync::mpsc::Receiver<Change>, secs: u64) -> Option<Change> {
+    rx.recv_timeout(Duration::from_secs(secs)).ok()
+}
+
+fn key(k: &str) -> Change {
+    Change::Key {
+        root: "/w".into(),
+        key: k.into(),
+    }
+}
+
+#[test]
+fn a_watch_resumes_after_etcd_restarts_and_relists_after_compaction() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster("etcdw");
+    let s = store(&c, 0, "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let guard = s.watch("/w", tx);
+    assert_eq!(
+        next_change(&rx, 5),
+        Some(Change::Resync { root: "/w".into() })
+    );
+    c.etcd.etcdctl(&["put", "/w/a", "1"]);
+    assert_eq!(next_change(&rx, 5), Some(key("a")));
+
+    // etcd goes away and comes back: the watch resumes where it was, with
+    // no event lost and no resync needed.
+    c.etcd.pause();
+    c.etcd.resume();
+    c.etcd.etcdctl(&["put", "/w/b", "2"]);
+    assert_eq!(next_change(&rx, 20), Some(key("b")));
+    drop(guard);
+
+    // A watcher resuming from a revision etcd compacted away re-lists.
+    let status: serde_json::Value =
+        serde_json::from_str(&c.etcd.etcdctl(&["get", "/w/a", "-w", "json"])).unwrap();
+    let old = status["header"]["revision"].as_i64().unwrap();
+    for i in 0..5 {
+        c.etcd.etcdctl(&["put", "/w/x", &i.to_string()]);
+    }
+    let now: serde_json::Value =
+        serde_json::from_str(&c.etcd.etcdctl(&["get", "/w/x", "-w", "json"])).unwrap();
+    c.etcd.etcdctl(&[
+        "compact",
+        &now["header"]["revision"].as_i64().unwrap().to_string(),
+    ]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _guard = s.watch_from("/w", Some(old - 2), tx);
+    assert_eq!(
+        next_change(&rx, 10),
+        Some(Change::Resync { root: "/w".into() })
+    );
+    c.etcd.etcdctl(&["put", "/w/c", "3"]);
+    assert_eq!(next_change(&rx, 5), Some(key("c")));
 }

@@ -508,3 +508,71 @@ fn host_gw_across_nodes() {
     }
     scenario("flhg", "host-gw");
 }
+
+/// vxlan with `DirectRouting`: nodes on the same underlay subnet route to
+/// each other's subnets straight over the underlay (flannel's shape:
+/// `<subnet> via <PublicIP> dev eth0`), with no VXLAN neighbour for them,
+/// and their containers still reach each other.
+#[test]
+fn vxlan_direct_routing_on_one_segment() {
+    if !can_run() {
+        return;
+    }
+    let tag = "fldr";
+    let fabric = Fabric::new(tag);
+    let etcd = Etcd::start(&fabric, tag);
+    etcd.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#,
+    ]);
+    let nodes: Vec<ClusterNode> = (11..=12)
+        .map(|h| {
+            let mut n = ClusterNode::join(&fabric, tag, h, &etcd.url);
+            n.ok(&["network", "create", "pods", "--driver", "flannel"]);
+            n.start_agent();
+            n
+        })
+        .collect();
+    let leases = {
+        let out = etcd.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
+        out.lines()
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|p| {
+                let v: serde_json::Value = serde_json::from_str(p[1]).unwrap();
+                (
+                    v["PublicIP"].as_str().unwrap().to_string(),
+                    p[0].rsplit('/').next().unwrap().replace('-', "/"),
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let b_subnet = &leases[&b.addr];
+    assert!(
+        eventually(10, || a
+            .ns
+            .ip(&["route", "show", b_subnet])
+            .contains(&format!("via {} dev eth0", b.addr))),
+        "no direct route: {}",
+        a.ns.ip(&["route"])
+    );
+    assert!(
+        a.ns.ip(&["neigh", "show", "dev", "flannel.1"])
+            .trim()
+            .is_empty(),
+        "a direct peer needs no VXLAN neighbour"
+    );
+    let (ca, _) = container(a, &format!("{tag}-a"));
+    let (_cb, cb_addr) = container(b, &format!("{tag}-b"));
+    assert!(
+        ca.ping(&cb_addr),
+        "containers cannot reach each other over direct routes"
+    );
+    let status = cluster_status(a);
+    assert!(
+        status.to_string().contains("\"kind\":\"direct\""),
+        "{status}"
+    );
+}

@@ -160,13 +160,24 @@ impl EtcdStore {
     /// backoff from 100 ms to 5 s), and re-lists when etcd compacted that
     /// revision away.
     pub fn watch(&self, root: &str, tx: std::sync::mpsc::Sender<Change>) -> WatchGuard {
+        self.watch_from(root, None, tx)
+    }
+
+    /// [`EtcdStore::watch`] from `revision` on (no first resync), as a
+    /// watcher that saw everything before it resumes.
+    pub fn watch_from(
+        &self,
+        root: &str,
+        revision: Option<i64>,
+        tx: std::sync::mpsc::Sender<Change>,
+    ) -> WatchGuard {
         let prefix = self.full_key(root, "");
         let root = root.to_string();
         let mut client = self.client.clone();
         let task = self.rt.spawn(async move {
             let first_backoff = Duration::from_millis(100);
             let mut backoff = first_backoff;
-            let mut from: Option<i64> = None;
+            let mut from: Option<i64> = revision;
             loop {
                 let start = match from {
                     Some(r) => r,

@@ -55,6 +55,10 @@ pub struct Global {
     /// The node's name as drivers see it (default: the host name).
     #[arg(long, global = true, env = "NETSHIM_NODE_NAME")]
     pub node_name: Option<String>,
+    /// The node's underlay link: where tunnels start and cluster traffic
+    /// leaves (default: the link of the default route).
+    #[arg(long, global = true, env = "NETSHIM_UNDERLAY")]
+    pub underlay: Option<String>,
     /// Extra directories with driver guests (<name>.wasm).
     #[arg(long = "guest-dir", global = true, env = "NETSHIM_GUEST_DIR")]
     pub guest_dirs: Vec<PathBuf>,
@@ -335,6 +339,9 @@ impl Global {
         if let Some(n) = &self.node_name {
             args.extend(["--node-name".to_string(), n.clone()]);
         }
+        if let Some(u) = &self.underlay {
+            args.extend(["--underlay".to_string(), u.clone()]);
+        }
         Ok(args)
     }
 
@@ -386,6 +393,7 @@ impl Global {
         };
         Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?
             .with_node_name(self.node_name.clone())
+            .with_underlay(self.underlay.as_deref())?
             .with_cluster(cluster))
     }
 }

@@ -463,6 +463,8 @@ impl Calls<'_> {
     fn cluster_ipam_grant(&self, options: &[(String, String)]) -> netshim_host_api::host::Grant {
         netshim_host_api::host::Grant {
             cluster_root: super::cluster_root::root(&self.guest.name, options).ok(),
+            // Read-only, for `node.identity` (the node's public address).
+            underlay: self.core.underlay(),
             ..self.ipam_grant()
         }
     }

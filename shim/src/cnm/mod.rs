@@ -332,6 +332,23 @@ impl Core {
             .get_or_init(|| netshim_host_api::kernel::default_route_link(self.kernel.as_ref()))
     }
 
+    /// Use the link named `name` as the node's underlay (`--underlay`)
+    /// instead of the default route's.
+    pub fn with_underlay(self, name: Option<&str>) -> CnmResult<Core> {
+        if let Some(name) = name {
+            let link = self
+                .kernel
+                .link_by_name(netshim_host_api::kernel::NsId::NODE, name)?
+                .ok_or_else(|| {
+                    CnmError::NotFound(format!(
+                        "--underlay {name}: the node has no link of that name"
+                    ))
+                })?;
+            let _ = self.underlay.set(Some(link.link_ref()));
+        }
+        Ok(self)
+    }
+
     /// Name the node (`--node-name`); the host name otherwise.
     pub fn with_node_name(self, name: Option<String>) -> Core {
         if let Some(n) = name {
