@@ -176,3 +176,58 @@ impl Host for HostState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bindings::netshim::plugin::types::Error as WitError;
+    use crate::host::{from_prefix, Grant};
+    use crate::kernel::fake::FakeKernel;
+    use crate::store::LocalStore;
+
+    fn host(tag: &str, access: ClusterAccess) -> (HostState, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("netshim-cl-{tag}-{}", std::process::id()));
+        let store = LocalStore::open(&dir).unwrap();
+        let h = HostState::new(
+            Arc::new(FakeKernel::new()),
+            Box::new(store.session().unwrap()),
+            Grant::default(),
+            "join",
+        )
+        .with_cluster(access);
+        (h, dir)
+    }
+
+    #[test]
+    fn without_a_cluster_store_or_grant_nothing_is_reached() {
+        let (mut h, dir) = host("absent", ClusterAccess::Absent);
+        match h.get("config".into()) {
+            Err(HostError::Guest(WitError::Unsupported(m))) => {
+                assert!(m.contains("--store etcd://"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let (mut h2, dir2) = host("denied", ClusterAccess::Denied);
+        match h2.put("k".into(), b"v".to_vec(), WitCondition::None, None) {
+            Err(HostError::Guest(WitError::Denied(m))) => assert!(m.contains("join"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        match h2.claim_route_prefix(from_prefix("10.244.0.0/16".parse().unwrap())) {
+            Err(HostError::Guest(WitError::Denied(_))) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(h2.claims.is_empty());
+        // Bad keys are refused before any store is asked.
+        for bad in ["", "a\0b"] {
+            assert!(matches!(
+                check_key(bad),
+                Err(HostError::Guest(WitError::Invalid(_)))
+            ));
+        }
+        assert!(check_key(&"k".repeat(MAX_KEY + 1)).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
+    }
+}

@@ -137,3 +137,175 @@ impl Host for HostState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bindings::netshim::plugin::types::Error as WitError;
+    use crate::host::{from_ip, from_prefix, Grant};
+    use crate::kernel::fake::FakeKernel;
+    use crate::kernel::{Kernel, LinkKind, NewLink, NsId};
+    use crate::store::{LocalStore, Store};
+
+    struct Case {
+        host: HostState,
+        tun: Resource<LinkHandle>,
+        bridge: Resource<LinkHandle>,
+        _dir: tempdir::Dir,
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn link(kernel: &FakeKernel, name: &str, kind: LinkKind) -> crate::kernel::LinkInfo {
+        kernel
+            .create_link(&NewLink {
+                ns: NsId::NODE,
+                name: name.into(),
+                mtu: None,
+                mac: None,
+                alias: Some(crate::host::ownership_mark("n1")),
+                up: true,
+                kind,
+            })
+            .unwrap()
+            .remove(0)
+    }
+
+    fn case(tag: &str) -> Case {
+        let kernel = Arc::new(FakeKernel::new());
+        let eth0 = link(&kernel, "eth0", LinkKind::Bridge);
+        kernel
+            .add_address(eth0.link_ref(), "192.0.2.11/24".parse().unwrap())
+            .unwrap();
+        let tun = link(&kernel, "flannel0", LinkKind::Tun { tap: false });
+        let br = link(&kernel, "cni0", LinkKind::Bridge);
+        let dir = std::env::temp_dir().join(format!("netshim-udp-{tag}-{}", std::process::id()));
+        let store = LocalStore::open(&dir).unwrap();
+        let grant = Grant {
+            driver: "flannel".into(),
+            network_id: Some("n1".into()),
+            route_prefixes: vec!["10.244.0.0/16".parse().unwrap()],
+            underlay: Some(eth0.link_ref()),
+            ..Grant::default()
+        };
+        let mut host = HostState::new(
+            kernel,
+            Box::new(store.session().unwrap()),
+            grant,
+            "reconcile",
+        );
+        let handle = |h: &mut HostState, l: &crate::kernel::LinkInfo| {
+            h.table
+                .push(LinkHandle {
+                    link: l.link_ref(),
+                    name: l.name.clone(),
+                    owned: true,
+                })
+                .unwrap()
+        };
+        let tun = handle(&mut host, &tun);
+        let bridge = handle(&mut host, &br);
+        Case {
+            host,
+            tun,
+            bridge,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    fn peer(prefix: &str, to: &str) -> Peer {
+        Peer {
+            prefix: from_prefix(prefix.parse().unwrap()),
+            address: from_ip(to.parse().unwrap()),
+        }
+    }
+
+    fn local() -> IpAddress {
+        from_ip("192.0.2.11".parse().unwrap())
+    }
+
+    fn refused(r: HostResult<()>) -> String {
+        match r {
+            Err(HostError::Guest(WitError::Denied(m) | WitError::Invalid(m))) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_table_is_recorded_and_undone_with_the_call() {
+        let mut c = case("ok");
+        let tun = Resource::new_borrow(c.tun.rep());
+        c.host
+            .configure(
+                tun,
+                local(),
+                8285,
+                vec![peer("10.244.2.0/24", "192.0.2.12")],
+            )
+            .unwrap();
+        let rec: UdpTunnel =
+            serde_json::from_slice(&c.host.store.get(SPACE, "n1").unwrap().unwrap().value).unwrap();
+        assert_eq!(rec.device, "flannel0");
+        assert_eq!(rec.local, "192.0.2.11:8285".parse().unwrap());
+        assert_eq!(
+            rec.peers,
+            vec![(
+                "10.244.2.0/24".parse().unwrap(),
+                "192.0.2.12".parse().unwrap()
+            )]
+        );
+        let done = c.host.finish();
+        let mut store = done.store;
+        done.journal.rollback(&FakeKernel::new(), store.as_mut());
+        assert!(
+            store.get(SPACE, "n1").unwrap().is_none(),
+            "rolled back with the call"
+        );
+    }
+
+    #[test]
+    fn hostile_tables_are_refused() {
+        let mut c = case("bad");
+        let b = |r: &Resource<LinkHandle>| Resource::new_borrow(r.rep());
+        let e = refused(c.host.configure(b(&c.bridge), local(), 8285, vec![]));
+        assert!(e.contains("not a TUN"), "{e}");
+        let e = refused(c.host.configure(b(&c.tun), local(), 53, vec![]));
+        assert!(e.contains("below 1024"), "{e}");
+        let e = refused(c.host.configure(
+            b(&c.tun),
+            from_ip("203.0.113.1".parse().unwrap()),
+            8285,
+            vec![],
+        ));
+        assert!(e.contains("underlay"), "{e}");
+        let e = refused(c.host.configure(
+            b(&c.tun),
+            local(),
+            8285,
+            vec![peer("0.0.0.0/0", "192.0.2.12")],
+        ));
+        assert!(e.contains("outside what network n1 may route"), "{e}");
+        let e = refused(c.host.configure(
+            b(&c.tun),
+            local(),
+            8285,
+            vec![peer("10.244.2.0/24", "127.0.0.1")],
+        ));
+        assert!(e.contains("not a unicast"), "{e}");
+        let many = (0..=MAX_PEERS)
+            .map(|_| peer("10.244.2.0/24", "192.0.2.12"))
+            .collect();
+        let e = refused(c.host.configure(b(&c.tun), local(), 8285, many));
+        assert!(e.contains("at most"), "{e}");
+        assert!(c.host.store.get(SPACE, "n1").unwrap().is_none());
+    }
+}

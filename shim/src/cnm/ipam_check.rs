@@ -363,6 +363,27 @@ mod tests {
     }
 
     #[test]
+    fn claimed_route_prefixes_stay_private_and_clear_of_the_node() {
+        let pool = n("10.244.1.0/24");
+        let ok = |c: &str| check_claims("flannel", &[n(c)], pool, &node(), &[]);
+        ok("10.244.0.0/16").unwrap();
+        for (bad, why) in [
+            ("0.0.0.0/0", "private ranges"),
+            ("8.8.0.0/16", "private ranges"),
+            ("10.244.1.0/25", "cuts through"),
+            ("10.0.0.0/8", "node's own address"),
+        ] {
+            let e = ok(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let others = vec![("network other".to_string(), n("10.244.9.0/24"))];
+        let e = check_claims("flannel", &[n("10.244.0.0/16")], pool, &node(), &others)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network other"), "{e}");
+    }
+
+    #[test]
     fn operator_route_prefixes_are_bounded() {
         let o = |v: &str| vec![(ROUTE_PREFIXES_OPTION.to_string(), v.to_string())];
         assert_eq!(
