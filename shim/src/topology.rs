@@ -30,7 +30,12 @@ pub struct NetworkView {
     pub net: Network,
     pub links: Vec<LinkView>,
     pub endpoints: Vec<Endpoint>,
+    /// A cluster network's other nodes, as `cluster status` shows them.
+    pub cluster: Vec<crate::cnm::NodeStatus>,
 }
+
+/// Remote nodes drawn per network at most; the rest are counted.
+const CLUSTER_NODES_DRAWN: usize = 32;
 
 pub struct LinkView {
     pub name: String,
@@ -73,8 +78,19 @@ pub fn gather(core: &Core) -> CnmResult<Picture> {
     let uplink = netshim_host_api::kernel::default_route_link(kernel)
         .and_then(|r| links.iter().find(|l| l.index == r.index))
         .map(|l| view(kernel, l, &links, &routes));
+    // The cluster view, when the node has a cluster store that answers.
+    let cluster = if core.cluster_store().is_some() {
+        core.cluster_status().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let mut networks = Vec::new();
     for (net, _) in core.networks()? {
+        let peers = cluster
+            .iter()
+            .find(|c| c.network == net.name)
+            .map(|c| c.nodes.iter().filter(|n| !n.local).cloned().collect())
+            .unwrap_or_default();
         let (_, endpoints) = core.inspect(&net.id)?;
         let mark = ownership_mark(&net.id);
         // A bridge's ports are counted on it, not drawn one by one: a node
@@ -94,6 +110,7 @@ pub fn gather(core: &Core) -> CnmResult<Picture> {
                 .collect(),
             net,
             endpoints,
+            cluster: peers,
         });
     }
     Ok(Picture {
@@ -199,6 +216,29 @@ pub fn to_dot(p: &Picture) -> String {
             let ep_id = format!("net{i}ep{j}");
             let _ = writeln!(out, "  {ep_id} [label={}];", label(&lines));
             let _ = writeln!(out, "  {parent} -> {ep_id};");
+        }
+        for (j, peer) in nv.cluster.iter().take(CLUSTER_NODES_DRAWN).enumerate() {
+            let mut lines = vec![format!("cluster node {}", peer.name)];
+            lines.extend(peer.prefixes.iter().cloned());
+            lines.push(format!("{} lease {}", peer.kind, peer.lease));
+            if !peer.programmed {
+                lines.push(format!(
+                    "NOT programmed: {}",
+                    peer.problem.as_deref().unwrap_or("-")
+                ));
+            }
+            let peer_id = format!("net{i}peer{j}");
+            let _ = writeln!(out, "  {peer_id} [label={}];", label(&lines));
+            let _ = writeln!(out, "  {net_id} -> {peer_id} [style=dashed];");
+        }
+        if nv.cluster.len() > CLUSTER_NODES_DRAWN {
+            let more = nv.cluster.len() - CLUSTER_NODES_DRAWN;
+            let _ = writeln!(
+                out,
+                "  net{i}more [label={}];",
+                label(&[format!("and {more} more cluster node(s)")])
+            );
+            let _ = writeln!(out, "  {net_id} -> net{i}more [style=dashed];");
         }
     }
     out.push_str("}\n");

@@ -273,6 +273,14 @@ fn scenario(tag: &'static str, backend: &str) {
     }
     assert_eq!(shown.iter().filter(|n| n["local"] == true).count(), 1);
 
+    // `topology` draws the cluster view: every other node of the network.
+    let dot = nodes[0].ok(&["topology"]);
+    for n in &nodes[1..] {
+        assert!(dot.contains(&format!("cluster node {}", n.addr)), "{dot}");
+    }
+    let svg = nodes[0].ok(&["topology", "--format", "svg"]);
+    assert!(svg.contains("<svg") && svg.contains(&format!("cluster node {}", nodes[1].addr)));
+
     // Containers on three nodes reach each other, with their own address.
     let ctrs: Vec<(Ns, String)> = nodes
         .iter()
