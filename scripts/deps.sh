@@ -7,12 +7,15 @@
 # tests drive: real OCI runtimes (runc, crun from Debian; youki from
 # crates.io, kept in ~/.cargo/bin between runs), busybox for container
 # images, strace, and Debian's etcd for the cluster store's tests (started
-# by the tests themselves, never as a service).
+# by the tests themselves, never as a service). `deps.sh cluster` adds
+# only etcd, for the cluster demo.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev protobuf-compiler)
 if [ "${1:-}" = test ]; then
   pkgs+=(strace runc crun busybox-static util-linux docker.io etcd-server etcd-client)
+elif [ "${1:-}" = cluster ]; then
+  pkgs+=(etcd-server etcd-client)
 fi
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()

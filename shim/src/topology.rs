@@ -185,14 +185,19 @@ pub fn to_dot(p: &Picture) -> String {
         let net_id = format!("net{i}");
         let _ = writeln!(out, "  {net_id} [label={}];", label(&lines));
         let _ = writeln!(out, "  node0 -> {net_id};");
-        // Endpoints hang off the network's first link (its bridge), or off
-        // the network when it owns none.
+        // Endpoints hang off the network's bridge (else its first link), or
+        // off the network when it owns none.
+        let hub = nv
+            .links
+            .iter()
+            .position(|l| l.kind == "bridge")
+            .or(if nv.links.is_empty() { None } else { Some(0) });
         let mut parent = net_id.clone();
         for (j, l) in nv.links.iter().enumerate() {
             let link_id = format!("net{i}link{j}");
             let _ = writeln!(out, "  {link_id} [label={}];", label(&link_lines(l)));
             let _ = writeln!(out, "  {net_id} -> {link_id};");
-            if j == 0 {
+            if Some(j) == hub {
                 parent = link_id;
             }
         }
