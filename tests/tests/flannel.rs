@@ -255,6 +255,20 @@ fn scenario(tag: &'static str, backend: &str) {
         }
     }
 
+    // The etcd lease behind node 1's key, to see it kept alive (not
+    // replaced) later.
+    let lease_id = |c: &Cluster, subnet: &str| -> serde_json::Value {
+        let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
+        let v: serde_json::Value =
+            serde_json::from_str(&c.etcd.etcdctl(&["get", &key, "-w", "json"])).unwrap();
+        v["kvs"][0]["lease"].clone()
+    };
+    let first_lease = lease_id(&c, &leases[&nodes[0].addr].0);
+    assert!(
+        first_lease.as_i64().is_some_and(|l| l != 0),
+        "{first_lease}"
+    );
+
     // `cluster status`: every node, its subnet and lease, all programmed.
     let status = cluster_status(&nodes[0]);
     let shown: Vec<&serde_json::Value> = status["networks"][0]["nodes"]
@@ -329,6 +343,15 @@ fn scenario(tag: &'static str, backend: &str) {
         before,
         kernel_objects(&nodes[0]),
         "an agent restart changed kernel objects"
+    );
+
+    // Beyond its TTL (6 s; about 5 s went by above), node 1's lease is the
+    // same etcd lease, kept alive.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        lease_id(&c, &leases[&nodes[0].addr].0),
+        first_lease,
+        "the lease was replaced, not kept alive"
     );
 
     // A lease written by hand, in flannel's format, is honoured.

@@ -1,8 +1,9 @@
 //! This node's lease: a subnet of the cluster network claimed in the
-//! cluster store by compare-and-swap, kept alive by writing it again with
-//! a new etcd lease before the old one ends, and given back on `network
-//! rm`. The same subnet comes back across restarts: the node's own lease
-//! (same PublicIP) is reused, else the subnet it held last.
+//! cluster store by compare-and-swap, kept alive with etcd's keep-alive
+//! before it ends (written again, with a new lease, only when what the node
+//! announces changed), and given back on `network rm`. The same subnet
+//! comes back across restarts: the node's own lease (same PublicIP) is
+//! reused, else the subnet it held last.
 
 use netshim_guest_sdk::host::cluster;
 use netshim_guest_sdk::host::store::{self, Condition};
@@ -118,12 +119,21 @@ pub fn keep(s: &Settings, subnet: Ipv4Net) -> Result<u32, Error> {
                     s.public_ip
                 )));
             }
+            if e.value != value {
+                // What this node announces changed: a new value, a new lease.
+                cluster::put(&key, &value, Condition::Revision(e.revision), Some(s.ttl))?;
+                return Ok(renewed);
+            }
             match cluster::expires_in(&key)? {
                 None => Ok(u32::MAX),
-                Some(left) if left <= s.renew_margin() || e.value != value => {
-                    cluster::put(&key, &value, Condition::Revision(e.revision), Some(s.ttl))?;
-                    Ok(renewed)
-                }
+                Some(left) if left <= s.renew_margin() => match cluster::keep_alive(&key)? {
+                    Some(ttl) => Ok(ttl.saturating_sub(s.renew_margin())),
+                    // It ended in between: take it again with a new lease.
+                    None => {
+                        cluster::put(&key, &value, Condition::Absent, Some(s.ttl))?;
+                        Ok(renewed)
+                    }
+                },
                 Some(left) => Ok(left - s.renew_margin()),
             }
         }

@@ -150,6 +150,12 @@ impl Host for HostState {
         Ok(s.expires_in(&root, &key)?)
     }
 
+    fn keep_alive(&mut self, key: String) -> HostResult<Option<u32>> {
+        check_key(&key)?;
+        let (s, root) = self.cluster("cluster keep-alive")?;
+        Ok(s.keep_alive(&root, &key)?)
+    }
+
     fn claim_route_prefix(&mut self, prefix: IpPrefix) -> HostResult<()> {
         let may_claim = matches!(
             self.cluster,

@@ -470,6 +470,34 @@ impl EtcdSession {
         !self.writes.is_empty()
     }
 
+    /// Refresh the lease of `key` to its full TTL (etcd's LeaseKeepAlive)
+    /// and return that TTL; `None` for no key or a key with no lease. It
+    /// takes effect at once, not with the session's commit: refreshing a
+    /// lease changes no key, so there is nothing to undo.
+    pub fn keep_alive(&mut self, space: &str, key: &str) -> Result<Option<u32>, StoreError> {
+        let full = self.store.full_key(space, key);
+        let client = self.store.client.clone();
+        let ttl = self
+            .store
+            .rt
+            .block_on(async move {
+                let mut client = client;
+                let got = client.get(full, None).await?;
+                let lease = got.kvs().first().map_or(0, |kv| kv.lease());
+                if lease == 0 {
+                    return Ok(None);
+                }
+                let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(answers.message().await?.map(|a| a.ttl()))
+            })
+            .map_err(|e| self.store.error(e))?;
+        // A lease that already ended answers a TTL of 0: the key is gone.
+        Ok(ttl
+            .filter(|t: &i64| *t > 0)
+            .map(|t| t.clamp(0, i64::from(u32::MAX)) as u32))
+    }
+
     /// Seconds until the key's lease ends, as this session sees the key:
     /// its own buffered write (its TTL), else etcd's lease of the key.
     /// `None`: no key, or a key with no lease.
