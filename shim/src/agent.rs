@@ -23,8 +23,16 @@ use crate::udp_datapath::Datapaths;
 /// How often the list of this node's networks is read again (a network
 /// created by the CLI joins the agent within this).
 const RESCAN: Duration = Duration::from_secs(1);
-/// After a failed reconcile (etcd down, a conflict with another node).
+/// After a failed reconcile (etcd down, a conflict with another node),
+/// doubling with each failure in a row up to [`MAX_RETRY`].
 const RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Calls for one network are at least this far apart, however many
+/// changes arrive (a driver whose own writes wake it cannot spin).
+const MIN_GAP: Duration = Duration::from_secs(1);
+/// etcd must answer a probe within this before a pass takes the node's
+/// lock: while it is away, attaches are not kept waiting behind passes.
+const PROBE: Duration = Duration::from_millis(500);
 /// When the driver names no interval: still check now and then.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
@@ -67,6 +75,31 @@ struct Followed {
     /// Keys changed since the last call.
     changed: BTreeSet<String>,
     resync: bool,
+    last_run: Option<Instant>,
+    /// Failed passes in a row.
+    failures: u32,
+}
+
+impl Followed {
+    /// When the next call may happen: when due, or at once when woken by
+    /// a change (unless backing off), never within [`MIN_GAP`] of the last.
+    fn next_call(&self, now: Instant) -> Instant {
+        let woken = self.failures == 0 && (self.resync || !self.changed.is_empty());
+        let at = if woken { now } else { self.due };
+        match self.last_run {
+            Some(t) => at.max(t + MIN_GAP),
+            None => at,
+        }
+    }
+
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = RETRY.saturating_mul(1 << self.failures.min(5).saturating_sub(1));
+        self.due = Instant::now() + wait.min(MAX_RETRY);
+        // Whatever was missed meanwhile is covered by a full pass.
+        self.resync = true;
+        self.changed.clear();
+    }
 }
 
 fn run(core: &Core, stop: &AtomicBool) {
@@ -98,6 +131,8 @@ fn run(core: &Core, stop: &AtomicBool) {
                             due: Instant::now(),
                             changed: BTreeSet::new(),
                             resync: true,
+                            last_run: None,
+                            failures: 0,
                         });
                     }
                     let roots: BTreeSet<&String> = nets.values().map(|f| &f.net.root).collect();
@@ -109,7 +144,7 @@ fn run(core: &Core, stop: &AtomicBool) {
         let now = Instant::now();
         let next = nets
             .values()
-            .map(|f| f.due)
+            .map(|f| f.next_call(now))
             .min()
             .unwrap_or(now + RESCAN)
             .min(scanned + RESCAN);
@@ -122,10 +157,21 @@ fn run(core: &Core, stop: &AtomicBool) {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let due = f.due <= Instant::now() || f.resync || !f.changed.is_empty();
-            if !due {
+            let now = Instant::now();
+            if f.next_call(now) > now {
                 continue;
             }
+            if !store.reachable(PROBE) {
+                if f.failures == 0 {
+                    tracing::warn!(
+                        network = f.net.name,
+                        "cluster store unreachable; passes wait for it"
+                    );
+                }
+                f.failed();
+                continue;
+            }
+            f.last_run = Some(now);
             let event = if f.resync || f.changed.len() != 1 {
                 Event::Resync
             } else {
@@ -148,14 +194,12 @@ fn run(core: &Core, stop: &AtomicBool) {
                     f.due = Instant::now() + every;
                     f.resync = false;
                     f.changed.clear();
+                    f.failures = 0;
                     reconciled = true;
                 }
                 Err(e) => {
                     tracing::warn!(network = f.net.name, error = %e, "reconcile failed; retrying");
-                    // Whatever was missed is covered by a full pass.
-                    f.resync = false;
-                    f.changed.clear();
-                    f.due = Instant::now() + RETRY;
+                    f.failed();
                 }
             }
         }

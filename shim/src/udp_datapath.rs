@@ -10,7 +10,7 @@
 //! that is no peer of the tunnel is dropped, as is anything that is not a
 //! well-formed IPv4 packet; no packet is ever parsed past its header.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
@@ -28,12 +28,20 @@ const TICK: Duration = Duration::from_millis(300);
 /// Larger than any IPv4 packet.
 const BUF: usize = 65_536;
 
-/// Where packets go, and whom datagrams are accepted from.
+/// Where packets go, and what is accepted from whom.
 #[derive(Debug, Default)]
 struct Table {
     /// Longest prefix first.
     routes: Vec<(Ipv4Net, SocketAddrV4)>,
-    senders: HashSet<Ipv4Addr>,
+    /// Each peer and the prefixes it owns: a packet from it must come from
+    /// one of them.
+    senders: HashMap<Ipv4Addr, Vec<Ipv4Net>>,
+    /// The tunnel's port: datagrams from any other source port are not
+    /// from a peer's tunnel.
+    port: u16,
+    /// What the network may route; what arrives must be for a part of it
+    /// that no peer owns (this node's).
+    grant: Vec<Ipv4Net>,
 }
 
 impl Table {
@@ -45,10 +53,27 @@ impl Table {
             .map(|(p, a)| (*p, SocketAddrV4::new(*a, port)))
             .collect();
         routes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
-        Table {
-            senders: rec.peers.iter().map(|(_, a)| *a).collect(),
-            routes,
+        let mut senders: HashMap<Ipv4Addr, Vec<Ipv4Net>> = HashMap::new();
+        for (p, a) in &rec.peers {
+            senders.entry(*a).or_default().push(*p);
         }
+        Table {
+            senders,
+            routes,
+            port,
+            grant: rec.grant.clone(),
+        }
+    }
+
+    /// Whether a packet (`src` → `dst`) that came from `from` may enter.
+    fn admits(&self, from: SocketAddrV4, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        from.port() == self.port
+            && self
+                .senders
+                .get(from.ip())
+                .is_some_and(|owned| owned.iter().any(|p| p.contains(&src)))
+            && self.grant.iter().any(|g| g.contains(&dst))
+            && !self.routes.iter().any(|(p, _)| p.contains(&dst))
     }
 
     fn lookup(&self, dst: Ipv4Addr) -> Option<SocketAddrV4> {
@@ -248,6 +273,10 @@ fn destination(p: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(p[16], p[17], p[18], p[19])
 }
 
+fn source(p: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(p[12], p[13], p[14], p[15])
+}
+
 fn to_peers(
     mut device: std::fs::File,
     socket: UdpSocket,
@@ -327,16 +356,21 @@ fn from_peers(
                 return;
             }
         };
-        let known = match from {
-            SocketAddr::V4(a) => table
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .senders
-                .contains(a.ip()),
+        let packet = &mut buf[..n];
+        // Checked (and the TTL spent) before anything else reads it.
+        if !forward(packet) {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let admitted = match from {
+            SocketAddr::V4(a) => table.read().unwrap_or_else(|p| p.into_inner()).admits(
+                a,
+                source(packet),
+                destination(packet),
+            ),
             SocketAddr::V6(_) => false,
         };
-        let packet = &mut buf[..n];
-        if !known || !forward(packet) {
+        if !admitted {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -423,7 +457,7 @@ mod tests {
             local: "192.0.2.11:8285".parse().unwrap(),
             peers: vec![
                 (
-                    "10.244.0.0/16".parse().unwrap(),
+                    "10.244.0.0/17".parse().unwrap(),
                     Ipv4Addr::new(192, 0, 2, 12),
                 ),
                 (
@@ -431,18 +465,50 @@ mod tests {
                     Ipv4Addr::new(192, 0, 2, 13),
                 ),
             ],
+            grant: vec!["10.244.0.0/16".parse().unwrap()],
         };
         let t = Table::new(&rec);
+        let at = |s: &str| Some(s.parse::<SocketAddrV4>().unwrap());
         assert_eq!(
             t.lookup(Ipv4Addr::new(10, 244, 7, 9)),
-            Some("192.0.2.13:8285".parse().unwrap())
+            at("192.0.2.13:8285")
         );
         assert_eq!(
             t.lookup(Ipv4Addr::new(10, 244, 8, 9)),
-            Some("192.0.2.12:8285".parse().unwrap())
+            at("192.0.2.12:8285")
         );
         assert_eq!(t.lookup(Ipv4Addr::new(10, 245, 0, 1)), None);
-        assert!(t.senders.contains(&Ipv4Addr::new(192, 0, 2, 13)));
-        assert!(!t.senders.contains(&Ipv4Addr::new(192, 0, 2, 99)));
+        let here = Ipv4Addr::new(10, 244, 200, 2);
+        let from = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+        assert!(t.admits(from("192.0.2.13:8285"), Ipv4Addr::new(10, 244, 7, 5), here));
+        for (who, src, dst, why) in [
+            ("192.0.2.99:8285", "10.244.7.5", here, "not a peer"),
+            (
+                "192.0.2.13:9999",
+                "10.244.7.5",
+                here,
+                "not the tunnel's port",
+            ),
+            (
+                "192.0.2.13:8285",
+                "10.244.9.5",
+                here,
+                "a source the peer does not own",
+            ),
+            (
+                "192.0.2.13:8285",
+                "10.244.7.5",
+                Ipv4Addr::new(192, 0, 2, 1),
+                "outside the network",
+            ),
+            (
+                "192.0.2.13:8285",
+                "10.244.7.5",
+                Ipv4Addr::new(10, 244, 1, 1),
+                "for another peer",
+            ),
+        ] {
+            assert!(!t.admits(from(who), src.parse().unwrap(), dst), "{why}");
+        }
     }
 }

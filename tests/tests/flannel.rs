@@ -476,6 +476,11 @@ fn scenario(tag: &'static str, backend: &str) {
     // The stopped node comes back after etcd did: same subnet, reachable.
     gone.start_agent();
     let (back, back_addr) = container(&gone, &format!("{tag}-back"));
+    assert!(
+        eventually(10, || c.leases().contains_key(&gone.addr)),
+        "the returning node did not lease again: {}",
+        gone.agent_log()
+    );
     assert_eq!(
         c.leases()[&gone.addr].0,
         subnet4,

@@ -364,8 +364,13 @@ pub fn show_mac(m: [u8; 6]) -> String {
 /// ignored.
 pub fn parse_lease(settings: &Settings, key: &str, value: &[u8]) -> Result<Peer, String> {
     let subnet = parse_subnet_key(key).ok_or_else(|| format!("{key}: not a subnet key"))?;
-    if !settings.network.contains(&subnet) {
-        return Err(format!("{key}: outside Network {}", settings.network));
+    // Only a subnet this configuration hands out: a lease for part of
+    // another node's subnet (a longer prefix) must not take its traffic.
+    if !settings.fits(&subnet) {
+        return Err(format!(
+            "{key}: not a /{} of Network {} between {} and {}",
+            settings.subnet_len, settings.network, settings.subnet_min, settings.subnet_max
+        ));
     }
     let attrs: LeaseAttrs = serde_json::from_slice(value)
         .map_err(|e| format!("{key}: not flannel's lease JSON: {e}"))?;

@@ -61,7 +61,7 @@ pub fn wanted(s: &Settings, own: &Ipv4Net, leases: &[(String, Vec<u8>)]) -> Vec<
     let mut out = Vec::new();
     for (key, value) in leases {
         match parse_lease(s, key, value) {
-            Ok(p) if p.subnet == *own || p.public_ip == s.public_ip => {}
+            Ok(p) if addr::overlaps(&p.subnet, own) || p.public_ip == s.public_ip => {}
             Ok(p) => out.push(p),
             Err(why) => warn(&format!("lease ignored: {why}")),
         }

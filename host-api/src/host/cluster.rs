@@ -16,6 +16,8 @@ const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
 /// Route prefixes one call may claim.
 const MAX_CLAIMS: usize = 16;
+/// Bytes (keys and values) one operation may write to the cluster store.
+pub const CLUSTER_BYTES_PER_OPERATION: usize = 256 << 10;
 
 /// What the call may do with the cluster store.
 #[derive(Default)]
@@ -105,20 +107,23 @@ impl Host for HostState {
                 value.len()
             )));
         }
-        if ttl_seconds == Some(0) {
-            return Err(HostError::invalid(format!(
-                "cluster put of {key:?}: a lease of 0 seconds"
-            )));
+        if let Some(t) = ttl_seconds {
+            if t == 0 || t > crate::store::etcd::MAX_TTL {
+                return Err(HostError::invalid(format!(
+                    "cluster put of {key:?}: a lease of {t} seconds; leases are 1 to {} seconds (7 days)",
+                    crate::store::etcd::MAX_TTL
+                )));
+            }
         }
         let cost = key.len() + value.len();
-        if cost > self.store_budget {
+        let (s, root) = self.cluster("cluster put")?;
+        // Every node shares etcd: what one operation may add to it is
+        // bounded (counted over the whole operation, every call of it).
+        if s.buffered_bytes() + cost > CLUSTER_BYTES_PER_OPERATION {
             return Err(HostError::invalid(format!(
-                "cluster write of {key:?} exceeds what one call may write ({} bytes)",
-                crate::guard::limits::STORE_BYTES_PER_CALL
+                "cluster write of {key:?}: one operation may write at most {CLUSTER_BYTES_PER_OPERATION} bytes to the cluster store"
             )));
         }
-        self.store_budget -= cost;
-        let (s, root) = self.cluster("cluster put")?;
         Ok(s.put(&root, &key, &value, condition(cond), ttl_seconds)?)
     }
 

@@ -31,7 +31,22 @@ pub struct UdpTunnel {
     pub local: SocketAddrV4,
     /// Destination prefix → the node that owns it (at `local`'s port).
     pub peers: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// What the network may route (its pools and granted prefixes): a
+    /// packet arriving from a peer must be for an address in here that
+    /// no peer owns (this node's part).
+    #[serde(default)]
+    pub grant: Vec<Ipv4Net>,
 }
+
+/// Ports of the kernel's own tunnels and of WireGuard: a guest's tunnel
+/// taking one first would keep them from working.
+const RESERVED_PORTS: [(u16, &str); 5] = [
+    (4789, "VXLAN (IANA)"),
+    (8472, "VXLAN (the Linux default)"),
+    (6081, "Geneve"),
+    (4790, "VXLAN-GPE"),
+    (51820, "WireGuard"),
+];
 
 fn v4(a: &IpAddress, what: &str) -> HostResult<Ipv4Addr> {
     match to_ip(a) {
@@ -52,6 +67,12 @@ impl Host for HostState {
     ) -> HostResult<()> {
         let network = self.network("udp-tunnel configure")?.to_string();
         let h = self.owned_link(&dev, "udp-tunnel configure")?;
+        if h.link.ns != crate::kernel::NsId::NODE {
+            return Err(HostError::denied(format!(
+                "udp-tunnel: {:?} is not a link of the node's namespace",
+                h.name
+            )));
+        }
         let info = self.kernel.link_by_index(h.link)?.ok_or_else(|| {
             HostError::not_found(format!("udp-tunnel: link {:?} is gone", h.name))
         })?;
@@ -64,6 +85,11 @@ impl Host for HostState {
         if port < 1024 {
             return Err(HostError::denied(format!(
                 "udp-tunnel: port {port} is below 1024 (the node's own services live there)"
+            )));
+        }
+        if let Some((_, what)) = RESERVED_PORTS.iter().find(|(p, _)| *p == port) {
+            return Err(HostError::denied(format!(
+                "udp-tunnel: port {port} belongs to {what}"
             )));
         }
         let local = v4(&local, "local address")?;
@@ -112,6 +138,16 @@ impl Host for HostState {
                     "udp-tunnel: peer address {to} is not a unicast address"
                 )));
             }
+            if self
+                .grant
+                .route_prefixes
+                .iter()
+                .any(|g| g.contains(&IpAddr::V4(to)))
+            {
+                return Err(HostError::invalid(format!(
+                    "udp-tunnel: peer address {to} lies inside the network itself (a loop)"
+                )));
+            }
             table.push((prefix, to));
         }
         let record = UdpTunnel {
@@ -120,6 +156,15 @@ impl Host for HostState {
             mark: super::ownership_mark(&network),
             local: SocketAddrV4::new(local, port),
             peers: table,
+            grant: self
+                .grant
+                .route_prefixes
+                .iter()
+                .filter_map(|g| match g {
+                    ipnet::IpNet::V4(n) => Some(*n),
+                    ipnet::IpNet::V6(_) => None,
+                })
+                .collect(),
         };
         let value =
             serde_json::to_vec(&record).map_err(|e| HostError::Trap(wasmtime::Error::new(e)))?;
@@ -147,7 +192,7 @@ mod tests {
     use crate::host::{from_ip, from_prefix, Grant};
     use crate::kernel::fake::FakeKernel;
     use crate::kernel::{Kernel, LinkKind, NewLink, NsId};
-    use crate::store::{LocalStore, Store};
+    use crate::store::LocalStore;
 
     struct Case {
         host: HostState,
@@ -280,6 +325,15 @@ mod tests {
         assert!(e.contains("not a TUN"), "{e}");
         let e = refused(c.host.configure(b(&c.tun), local(), 53, vec![]));
         assert!(e.contains("below 1024"), "{e}");
+        let e = refused(c.host.configure(b(&c.tun), local(), 8472, vec![]));
+        assert!(e.contains("VXLAN"), "{e}");
+        let e = refused(c.host.configure(
+            b(&c.tun),
+            local(),
+            8285,
+            vec![peer("10.244.2.0/24", "10.244.9.9")],
+        ));
+        assert!(e.contains("a loop"), "{e}");
         let e = refused(c.host.configure(
             b(&c.tun),
             from_ip("203.0.113.1".parse().unwrap()),

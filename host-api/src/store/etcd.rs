@@ -30,6 +30,14 @@ use super::{Condition, Entry, Store, StoreError};
 
 /// Each request gives up after this; the next one reconnects.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// One exchange with etcd as a whole (a commit's lease grants and its
+/// transaction, a keep-alive and its answer) gives up after this: a
+/// stalled etcd must not hold the node's lock for long.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Distinct TTLs (leases granted) in one commit at most.
+const LEASES_PER_COMMIT: usize = 4;
+/// The longest lease a key may have (flannel's own limit on lease TTLs).
+pub const MAX_TTL: u32 = 7 * 24 * 3600;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Revisions of buffered writes: far above any etcd revision, so a
 /// condition on a key this session wrote compares against its own write.
@@ -137,6 +145,33 @@ impl EtcdStore {
         }
     }
 
+    /// Run one exchange with etcd on this store's runtime, giving up after
+    /// [`EXCHANGE_TIMEOUT`].
+    fn exchange<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        self.rt
+            .block_on(async { tokio::time::timeout(EXCHANGE_TIMEOUT, fut).await })
+            .map_err(|_| {
+                self.error(etcd_client::Error::IoError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", EXCHANGE_TIMEOUT.as_secs()),
+                )))
+            })?
+            .map_err(|e| self.error(e))
+    }
+
+    /// Whether etcd answers within `within` (a cheap read), for callers
+    /// that would otherwise wait for it while holding something.
+    pub fn reachable(&self, within: Duration) -> bool {
+        let mut client = self.client.clone();
+        self.rt.block_on(async move {
+            let probe = client.get("/", Some(GetOptions::new().with_keys_only().with_limit(1)));
+            matches!(tokio::time::timeout(within, probe).await, Ok(Ok(_)))
+        })
+    }
+
     pub fn session(&self) -> Result<EtcdSession, StoreError> {
         let lock = match &self.lock_dir {
             Some(d) => Some(super::local::lock_dir(d)?),
@@ -218,9 +253,13 @@ impl EtcdStore {
                     match stream.message().await {
                         Ok(Some(resp)) => {
                             if resp.compact_revision() > 0 || resp.canceled() {
-                                // Events before the compaction are gone: list again.
+                                // Events before the compaction are gone: list again
+                                // (after a pause: an etcd that keeps cancelling
+                                // must not turn this into a busy loop).
                                 tracing::info!(root, compacted = resp.compact_revision(), "cluster watch: resyncing");
                                 from = None;
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
                                 break;
                             }
                             for ev in resp.events() {
@@ -324,9 +363,7 @@ impl EtcdSession {
         let key = full.to_string();
         let got = self
             .store
-            .rt
-            .block_on(async move { kv.get(key, None).await })
-            .map_err(|e| self.store.error(e))?;
+            .exchange(async move { kv.get(key, None).await })?;
         let found = got
             .kvs()
             .first()
@@ -371,7 +408,21 @@ impl EtcdSession {
                 Write::Delete => (k.clone(), None),
             })
             .collect();
-        let result = self.store.rt.block_on(async move {
+        let ttls: std::collections::BTreeSet<u32> = writes
+            .values()
+            .filter_map(|w| match w {
+                Write::Put { ttl, .. } => *ttl,
+                Write::Delete => None,
+            })
+            .collect();
+        if ttls.len() > LEASES_PER_COMMIT {
+            return Err(StoreError::Config(format!(
+                "one operation on {} asks for {} different lease lengths; at most {LEASES_PER_COMMIT}",
+                self.store.endpoints,
+                ttls.len()
+            )));
+        }
+        let result = self.store.exchange(async move {
             let mut client = client;
             let mut leases: BTreeMap<u32, i64> = BTreeMap::new();
             let mut ops = Vec::new();
@@ -438,7 +489,7 @@ impl EtcdSession {
                     self.store.endpoints
                 )))
             }
-            Err(e) => Err(self.store.error(e)),
+            Err(e) => Err(e),
         }
     }
 }
@@ -470,61 +521,70 @@ impl EtcdSession {
         !self.writes.is_empty()
     }
 
+    /// Bytes (keys and values) the buffered writes hold.
+    pub fn buffered_bytes(&self) -> usize {
+        self.writes
+            .iter()
+            .map(|(k, w)| {
+                k.len()
+                    + match w {
+                        Write::Put { value, .. } => value.len(),
+                        Write::Delete => 0,
+                    }
+            })
+            .sum()
+    }
+
     /// Refresh the lease of `key` to its full TTL (etcd's LeaseKeepAlive)
     /// and return that TTL; `None` for no key or a key with no lease. It
     /// takes effect at once, not with the session's commit: refreshing a
     /// lease changes no key, so there is nothing to undo.
     pub fn keep_alive(&mut self, space: &str, key: &str) -> Result<Option<u32>, StoreError> {
-        let full = self.store.full_key(space, key);
-        let client = self.store.client.clone();
-        let ttl = self
-            .store
-            .rt
-            .block_on(async move {
-                let mut client = client;
-                let got = client.get(full, None).await?;
-                let lease = got.kvs().first().map_or(0, |kv| kv.lease());
-                if lease == 0 {
-                    return Ok(None);
-                }
-                let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                Ok(answers.message().await?.map(|a| a.ttl()))
-            })
-            .map_err(|e| self.store.error(e))?;
-        // A lease that already ended answers a TTL of 0: the key is gone.
-        Ok(ttl
-            .filter(|t: &i64| *t > 0)
-            .map(|t| t.clamp(0, i64::from(u32::MAX)) as u32))
+        self.with_lease(space, key, |mut client, lease| async move {
+            let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            // A lease that already ended answers a TTL of 0: the key is gone.
+            Ok(answers.message().await?.map(|a| a.ttl()).filter(|t| *t > 0))
+        })
     }
 
     /// Seconds until the key's lease ends, as this session sees the key:
     /// its own buffered write (its TTL), else etcd's lease of the key.
     /// `None`: no key, or a key with no lease.
     pub fn expires_in(&mut self, space: &str, key: &str) -> Result<Option<u32>, StoreError> {
-        let full = self.store.full_key(space, key);
-        match self.writes.get(&full) {
+        match self.writes.get(&self.store.full_key(space, key)) {
             Some(Write::Put { ttl, .. }) => return Ok(*ttl),
             Some(Write::Delete) => return Ok(None),
             None => {}
         }
-        let client = self.store.client.clone();
-        let got = self
-            .store
-            .rt
-            .block_on(async move {
-                let mut client = client;
-                let got = client.get(full, None).await?;
-                let lease = got.kvs().first().map_or(0, |kv| kv.lease());
-                if lease == 0 {
-                    return Ok(None);
-                }
-                let ttl = client.lease_time_to_live(lease, None).await?;
-                Ok(Some(ttl.ttl()))
-            })
-            .map_err(|e| self.store.error(e))?;
         // A lease that ended answers -1: the key is going.
-        Ok(got.map(|t: i64| t.clamp(0, i64::from(u32::MAX)) as u32))
+        self.with_lease(space, key, |mut client, lease| async move {
+            Ok(Some(client.lease_time_to_live(lease, None).await?.ttl()))
+        })
+    }
+
+    /// `f(client, lease)` for the etcd lease `key` is bound to, as seconds;
+    /// `None` for no key or a key with no lease.
+    fn with_lease<F, Fut>(
+        &mut self,
+        space: &str,
+        key: &str,
+        f: F,
+    ) -> Result<Option<u32>, StoreError>
+    where
+        F: FnOnce(Client, i64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Option<i64>, etcd_client::Error>> + Send,
+    {
+        let full = self.store.full_key(space, key);
+        let mut client = self.store.client.clone();
+        let seconds = self.store.exchange(async move {
+            let got = client.get(full, None).await?;
+            match got.kvs().first().map_or(0, |kv| kv.lease()) {
+                0 => Ok(None),
+                lease => f(client, lease).await,
+            }
+        })?;
+        Ok(seconds.map(|t| t.clamp(0, i64::from(u32::MAX)) as u32))
     }
 }
 
@@ -589,9 +649,7 @@ impl Store for EtcdSession {
         let range = full.clone();
         let got = self
             .store
-            .rt
-            .block_on(async move { kv.get(range, Some(GetOptions::new().with_prefix())).await })
-            .map_err(|e| self.store.error(e))?;
+            .exchange(async move { kv.get(range, Some(GetOptions::new().with_prefix())).await })?;
         let at = got.header().map_or(0, |h| h.revision());
         self.ranges.push((full.clone(), at));
         let mut out: BTreeMap<String, Entry> = BTreeMap::new();

@@ -126,7 +126,7 @@ pub trait Store {
     }
 }
 
-mod etcd;
+pub mod etcd;
 mod legacy;
 mod local;
 mod recover;

@@ -199,16 +199,17 @@ impl<'a> Calls<'a> {
                 CnmError::Runtime(trap)
             }
         };
+        // The failed call's cluster writes go with it, in teardown too
+        // (buffered writes cost nothing to drop, unlike kernel effects);
+        // reads stay: what the operation decides next still rests on them.
+        if let (Some(session), Some(mark)) = (self.cluster.as_mut(), mark) {
+            session.restore(mark);
+        }
         if self.teardown {
             // Teardown goes forward: what a failed call did remove stays
             // removed; its error is reported.
             self.journals.push(out.journal);
             return Err(failure);
-        }
-        // The failed call's cluster writes go with it (reads stay: what
-        // the operation decides next still rests on them).
-        if let (Some(session), Some(mark)) = (self.cluster.as_mut(), mark) {
-            session.restore(mark);
         }
         let errors = out
             .journal

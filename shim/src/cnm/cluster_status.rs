@@ -14,6 +14,8 @@ use netshim_host_api::store::Store;
 const MAX_NODES: usize = 10_000;
 /// Text fields are cut to this many bytes.
 const MAX_TEXT: usize = 256;
+/// Leases looked up in etcd per network at most (each is two requests).
+const MAX_LEASE_LOOKUPS: usize = 256;
 
 /// One node as the driver reported it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +81,9 @@ struct Record {
     nodes: Vec<NodeStatus>,
 }
 
+/// Control characters dropped (the text reaches terminals), then cut.
 fn cut(s: &mut String) {
+    s.retain(|c| !c.is_control());
     if s.len() > MAX_TEXT {
         let mut end = MAX_TEXT;
         while !s.is_char_boundary(end) {
@@ -135,6 +139,7 @@ impl Core {
                     .nodes
                     .iter_mut()
                     .filter(|n| !n.cluster_key.is_empty())
+                    .take(MAX_LEASE_LOOKUPS)
                 {
                     n.lease = match lease_of(&mut session, &net.root, &n.cluster_key) {
                         Ok(l) => l,

@@ -76,6 +76,14 @@ pub fn taken_pools(s: &mut dyn Store) -> CnmResult<Vec<(String, IpNet)>> {
                     .iter()
                     .map(|p| (format!("network {}", n.name), p.subnet)),
             );
+            // What a network may route to is its, too: a pool inside it
+            // could be taken over by a more specific route of that network.
+            out.extend(
+                route_prefixes(&n.options, None)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| (format!("network {}'s routes", n.name), p)),
+            );
         }
     }
     for e in s.list(SPACE, "pools/")? {
@@ -239,9 +247,10 @@ fn claimable() -> Vec<IpNet> {
 }
 
 /// Route prefixes a driver claimed for a cluster network (its whole
-/// range), checked: each inside a private range, at least a /8 (/16 for
-/// IPv6), holding the network's pool or clear of it, holding no address
-/// of the node and no other network's pool. Without these a driver could
+/// range), checked: one per address family, inside a private range, at
+/// least a /8 (/16 for IPv6), holding the network's pool, clear of the
+/// node's routes and addresses and of every other network's pools and
+/// routes. Without these a driver could
 /// take over routes to anything the node does not route itself.
 pub fn check_claims(
     driver: &str,
@@ -250,6 +259,19 @@ pub fn check_claims(
     node: &NodeFacts,
     others: &[(String, IpNet)],
 ) -> CnmResult<()> {
+    for family in [true, false] {
+        if claims
+            .iter()
+            .filter(|c| c.addr().is_ipv4() == family)
+            .count()
+            > 1
+        {
+            return Err(refuse(
+                driver,
+                "claim-route-prefix: one prefix per address family".into(),
+            ));
+        }
+    }
     for p in claims {
         let bad = |why: String| refuse(driver, format!("claim-route-prefix {p}: {why}"));
         if !claimable().iter().any(|c| c.contains(p)) {
@@ -266,10 +288,13 @@ pub fn check_claims(
         if p.prefix_len() < min {
             return Err(bad(format!("shorter than /{min}")));
         }
-        if overlaps(p, &pool) && !p.contains(&pool) {
+        if p.addr().is_ipv4() == pool.addr().is_ipv4() && !p.contains(&pool) {
             return Err(bad(format!(
-                "it cuts through the network's own pool {pool}"
+                "it does not hold the network's own pool {pool}"
             )));
+        }
+        if let Some(r) = node.routes.iter().find(|r| overlaps(r, p)) {
+            return Err(bad(format!("it overlaps the node's route to {r}")));
         }
         if let Some(a) = node.addresses.iter().find(|a| p.contains(&a.addr())) {
             return Err(bad(format!("it holds the node's own address {a}")));
@@ -370,8 +395,10 @@ mod tests {
         for (bad, why) in [
             ("0.0.0.0/0", "private ranges"),
             ("8.8.0.0/16", "private ranges"),
-            ("10.244.1.0/25", "cuts through"),
-            ("10.0.0.0/8", "node's own address"),
+            ("10.244.1.0/25", "does not hold"),
+            ("10.245.0.0/16", "does not hold"),
+            ("10.1.0.0/16", "does not hold"),
+            ("10.0.0.0/8", "route to 10.1.0.0/16"),
         ] {
             let e = ok(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
@@ -381,6 +408,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("network other"), "{e}");
+        let e = check_claims(
+            "flannel",
+            &[n("10.200.0.0/16")],
+            n("10.200.5.0/24"),
+            &node(),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("node's own address"), "{e}");
+        let two = [n("10.244.0.0/16"), n("10.245.0.0/16")];
+        let e = check_claims("flannel", &two, pool, &node(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one prefix per address family"), "{e}");
     }
 
     #[test]
