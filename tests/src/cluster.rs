@@ -274,3 +274,38 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A site for flannel tests: a fabric, etcd on it (192.0.2.10), an
+/// outside host (192.0.2.200), and flannel's configuration written with
+/// `etcdctl`, as flannel users do.
+pub struct FlannelSite {
+    pub fabric: Fabric,
+    pub etcd: Etcd,
+    pub outside: Ns,
+}
+
+/// flannel's default key prefix.
+pub const FLANNEL_PREFIX: &str = "/coreos.com/network";
+
+impl FlannelSite {
+    /// `backend_json`: the value of `Backend`, e.g. `{"Type": "vxlan"}`.
+    pub fn new(tag: &str, backend_json: &str) -> FlannelSite {
+        let fabric = Fabric::new(tag);
+        let etcd = Etcd::start(&fabric, tag);
+        let outside = Ns::new(&format!("{tag}-out"));
+        fabric.plug(
+            &outside,
+            OUTSIDE.rsplit('.').next().unwrap().parse().unwrap(),
+        );
+        etcd.etcdctl(&[
+            "put",
+            &format!("{FLANNEL_PREFIX}/config"),
+            &format!(r#"{{"Network": "10.244.0.0/16", "Backend": {backend_json}}}"#),
+        ]);
+        FlannelSite {
+            fabric,
+            etcd,
+            outside,
+        }
+    }
+}

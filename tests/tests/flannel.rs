@@ -17,43 +17,30 @@
 
 use std::collections::BTreeMap;
 
-use netshim_tests::cluster::{eventually, ClusterNode, Etcd, Fabric, OUTSIDE};
+use netshim_tests::cluster::{
+    eventually, ClusterNode, FlannelSite, FLANNEL_PREFIX as PREFIX, OUTSIDE,
+};
 use netshim_tests::{can_run, Ns};
 
-const PREFIX: &str = "/coreos.com/network";
 /// Short leases, so a node that stops is gone within seconds.
 const TTL: &str = "6";
 
 struct Cluster {
-    fabric: Fabric,
-    etcd: Etcd,
-    outside: Ns,
+    site: FlannelSite,
     tag: &'static str,
 }
 
 impl Cluster {
     fn new(tag: &'static str, backend: &str) -> Cluster {
-        let fabric = Fabric::new(tag);
-        let etcd = Etcd::start(&fabric, tag);
-        let outside = Ns::new(&format!("{tag}-out"));
-        fabric.plug(&outside, 200);
-        // flannel's habit: the configuration is written with etcdctl.
-        etcd.etcdctl(&[
-            "put",
-            &format!("{PREFIX}/config"),
-            &format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend}"}}}}"#),
-        ]);
         Cluster {
-            fabric,
-            etcd,
-            outside,
+            site: FlannelSite::new(tag, &format!(r#"{{"Type": "{backend}"}}"#)),
             tag,
         }
     }
 
     /// A node that joins: network created, agent running.
     fn node(&self, host: u8) -> ClusterNode {
-        let mut n = ClusterNode::join(&self.fabric, self.tag, host, &self.etcd.url);
+        let mut n = ClusterNode::join(&self.site.fabric, self.tag, host, &self.site.etcd.url);
         n.ok(&[
             "network",
             "create",
@@ -70,6 +57,7 @@ impl Cluster {
     /// PublicIP → (subnet, lease JSON), as etcd holds them.
     fn leases(&self) -> BTreeMap<String, (String, serde_json::Value)> {
         let out = self
+            .site
             .etcd
             .etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
         let lines: Vec<&str> = out.lines().collect();
@@ -196,7 +184,7 @@ fn has_route_to(n: &ClusterNode, subnet: &str) -> bool {
 fn scenario(tag: &'static str, backend: &str) {
     let mut c = Cluster::new(tag, backend);
     let baseline_links = {
-        let probe = ClusterNode::join(&c.fabric, tag, 99, &c.etcd.url);
+        let probe = ClusterNode::join(&c.site.fabric, tag, 99, &c.site.etcd.url);
         probe.ns.links()
     };
     let mut nodes: Vec<ClusterNode> = (11..=13).map(|h| c.node(h)).collect();
@@ -260,7 +248,7 @@ fn scenario(tag: &'static str, backend: &str) {
     let lease_id = |c: &Cluster, subnet: &str| -> serde_json::Value {
         let key = format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"));
         let v: serde_json::Value =
-            serde_json::from_str(&c.etcd.etcdctl(&["get", &key, "-w", "json"])).unwrap();
+            serde_json::from_str(&c.site.etcd.etcdctl(&["get", &key, "-w", "json"])).unwrap();
         v["kvs"][0]["lease"].clone()
     };
     let first_lease = lease_id(&c, &leases[&nodes[0].addr].0);
@@ -322,7 +310,7 @@ fn scenario(tag: &'static str, backend: &str) {
         "pod-to-pod traffic is not masqueraded"
     );
     // The outside host sees the node's address.
-    let listener = c.outside.accept_one(&format!("{OUTSIDE}:8080"));
+    let listener = c.site.outside.accept_one(&format!("{OUTSIDE}:8080"));
     ctrs[0]
         .0
         .connect(&format!("{OUTSIDE}:8080"))
@@ -366,7 +354,7 @@ fn scenario(tag: &'static str, backend: &str) {
             r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#
         }
     };
-    c.etcd.etcdctl(&["put", &hand_key, hand]);
+    c.site.etcd.etcdctl(&["put", &hand_key, hand]);
     for n in &nodes {
         assert!(
             eventually(10, || has_peer(
@@ -383,7 +371,7 @@ fn scenario(tag: &'static str, backend: &str) {
             n.agent_log()
         );
     }
-    c.etcd.etcdctl(&["del", &hand_key]);
+    c.site.etcd.etcdctl(&["del", &hand_key]);
     for n in &nodes {
         assert!(
             eventually(10, || !reaches(n, backend, hand_subnet)),
@@ -394,7 +382,7 @@ fn scenario(tag: &'static str, backend: &str) {
     if backend == "host-gw" {
         // A node that is not directly reachable: a clear error, no route.
         let far = format!("{PREFIX}/subnets/10.244.251.0-24");
-        c.etcd.etcdctl(&[
+        c.site.etcd.etcdctl(&[
             "put",
             &far,
             r#"{"PublicIP":"198.51.100.7","BackendType":"host-gw"}"#,
@@ -427,7 +415,7 @@ fn scenario(tag: &'static str, backend: &str) {
             far_node["lease"]["state"], "permanent",
             "a key without a lease: {status}"
         );
-        c.etcd.etcdctl(&["del", &far]);
+        c.site.etcd.etcdctl(&["del", &far]);
     }
 
     // A fourth node joins and is reachable from the others.
@@ -463,7 +451,7 @@ fn scenario(tag: &'static str, backend: &str) {
     assert!(!c.leases().contains_key(&gone.addr));
 
     // etcd stops: traffic keeps flowing, a container attaches.
-    c.etcd.pause();
+    c.site.etcd.pause();
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(ctrs[0].0.ping(&ctrs[1].1), "traffic stopped with etcd");
     let (late, late_addr) = container(&nodes[1], &format!("{tag}-late"));
@@ -472,7 +460,7 @@ fn scenario(tag: &'static str, backend: &str) {
         "a container attached while etcd was down is unreachable"
     );
     assert!(late.ping(&ctrs[2].1));
-    c.etcd.resume();
+    c.site.etcd.resume();
     // The stopped node comes back after etcd did: same subnet, reachable.
     gone.start_agent();
     let (back, back_addr) = container(&gone, &format!("{tag}-back"));
@@ -555,13 +543,8 @@ fn vxlan_direct_routing_on_one_segment() {
         return;
     }
     let tag = "fldr";
-    let fabric = Fabric::new(tag);
-    let etcd = Etcd::start(&fabric, tag);
-    etcd.etcdctl(&[
-        "put",
-        &format!("{PREFIX}/config"),
-        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#,
-    ]);
+    let FlannelSite { fabric, etcd, .. } =
+        FlannelSite::new(tag, r#"{"Type": "vxlan", "DirectRouting": true}"#);
     let nodes: Vec<ClusterNode> = (11..=12)
         .map(|h| {
             let mut n = ClusterNode::join(&fabric, tag, h, &etcd.url);

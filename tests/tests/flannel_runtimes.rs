@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use netshim_tests::cluster::{eventually, ClusterNode, Etcd, Fabric, OUTSIDE};
+use netshim_tests::cluster::{
+    eventually, ClusterNode, FlannelSite, FLANNEL_PREFIX as PREFIX, OUTSIDE,
+};
 use netshim_tests::docker::Docker;
 use netshim_tests::{busybox_rootfs, can_run, Ns, Runtime, TempDir};
 use serde_json::json;
-
-const PREFIX: &str = "/coreos.com/network";
 
 /// A runc bundle on `node` whose createRuntime and poststop hooks attach
 /// it to "pods" and detach it (installed by `netshim oci install-hook`).
@@ -77,15 +77,11 @@ fn docker_runc_and_cli_containers_across_nodes() {
         return;
     }
     let tag = "flrt";
-    let fabric = Fabric::new(tag);
-    let etcd = Etcd::start(&fabric, tag);
-    let outside = Ns::new(&format!("{tag}-out"));
-    fabric.plug(&outside, 200);
-    etcd.etcdctl(&[
-        "put",
-        &format!("{PREFIX}/config"),
-        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
-    ]);
+    let FlannelSite {
+        fabric,
+        etcd,
+        outside,
+    } = FlannelSite::new(tag, r#"{"Type": "vxlan"}"#);
     let baseline = ClusterNode::join(&fabric, tag, 99, &etcd.url).ns.links();
 
     // Node A: dockerd, with netshim's daemon as its plugin.
@@ -182,7 +178,10 @@ fn docker_runc_and_cli_containers_across_nodes() {
         "docker on A cannot reach the CLI's container on C"
     );
     assert!(runc_pings(&d1), "runc on B cannot reach docker on A");
-    assert!(eventually(10, || runc_pings(&c1)), "runc on B cannot reach C");
+    assert!(
+        eventually(10, || runc_pings(&c1)),
+        "runc on B cannot reach C"
+    );
     assert!(cli.ping(&d1) && cli.ping(&r1), "C cannot reach A or B");
     // Masquerade to the outside host, from the docker container.
     let listener = outside.accept_one(&format!("{OUTSIDE}:8080"));

@@ -6,32 +6,19 @@ use netshim_guest_sdk::guest::driver::{EndpointInfo, EndpointRequest, JoinInfo, 
 use netshim_guest_sdk::host::link::{self, Sandbox, VethSpec};
 use netshim_guest_sdk::log::debug;
 use netshim_guest_sdk::teardown::Teardown;
-use netshim_guest_sdk::{addr, links, names, Error, MacAddress};
+use netshim_guest_sdk::{links, names, Error, MacAddress};
 
 use crate::network::{self, BridgeConfig};
 use crate::ports;
 
-/// The MAC the container end gets: the requested one, else Docker's
-/// 02:42:<IPv4 octets>, else one derived from the endpoint id.
+/// The MAC the container end gets (the SDK's rule, Docker's MACs).
 pub fn endpoint_mac(ep: &EndpointRequest) -> Result<MacAddress, Error> {
-    if let Some(m) = ep.mac {
-        return Ok(m);
-    }
-    match &ep.ipv4 {
-        Some(p) => Ok(names::mac_from_ipv4(
-            addr::v4_prefix(p, "endpoint address")?.addr(),
-        )),
-        None => Ok(names::mac_from_id(&ep.id)),
-    }
+    names::endpoint_mac(ep)
 }
 
 /// Name of the container end right after `create-endpoint`.
 pub fn container_end_name(ep: &EndpointRequest, in_sandbox: bool) -> String {
-    if in_sandbox {
-        names::sandbox_ifname(&ep.id, &ep.ifname)
-    } else {
-        names::peer_veth(&ep.id)
-    }
+    names::container_end(ep, in_sandbox)
 }
 
 pub fn create(
@@ -118,6 +105,7 @@ pub fn delete(net: &Network, endpoint_id: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netshim_guest_sdk::addr;
 
     fn ep(ipv4: Option<&str>, mac: Option<MacAddress>, ifname: &str) -> EndpointRequest {
         EndpointRequest {

@@ -5,29 +5,9 @@
 use netshim_guest_sdk::guest::driver::{EndpointInfo, EndpointRequest, JoinInfo, Network};
 use netshim_guest_sdk::host::link::{self, Sandbox, VethSpec};
 use netshim_guest_sdk::teardown::Teardown;
-use netshim_guest_sdk::{addr, links, names, Error, MacAddress};
+use netshim_guest_sdk::{links, names, Error};
 
 use crate::network;
-
-fn mac(ep: &EndpointRequest) -> Result<MacAddress, Error> {
-    if let Some(m) = ep.mac {
-        return Ok(m);
-    }
-    match &ep.ipv4 {
-        Some(p) => Ok(names::mac_from_ipv4(
-            addr::v4_prefix(p, "endpoint address")?.addr(),
-        )),
-        None => Ok(names::mac_from_id(&ep.id)),
-    }
-}
-
-fn container_end(ep: &EndpointRequest, in_sandbox: bool) -> String {
-    if in_sandbox {
-        names::sandbox_ifname(&ep.id, &ep.ifname)
-    } else {
-        names::peer_veth(&ep.id)
-    }
-}
 
 pub fn create(
     net: &Network,
@@ -41,8 +21,8 @@ pub fn create(
     }
     let bridge = link::open_owned(&network::bridge_name(net)?)?;
     let mtu = bridge.state()?.mtu;
-    let m = mac(ep)?;
-    let peer = container_end(ep, sb.is_some());
+    let m = names::endpoint_mac(ep)?;
+    let peer = names::container_end(ep, sb.is_some());
     if !names::valid_ifname(&peer) {
         return Err(Error::Invalid(format!(
             "interface name {peer:?} is not a valid Linux interface name"
@@ -68,7 +48,7 @@ pub fn create(
 pub fn join(net: &Network, ep: &EndpointRequest, sb: Option<&Sandbox>) -> Result<JoinInfo, Error> {
     let (_, gateway) = network::subnet_of(net)?;
     Ok(JoinInfo {
-        src_name: container_end(ep, sb.is_some()),
+        src_name: names::container_end(ep, sb.is_some()),
         in_sandbox: sb.is_some(),
         dst_prefix: "eth".into(),
         gateway: Some(gateway.address),

@@ -161,7 +161,7 @@ pub fn create(net: &Network) -> Result<(), Error> {
     let v = serde_json::to_vec(&s).map_err(|e| Error::Failed(e.to_string()))?;
     store::put(&network_settings_key(net), &v, Condition::None, None)?;
     let bridge = bridge_name(net)?;
-    let (ul, ul_net) = underlay()?;
+    let (ul, _) = underlay()?;
     let mtu = ul.state()?.mtu.saturating_sub(s.backend.overhead());
     debug(&format!(
         "create-network {}: subnet {own} of {}, backend {}, bridge {bridge}, mtu {mtu}",
@@ -225,19 +225,33 @@ pub fn create(net: &Network) -> Result<(), Error> {
     links::bridge_up(&spec, Some(gateway))?;
     sysctl::enable_ipv4_forwarding()?;
     netfilter::apply(&nat_ops(&bridge, own, &s))?;
+    follow_peers(net, &s, own, vx.as_ref(), tun.as_ref())?;
+    Ok(())
+}
+
+/// Bring the kernel in line with the other nodes' leases and record the
+/// status; the problems of this pass (peers not programmed).
+fn follow_peers(
+    net: &Network,
+    s: &Settings,
+    own: Ipv4Net,
+    vxlan: Option<&Link>,
+    tun: Option<&Link>,
+) -> Result<usize, Error> {
+    let (ul, ul_net) = underlay()?;
     let dp = Dataplane {
-        settings: &s,
+        settings: s,
         own,
-        vxlan: vx.as_ref(),
-        tun: tun.as_ref(),
+        vxlan,
+        tun,
         underlay: &ul,
         underlay_net: ul_net,
     };
     let leases = peers::leases()?;
-    let wanted = peers::wanted(&s, &own, &leases);
+    let wanted = peers::wanted(s, &own, &leases);
     let problems = dp.sync(wanted.clone())?;
-    peers::write_status(&net.id, &s, &own, &wanted, &problems)?;
-    Ok(())
+    peers::write_status(&net.id, s, &own, &wanted, &problems)?;
+    Ok(problems.len())
 }
 
 /// A pass of the node agent: keep the lease, follow the other nodes.
@@ -251,7 +265,6 @@ pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
     }
     let s = settings_of(net, &own)?;
     let until_renewal = lease::keep(&s, own)?;
-    let (ul, ul_net) = underlay()?;
     let vx = match s.backend {
         Backend::Vxlan => Some(link::open_owned(&vxlan_name(&s))?),
         _ => None,
@@ -260,21 +273,10 @@ pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
         Backend::Udp => Some(link::open_owned(TUN)?),
         _ => None,
     };
-    let dp = Dataplane {
-        settings: &s,
-        own,
-        vxlan: vx.as_ref(),
-        tun: tun.as_ref(),
-        underlay: &ul,
-        underlay_net: ul_net,
-    };
-    let leases = peers::leases()?;
-    let wanted = peers::wanted(&s, &own, &leases);
-    let problems = dp.sync(wanted.clone())?;
-    peers::write_status(&net.id, &s, &own, &wanted, &problems)?;
+    let problems = follow_peers(net, &s, own, vx.as_ref(), tun.as_ref())?;
     // Like flannel's host-gw route check: look again within 10 s, sooner
     // when something could not be programmed.
-    let every = if problems.is_empty() { 10 } else { 3 };
+    let every = if problems == 0 { 10 } else { 3 };
     Ok(Some(until_renewal.clamp(1, every)))
 }
 

@@ -54,6 +54,33 @@ pub fn sandbox_ifname(endpoint_id: &str, ifname: &str) -> String {
     }
 }
 
+/// The MAC an endpoint's container end gets: the requested one, else
+/// Docker's 02:42:<IPv4 octets>, else one derived from the endpoint id.
+pub fn endpoint_mac(
+    ep: &crate::guest::driver::EndpointRequest,
+) -> Result<MacAddress, crate::Error> {
+    if let Some(m) = ep.mac {
+        return Ok(m);
+    }
+    match &ep.ipv4 {
+        Some(p) => Ok(mac_from_ipv4(
+            crate::addr::v4_prefix(p, "endpoint address")?.addr(),
+        )),
+        None => Ok(mac_from_id(&ep.id)),
+    }
+}
+
+/// Name of an endpoint's container end right after `create-endpoint`:
+/// its final name when born in the sandbox, else the peer name the host
+/// renames later.
+pub fn container_end(ep: &crate::guest::driver::EndpointRequest, in_sandbox: bool) -> String {
+    if in_sandbox {
+        sandbox_ifname(&ep.id, &ep.ifname)
+    } else {
+        peer_veth(&ep.id)
+    }
+}
+
 /// Whether the kernel accepts `name` as an interface name. Checked before
 /// asking the host, so the error names the option it came from.
 pub fn valid_ifname(name: &str) -> bool {
