@@ -121,6 +121,7 @@ fn get_json_text(s: &mut dyn Store, key: &str) -> CnmResult<Option<String>> {
 pub fn forget_pool(s: &mut dyn Store, driver: &str, id: &str) -> CnmResult<()> {
     s.delete(SPACE, &model::pool_key(driver, id), Condition::None)?;
     s.delete(SPACE, &model::claims_key(driver, id), Condition::None)?;
+    s.delete(SPACE, &model::pool_prefix_key(driver, id), Condition::None)?;
     Ok(())
 }
 

@@ -113,6 +113,13 @@ pub fn claims_key(driver: &str, pool_id: &str) -> String {
     format!("pool-claims/{driver}/{pool_id}")
 }
 
+/// The cluster-store subtree (`etcd-prefix`) a pool was asked for under,
+/// so that Docker's ReleasePool, which carries no options, reaches the
+/// same one.
+pub fn pool_prefix_key(driver: &str, pool_id: &str) -> String {
+    format!("pool-prefix/{driver}/{pool_id}")
+}
+
 pub fn endpoint_key(id: &str) -> String {
     format!("endpoints/{id}")
 }

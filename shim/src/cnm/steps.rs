@@ -47,6 +47,20 @@ impl Core {
         };
         self.transaction(driver, "RequestPool", |c| {
             let grant = self.take_pool(c, &ask)?;
+            if let Some((_, prefix)) = ask
+                .options
+                .iter()
+                .rev()
+                .find(|(k, _)| k == super::ETCD_PREFIX_OPTION)
+            {
+                c.store().put(
+                    SPACE,
+                    &model::pool_prefix_key(driver, &grant.id),
+                    prefix.as_bytes(),
+                    Condition::None,
+                    None,
+                )?;
+            }
             // Kept with the pool until CreateNetwork names it.
             if let Some(list) = self.checked_claims(c, grant.pool)? {
                 c.store().put(
@@ -63,7 +77,17 @@ impl Core {
 
     pub fn ipam_release_pool(&self, driver: &str, pool_id: &str) -> CnmResult<()> {
         self.transaction(driver, "ReleasePool", |c| {
-            self.give_back_pool(c, pool_id, &[])
+            let options: Vec<(String, String)> = c
+                .store()
+                .get(SPACE, &model::pool_prefix_key(driver, pool_id))?
+                .map(|e| {
+                    vec![(
+                        super::ETCD_PREFIX_OPTION.to_string(),
+                        String::from_utf8_lossy(&e.value).into_owned(),
+                    )]
+                })
+                .unwrap_or_default();
+            self.give_back_pool(c, pool_id, &options)
         })
     }
 
