@@ -45,6 +45,10 @@ const CLUSTER_CALLS: &[&str] = &[
     "reconcile",
     "request-pool",
     "release-pool",
+    // Addresses, for an IPAM kept in the cluster (Calico's blocks); a
+    // driver that keeps them on the node (flannel) never reaches etcd here.
+    "request-address",
+    "release-address",
 ];
 
 /// How a driver's error reads: its kind, then its own words (cut to the

@@ -305,7 +305,7 @@ impl Calls<'_> {
     ) -> CnmResult<IpNet> {
         let want = want.map(from_ip);
         let options = options.to_vec();
-        let grant = self.ipam_grant();
+        let grant = self.cluster_ipam_grant(&options);
         let a = self.call(grant, "request-address", &[], |p, st, _| {
             p.netshim_plugin_ipam()
                 .call_request_address(st, pool_id, want, gateway, &options)
@@ -315,7 +315,7 @@ impl Calls<'_> {
 
     pub fn release_address(&mut self, pool_id: &str, address: IpAddr) -> CnmResult<()> {
         let a = from_ip(address);
-        let grant = self.ipam_grant();
+        let grant = self.cluster_ipam_grant(&[]);
         self.call(grant, "release-address", &[], |p, st, _| {
             p.netshim_plugin_ipam().call_release_address(st, pool_id, a)
         })

@@ -316,7 +316,10 @@ pub fn check_address(
     got: IpNet,
 ) -> CnmResult<()> {
     let bad = |why: String| refuse(driver, format!("request-address returned {got}: {why}"));
-    if got.prefix_len() != pool.prefix_len() || !pool.contains(&got.addr()) {
+    // With the pool's length, or as a host address (/32, /128: Calico's
+    // endpoints hold a host address and route everything via the node).
+    let host = got.prefix_len() == got.max_prefix_len();
+    if (got.prefix_len() != pool.prefix_len() && !host) || !pool.contains(&got.addr()) {
         return Err(bad(format!("it is not an address of the pool {pool}")));
     }
     if got.addr() == pool.network() {

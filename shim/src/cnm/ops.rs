@@ -30,25 +30,7 @@ impl Drop for OpenNs<'_> {
 
 impl Core {
     pub fn network_create(&self, req: CreateNetwork) -> CnmResult<Network> {
-        // Another node's write between this one's reads and its commit
-        // (two nodes leasing at once) undoes the attempt entirely: try
-        // again on what the cluster holds now.
-        let mut attempt = 0;
-        loop {
-            match self.network_create_once(&req) {
-                Err(CnmError::Store(StoreError::Raced(why))) if attempt < 8 => {
-                    attempt += 1;
-                    tracing::info!(
-                        network = req.name,
-                        attempt,
-                        why,
-                        "cluster store conflict; retrying"
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
-                }
-                other => return other,
-            }
-        }
+        retry_raced(&req.name, || self.network_create_once(&req))
     }
 
     fn network_create_once(&self, req: &CreateNetwork) -> CnmResult<Network> {
@@ -99,14 +81,23 @@ impl Core {
             let gateway = match pool.gateway {
                 Some(g) => {
                     ipam_check::check_address(&req.driver, pool.pool, req.gateway, g)?;
-                    g
+                    Some(g)
                 }
-                None => self.take_address(c, &pool.id, pool.pool, req.gateway, true, &[])?,
+                None => match self.take_address(c, &pool.id, pool.pool, req.gateway, true, &[]) {
+                    Ok(g) => Some(g),
+                    // A driver that routes without a gateway in the pool
+                    // (Calico: 169.254.1.1 on-link) has none to give.
+                    Err(CnmError::Driver {
+                        kind: super::DriverErrorKind::Unsupported,
+                        ..
+                    }) if req.gateway.is_none() => None,
+                    Err(e) => return Err(e),
+                },
             };
             net.ipv4 = vec![Pool {
                 id: pool.id,
                 subnet: pool.pool,
-                gateway: Some(gateway),
+                gateway,
             }];
             self.create_network_step(c, &net)?;
             Ok(net)
@@ -159,6 +150,12 @@ impl Core {
     /// Attach a sandbox to a network. Idempotent: attaching a sandbox that
     /// is already attached returns the existing endpoint.
     pub fn attach(&self, req: Attach) -> CnmResult<Endpoint> {
+        // A driver whose IPAM lives in the cluster store (Calico's blocks)
+        // can lose a race to another node; the attempt was undone whole.
+        retry_raced(&req.network, || self.attach_once(&req))
+    }
+
+    fn attach_once(&self, req: &Attach) -> CnmResult<Endpoint> {
         let netns = req
             .netns
             .to_str()
@@ -528,6 +525,23 @@ impl Core {
             Ok(ep)
         } else {
             Err(CnmError::Teardown(errors))
+        }
+    }
+}
+
+/// Run `once` again when another node's write came between its reads and
+/// its commit (two nodes leasing or claiming at once): the attempt was
+/// undone entirely, so the next one starts from what the cluster holds now.
+fn retry_raced<T>(what: &str, mut once: impl FnMut() -> CnmResult<T>) -> CnmResult<T> {
+    let mut attempt = 0;
+    loop {
+        match once() {
+            Err(CnmError::Store(StoreError::Raced(why))) if attempt < 8 => {
+                attempt += 1;
+                tracing::info!(what, attempt, why, "cluster store conflict; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+            }
+            other => return other,
         }
     }
 }
