@@ -5,7 +5,7 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-const GUESTS: &[&str] = &["bridge", "flannel"];
+const GUESTS: &[&str] = &["bridge", "flannel", "calico"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -15,6 +15,10 @@ pub const BUILTIN: &[(&str, &[u8])] = &[
         "flannel",
         include_bytes!(concat!(env!("OUT_DIR"), "/flannel.wasm")),
     ),
+    (
+        "calico",
+        include_bytes!(concat!(env!("OUT_DIR"), "/calico.wasm")),
+    ),
 ];
 
 #[derive(Debug, Clone)]

@@ -463,8 +463,9 @@ impl Calls<'_> {
     fn cluster_ipam_grant(&self, options: &[(String, String)]) -> netshim_host_api::host::Grant {
         netshim_host_api::host::Grant {
             cluster_root: super::cluster_root::root(&self.guest.name, options).ok(),
-            // Read-only, for `node.identity` (the node's public address).
+            // Read-only, for `node.identity` (the node's name and address).
             underlay: self.core.underlay(),
+            node_name: self.core.node_name(),
             ..self.ipam_grant()
         }
     }

@@ -1,0 +1,408 @@
+//! A Calico network on this node: no bridge; forwarding on; for VXLAN
+//! (`vxlanMode` Always or CrossSubnet) the device `vxlan.calico` (VNI
+//! 4096, port 4789) with a tunnel address from this node's block, and this
+//! node's record in the cluster; `natOutgoing` masquerade; and the routes
+//! to every block: a blackhole for this node's own, and to each other
+//! node's (and each address borrowed by another node) through its VTEP —
+//! the route, neighbour and FDB entry Felix programs — or, in CrossSubnet
+//! mode, directly to a node on the same subnet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use netshim_guest_sdk::guest::driver::Network;
+use netshim_guest_sdk::host::link::{self, Link, VxlanSpec};
+use netshim_guest_sdk::host::netfilter::{self, Action, AttachPoint, Match, Op};
+use netshim_guest_sdk::host::node as node_api;
+use netshim_guest_sdk::host::route::{self, Route, RouteKind, RouteScope};
+use netshim_guest_sdk::host::store::{self, Condition};
+use netshim_guest_sdk::host::sysctl::{self, LinkKey};
+use netshim_guest_sdk::log::{info, warn};
+use netshim_guest_sdk::rules::{add_chain, add_rule, attach, detach, rule, rule_ids};
+use netshim_guest_sdk::teardown::Teardown;
+use netshim_guest_sdk::{addr, links, names, Error};
+use serde::{Deserialize, Serialize};
+
+use crate::ipam;
+use crate::node::{self, NodeInfo};
+use crate::pool::{Mode, PoolSpec};
+
+pub const VXLAN: &str = "vxlan.calico";
+pub const VNI: u32 = 4096;
+pub const PORT: u16 = 4789;
+pub const POSTROUTING: &str = "postrouting";
+const MASQ: &str = "nat-outgoing";
+
+/// What a node keeps of its pool (from request-pool).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub spec: PoolSpec,
+    pub node: String,
+    pub max_blocks: usize,
+}
+
+pub fn settings_key(pool: &Ipv4Net) -> String {
+    format!("settings/{}", crate::keys::dashed(pool))
+}
+
+pub fn save_settings(s: &Settings) -> Result<(), Error> {
+    let v = serde_json::to_vec(s).map_err(|e| Error::Failed(e.to_string()))?;
+    store::put(&settings_key(&s.spec.cidr), &v, Condition::None, None)?;
+    Ok(())
+}
+
+pub fn load_settings(pool: &Ipv4Net) -> Result<Settings, Error> {
+    let e = store::get(&settings_key(pool))?.ok_or_else(|| {
+        Error::NotFound(format!("no calico settings for pool {pool} on this node"))
+    })?;
+    serde_json::from_slice(&e.value).map_err(|e| Error::Failed(format!("calico settings: {e}")))
+}
+
+pub fn pool_of(net: &Network) -> Result<Ipv4Net, Error> {
+    let [pd] = net.ipv4.as_slice() else {
+        return Err(Error::Invalid(
+            "a calico network has exactly one IPv4 pool".into(),
+        ));
+    };
+    Ok(addr::v4_prefix(&pd.pool, "pool")?.trunc())
+}
+
+pub fn vtep_mac(node: &str) -> [u8; 6] {
+    let (a, b, c, d, e, f) = names::mac_from_id(&format!("calico-vtep-{node}"));
+    [a, b, c, d, e, f]
+}
+
+fn tunnel_handle(node: &str) -> String {
+    format!("vxlan-tunnel-addr-{node}")
+}
+
+fn underlay() -> Result<(Link, Ipv4Net), Error> {
+    let l = link::underlay().ok_or_else(|| {
+        Error::Invalid("this node has no underlay link (no default route); calico needs one".into())
+    })?;
+    let a = node_api::identity()
+        .underlay_address
+        .and_then(|p| addr::v4_prefix(&p, "underlay").ok())
+        .ok_or_else(|| Error::Invalid("the underlay link has no IPv4 address".into()))?;
+    Ok((l, a))
+}
+
+/// The endpoints' MTU: the VXLAN device's (the underlay's minus 50).
+pub fn mtu() -> Result<u32, Error> {
+    Ok(link::open_owned(VXLAN)?.state()?.mtu)
+}
+
+/// Route to a prefix of the pool, with the fields Calico's routes leave empty.
+fn route_to(prefix: Ipv4Net) -> Route<'static> {
+    Route {
+        destination: addr::wit_prefix(prefix),
+        gateway: None,
+        device: None,
+        kind: RouteKind::Unicast,
+        scope: RouteScope::Universe,
+        onlink: false,
+        table: None,
+        metric: None,
+        source: None,
+    }
+}
+
+pub fn create(net: &Network) -> Result<(), Error> {
+    let pool = pool_of(net)?;
+    let s = load_settings(&pool)?;
+    let (ul, ul_addr) = underlay()?;
+    sysctl::enable_ipv4_forwarding()?;
+    let mac = vtep_mac(&s.node);
+    let [a, b, c, d, e, f] = mac;
+    let vx = link::create_vxlan(&VxlanSpec {
+        name: VXLAN.into(),
+        vni: VNI,
+        local: Some(addr::wit_addr(ul_addr.addr())),
+        port: Some(PORT),
+        underlay: Some(&ul),
+        learning: false,
+        mtu: Some(ul.state()?.mtu.saturating_sub(50)),
+        mac: Some((a, b, c, d, e, f)),
+    })?;
+    let tunnel = ipam::assign(
+        &s.spec,
+        &s.node,
+        &tunnel_handle(&s.node),
+        None,
+        s.max_blocks,
+    )?;
+    vx.add_address(addr::host_prefix(tunnel))?;
+    let _ = sysctl::set_link(&vx, LinkKey::AcceptRa, 0);
+    vx.set_up(true)?;
+    node::publish(&NodeInfo {
+        name: s.node.clone(),
+        address: ul_addr,
+        vxlan_addr: Some(tunnel),
+        vxlan_mac: Some(mac),
+    })?;
+    if s.spec.nat_outgoing {
+        netfilter::apply(&nat_ops(&s.spec))?;
+    }
+    sync_routes(net, &s, &vx, &ul, ul_addr)?;
+    info(&format!(
+        "calico network {} on {}: pool {}, tunnel {tunnel}",
+        net.name, s.node, s.spec.cidr
+    ));
+    Ok(())
+}
+
+fn nat_ops(spec: &PoolSpec) -> Vec<Op> {
+    let pool = addr::wit_prefix(spec.cidr);
+    vec![
+        add_chain(POSTROUTING),
+        attach(POSTROUTING, AttachPoint::NatLeavingNetwork),
+        add_rule(
+            POSTROUTING,
+            rule(
+                MASQ,
+                vec![Match::Saddr(pool), Match::DaddrNot(pool)],
+                Action::Masquerade,
+            ),
+        ),
+    ]
+}
+
+/// A pass of the node agent: keep this node's record, follow the blocks.
+pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
+    let pool = pool_of(net)?;
+    let s = load_settings(&pool)?;
+    let (ul, ul_addr) = underlay()?;
+    let vx = link::open_owned(VXLAN)?;
+    let tunnel = vx
+        .addresses()?
+        .iter()
+        .find_map(|p| addr::v4_prefix(p, "tunnel").ok())
+        .map(|n| n.addr());
+    node::publish(&NodeInfo {
+        name: s.node.clone(),
+        address: ul_addr,
+        vxlan_addr: tunnel,
+        vxlan_mac: Some(vtep_mac(&s.node)),
+    })?;
+    sync_routes(net, &s, &vx, &ul, ul_addr)?;
+    Ok(Some(10))
+}
+
+/// How this node reaches one prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Way {
+    /// This node's own block: what is not a local endpoint goes nowhere.
+    Blackhole,
+    /// Through the node's VTEP.
+    Vxlan { vtep: Ipv4Addr },
+    /// Straight to the node (CrossSubnet, same subnet).
+    Direct { node: Ipv4Addr },
+}
+
+/// A remote VTEP's neighbour and FDB entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Vtep {
+    addr: Ipv4Addr,
+    mac: [u8; 6],
+    node: Ipv4Addr,
+}
+
+fn routes_key(net: &Network) -> String {
+    format!("routes/{}", net.id)
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Programmed {
+    routes: BTreeMap<Ipv4Net, Way>,
+    vteps: BTreeSet<Vtep>,
+}
+
+fn sync_routes(
+    net: &Network,
+    s: &Settings,
+    vx: &Link,
+    ul: &Link,
+    ul_addr: Ipv4Net,
+) -> Result<(), Error> {
+    let mut want = Programmed::default();
+    let mut nodes: BTreeMap<String, Option<NodeInfo>> = BTreeMap::new();
+    for (prefix, owner) in ipam::placement(&s.spec)? {
+        if owner == s.node {
+            if prefix.prefix_len() < 32 {
+                want.routes.insert(prefix, Way::Blackhole);
+            }
+            continue;
+        }
+        if !nodes.contains_key(&owner) {
+            let info = node::lookup(&owner)?;
+            nodes.insert(owner.clone(), info);
+        }
+        let Some(Some(info)) = nodes.get(&owner) else {
+            warn(&format!(
+                "{prefix} is on node {owner}, which has no readable record yet"
+            ));
+            continue;
+        };
+        let same_subnet = ul_addr.trunc().contains(&info.address.addr());
+        if s.spec.vxlan_mode == Mode::CrossSubnet && same_subnet {
+            want.routes.insert(
+                prefix,
+                Way::Direct {
+                    node: info.address.addr(),
+                },
+            );
+        } else if let (Some(vtep), Some(mac)) = (info.vxlan_addr, info.vxlan_mac) {
+            want.routes.insert(prefix, Way::Vxlan { vtep });
+            want.vteps.insert(Vtep {
+                addr: vtep,
+                mac,
+                node: info.address.addr(),
+            });
+        }
+    }
+    let key = routes_key(net);
+    let before: Programmed = store::get(&key)?
+        .and_then(|e| serde_json::from_slice(&e.value).ok())
+        .unwrap_or_default();
+    // Routes that go or change first, then VTEPs, then new routes (a
+    // route never points at a VTEP the kernel cannot resolve).
+    for (prefix, way) in &before.routes {
+        if want.routes.get(prefix) != Some(way) {
+            let _ = route::del(&way_route(*prefix, way, vx, ul));
+        }
+    }
+    for v in before.vteps.difference(&want.vteps) {
+        let [a, b, c, d, e, f] = v.mac;
+        let _ = route::del_fdb(vx, (a, b, c, d, e, f), Some(addr::wit_addr(v.node)));
+        let _ = route::del_neighbour(vx, addr::wit_addr(v.addr));
+    }
+    let mut done = Programmed::default();
+    for v in &want.vteps {
+        if !before.vteps.contains(v) {
+            let [a, b, c, d, e, f] = v.mac;
+            let mac = (a, b, c, d, e, f);
+            if let Err(e) = exists_ok(route::add_neighbour(vx, addr::wit_addr(v.addr), mac))
+                .and_then(|()| exists_ok(route::add_fdb(vx, mac, Some(addr::wit_addr(v.node)))))
+            {
+                warn(&format!(
+                    "VTEP {} of {}: {}",
+                    v.addr,
+                    v.node,
+                    netshim_guest_sdk::log::show_error(&e)
+                ));
+                continue;
+            }
+        }
+        done.vteps.insert(v.clone());
+    }
+    for (prefix, way) in &want.routes {
+        if before.routes.get(prefix) != Some(way) {
+            if let Err(e) = route::replace(&way_route(*prefix, way, vx, ul)) {
+                warn(&format!(
+                    "route to {prefix}: {}",
+                    netshim_guest_sdk::log::show_error(&e)
+                ));
+                continue;
+            }
+        }
+        done.routes.insert(*prefix, way.clone());
+    }
+    let value = serde_json::to_vec(&done).map_err(|e| Error::Failed(e.to_string()))?;
+    if store::get(&key)?.map(|e| e.value) != Some(value.clone()) {
+        store::put(&key, &value, Condition::None, None)?;
+    }
+    Ok(())
+}
+
+fn way_route<'a>(prefix: Ipv4Net, way: &Way, vx: &'a Link, ul: &'a Link) -> Route<'a> {
+    match way {
+        Way::Blackhole => Route {
+            kind: RouteKind::Blackhole,
+            ..route_to(prefix)
+        },
+        Way::Vxlan { vtep } => Route {
+            gateway: Some(addr::wit_addr(*vtep)),
+            device: Some(vx),
+            onlink: true,
+            ..route_to(prefix)
+        },
+        Way::Direct { node } => Route {
+            gateway: Some(addr::wit_addr(*node)),
+            device: Some(ul),
+            ..route_to(prefix)
+        },
+    }
+}
+
+fn exists_ok(r: Result<(), Error>) -> Result<(), Error> {
+    match r {
+        Err(Error::Exists(_)) => Ok(()),
+        other => other,
+    }
+}
+
+pub fn delete(net: &Network) -> Result<(), Error> {
+    let mut td = Teardown::new(format!("delete-network {}", net.name));
+    let pool = pool_of(net)?;
+    let s = td.check("reading the network's settings", load_settings(&pool));
+    // Routes without a device of this network (blackholes, direct ones).
+    if let (Some(done), Ok((ul, _))) = (
+        td.check(
+            "reading programmed routes",
+            store::get(&routes_key(net)).map(|e| {
+                e.and_then(|e| serde_json::from_slice::<Programmed>(&e.value).ok())
+                    .unwrap_or_default()
+            }),
+        ),
+        underlay(),
+    ) {
+        if let Ok(vx) = link::open_owned(VXLAN) {
+            for (prefix, way) in &done.routes {
+                if !matches!(way, Way::Vxlan { .. }) {
+                    let _ = route::del(&way_route(*prefix, way, &vx, &ul));
+                }
+            }
+        }
+    }
+    td.check(
+        "forgetting routes",
+        store::delete(&routes_key(net), Condition::None).map(|_| ()),
+    );
+    if let Some(ids) = td.check("listing nat rules", rule_ids(POSTROUTING)) {
+        let mut ops = vec![detach(POSTROUTING, AttachPoint::NatLeavingNetwork)];
+        if ids.iter().any(|i| i == MASQ) {
+            ops.push(Op::DeleteRule(
+                netshim_guest_sdk::host::netfilter::RuleRef {
+                    chain: POSTROUTING.into(),
+                    id: MASQ.into(),
+                },
+            ));
+        }
+        if ids.iter().all(|i| i == MASQ) {
+            ops.push(Op::DeleteTable);
+        }
+        td.check("removing nat rules", netfilter::apply(&ops));
+    }
+    if let Some(s) = &s {
+        if let Ok(vx) = link::open_owned(VXLAN) {
+            if let Ok(addrs) = vx.addresses() {
+                for p in addrs {
+                    if let Ok(n) = addr::v4_prefix(&p, "tunnel") {
+                        td.check(
+                            "releasing the tunnel address",
+                            ipam::release(&s.spec, n.addr()),
+                        );
+                    }
+                }
+            }
+        }
+        td.check("withdrawing this node's record", node::withdraw(&s.node));
+        td.check(
+            "releasing empty blocks",
+            ipam::release_empty_blocks(&s.spec, &s.node),
+        );
+    }
+    links::delete_owned(VXLAN, VXLAN, &mut td);
+    td.finish()
+}
