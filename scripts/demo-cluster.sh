@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# netshim across three nodes with the flannel driver, on one machine: a
+# netshim across three nodes with the flannel (or calico) driver, on one machine: a
 # "fabric" namespace with an underlay bridge (192.0.2.0/24), etcd in a
 # namespace of its own, three node namespaces each with its own state
 # directory and node agent (`netshim daemon`), a container on each node,
@@ -7,11 +7,17 @@
 # outside host; then everything is removed again. Run as root. Touches
 # nothing outside the namespaces it makes.
 #
-#   bash scripts/demo-cluster.sh [vxlan|host-gw|udp]     (default vxlan)
+#   bash scripts/demo-cluster.sh [vxlan|host-gw|udp]     (flannel; default vxlan)
+#   bash scripts/demo-cluster.sh --driver calico          (Calico, VXLAN mode)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DRIVER=flannel
+if [ "${1:-}" = --driver ]; then DRIVER="${2:-}"; shift 2; fi
 BACKEND="${1:-vxlan}"
-case "$BACKEND" in vxlan|host-gw|udp) ;; *) echo "usage: $0 [vxlan|host-gw|udp]" >&2; exit 2 ;; esac
+case "$DRIVER/$BACKEND" in
+  flannel/vxlan|flannel/host-gw|flannel/udp|calico/vxlan) ;;
+  *) echo "usage: $0 [vxlan|host-gw|udp] | --driver calico" >&2; exit 2 ;;
+esac
 bash scripts/deps.sh cluster
 cargo build --release -p netshim
 N="$PWD/target/release/netshim"
@@ -68,21 +74,28 @@ ip netns exec "$ETCD" etcd --name demo --data-dir "$WORK/etcd" \
 PIDS+=($!)
 for _ in $(seq 100); do ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
 
-step "flannel's configuration, written as flannel users do"
-CONFIG="{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$BACKEND\"}}"
-echo "etcdctl put /coreos.com/network/config '$CONFIG'"
-ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 put /coreos.com/network/config "$CONFIG"
+if [ "$DRIVER" = flannel ]; then
+  step "flannel's configuration, written as flannel users do"
+  CONFIG="{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$BACKEND\"}}"
+  echo "etcdctl put /coreos.com/network/config '$CONFIG'"
+  ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 put /coreos.com/network/config "$CONFIG"
+fi
 
-step "on each node: netshim network create pods --driver flannel, then its node agent"
+step "on each node: netshim network create pods --driver $DRIVER, then its node agent"
 for i in "${NODES[@]}"; do
-  ns "$i" network create pods --driver flannel
+  ns "$i" network create pods --driver "$DRIVER"
   ns "$i" daemon --plugin-dir "$WORK/n$i/plugins" > "$WORK/n$i/agent.log" 2>&1 &
   echo $! > "$WORK/n$i/agent.pid"
 done
 sleep 2
 
-step "the leases in etcd (flannel's keys and JSON)"
-ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 get --prefix /coreos.com/network/subnets
+if [ "$DRIVER" = flannel ]; then
+  step "the leases in etcd (flannel's keys and JSON)"
+  ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 get --prefix /coreos.com/network/subnets
+else
+  step "Calico's keys in etcd: the pool, the nodes, blocks with their affinity, handles"
+  ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 get --prefix --keys-only /calico | grep -v '^$'
+fi
 
 step "a container on each node"
 ADDRS=()
@@ -106,7 +119,8 @@ ip netns exec "$P-c1" ping -c 2 -W 2 192.0.2.200
 step "what node 1 knows of the cluster, and its kernel objects"
 ns 1 cluster status
 echo; ip -n "$P-n1" route
-[ "$BACKEND" = vxlan ] && { echo; ip -n "$P-n1" neigh show dev flannel.1; bridge -n "$P-n1" fdb show dev flannel.1; }
+if [ "$DRIVER/$BACKEND" = flannel/vxlan ]; then echo; ip -n "$P-n1" neigh show dev flannel.1; bridge -n "$P-n1" fdb show dev flannel.1; fi
+if [ "$DRIVER" = calico ]; then echo; ip -n "$P-n1" neigh show dev vxlan.calico; bridge -n "$P-n1" fdb show dev vxlan.calico; fi
 echo; ns 1 topology
 
 step "remove: containers, networks (leases given back), agents, namespaces"
@@ -115,5 +129,5 @@ for i in "${NODES[@]}"; do
   ns "$i" detach --network pods --netns "/run/netns/$P-c$i"
   ns "$i" network rm pods
 done
-echo "leases left: '$(ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 get --prefix /coreos.com/network/subnets)'"
+echo "leases and affinities left: '$(ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 get --prefix --keys-only /coreos.com/network/subnets; ip netns exec "$ETCD" etcdctl --endpoints http://192.0.2.10:2379 get --prefix --keys-only /calico/ipam/v2/host)'"
 echo "node 1 links now:"; ip -n "$P-n1" -br link

@@ -275,8 +275,32 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A site for flannel tests: a fabric, etcd on it (192.0.2.10), an
-/// outside host (192.0.2.200), and flannel's configuration written with
+/// A site for cluster tests: a fabric, etcd on it (192.0.2.10) and an
+/// outside host (192.0.2.200).
+pub struct Site {
+    pub fabric: Fabric,
+    pub etcd: Etcd,
+    pub outside: Ns,
+}
+
+impl Site {
+    pub fn new(tag: &str) -> Site {
+        let fabric = Fabric::new(tag);
+        let etcd = Etcd::start(&fabric, tag);
+        let outside = Ns::new(&format!("{tag}-out"));
+        fabric.plug(
+            &outside,
+            OUTSIDE.rsplit('.').next().unwrap().parse().unwrap(),
+        );
+        Site {
+            fabric,
+            etcd,
+            outside,
+        }
+    }
+}
+
+/// A site for flannel tests, with flannel's configuration written with
 /// `etcdctl`, as flannel users do.
 pub struct FlannelSite {
     pub fabric: Fabric,
@@ -290,13 +314,11 @@ pub const FLANNEL_PREFIX: &str = "/coreos.com/network";
 impl FlannelSite {
     /// `backend_json`: the value of `Backend`, e.g. `{"Type": "vxlan"}`.
     pub fn new(tag: &str, backend_json: &str) -> FlannelSite {
-        let fabric = Fabric::new(tag);
-        let etcd = Etcd::start(&fabric, tag);
-        let outside = Ns::new(&format!("{tag}-out"));
-        fabric.plug(
-            &outside,
-            OUTSIDE.rsplit('.').next().unwrap().parse().unwrap(),
-        );
+        let Site {
+            fabric,
+            etcd,
+            outside,
+        } = Site::new(tag);
         etcd.etcdctl(&[
             "put",
             &format!("{FLANNEL_PREFIX}/config"),

@@ -312,6 +312,72 @@ fn sync_routes(
     if store::get(&key)?.map(|e| e.value) != Some(value.clone()) {
         store::put(&key, &value, Condition::None, None)?;
     }
+    write_status(net, s, ul_addr, &want, &done, &nodes)
+}
+
+/// The status record `netshim cluster status` shows (wit/README.md): each
+/// node with its blocks, how they are reached, and what is not
+/// programmed.
+fn write_status(
+    net: &Network,
+    s: &Settings,
+    ul_addr: Ipv4Net,
+    want: &Programmed,
+    done: &Programmed,
+    nodes: &BTreeMap<String, Option<NodeInfo>>,
+) -> Result<(), Error> {
+    let mut rows = vec![serde_json::json!({
+        "name": s.node,
+        "address": ul_addr.addr().to_string(),
+        "prefixes": want.routes.iter().filter(|(_, w)| **w == Way::Blackhole).map(|(p, _)| p.to_string()).collect::<Vec<_>>(),
+        "kind": "local",
+        "cluster-key": node::key(&s.node),
+        "local": true,
+        "programmed": true,
+        "problem": null,
+    })];
+    for (name, info) in nodes {
+        let reach: Vec<(&Ipv4Net, &Way)> = want
+            .routes
+            .iter()
+            .filter(|(_, w)| match (w, info) {
+                (Way::Vxlan { vtep }, Some(i)) => i.vxlan_addr == Some(*vtep),
+                (Way::Direct { node }, Some(i)) => i.address.addr() == *node,
+                _ => false,
+            })
+            .collect();
+        let missing = reach
+            .iter()
+            .filter(|(p, w)| done.routes.get(*p) != Some(*w))
+            .count();
+        let kind = match reach.first().map(|(_, w)| *w) {
+            Some(Way::Direct { .. }) => "direct",
+            _ => "vxlan",
+        };
+        rows.push(serde_json::json!({
+            "name": name,
+            "address": info.as_ref().map(|i| i.address.addr().to_string()).unwrap_or_default(),
+            "prefixes": reach.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(),
+            "kind": kind,
+            "cluster-key": node::key(name),
+            "local": false,
+            "programmed": info.is_some() && missing == 0,
+            "problem": if info.is_none() {
+                Some("no node record yet".to_string())
+            } else if missing > 0 {
+                Some(format!("{missing} route(s) not programmed"))
+            } else {
+                None
+            },
+        }));
+    }
+    let value = serde_json::json!({ "nodes": rows })
+        .to_string()
+        .into_bytes();
+    let key = format!("status/{}", net.id);
+    if store::get(&key)?.map(|e| e.value) != Some(value.clone()) {
+        store::put(&key, &value, Condition::None, None)?;
+    }
     Ok(())
 }
 
