@@ -414,3 +414,43 @@ fn ipip_and_bgp_only_pools_are_refused_with_the_reason() {
         "SKIPPED: IPIP encapsulation across nodes: this machine's kernel has no ipip module (see MACHINE-NOTES.md); the refusal is checked instead"
     );
 }
+
+/// `-o etcd-prefix=` moves every call of the network to the new subtree,
+/// its endpoints' addresses included.
+#[test]
+fn a_moved_subtree_holds_everything_of_the_network() {
+    if !can_run() {
+        return;
+    }
+    let tag = "clpx";
+    let site = Site::new(tag);
+    let n = node(&site, tag, 11, &["-o", "etcd-prefix=/calico-b"]);
+    let (c, a) = container(&n, &format!("{tag}-c"));
+    let moved = site
+        .etcd
+        .etcdctl(&["get", "--prefix", "--keys-only", "/calico-b/"]);
+    let default = site
+        .etcd
+        .etcdctl(&["get", "--prefix", "--keys-only", "/calico/"]);
+    assert!(
+        default.trim().is_empty(),
+        "keys under the default root: {default}"
+    );
+    assert!(
+        moved.contains("/calico-b/ipam/v2/host/")
+            && moved.contains("/calico-b/ipam/v2/handle/netshim."),
+        "{moved}"
+    );
+    n.ok(&[
+        "detach",
+        "--network",
+        "pods",
+        "--netns",
+        c.path.to_str().unwrap(),
+    ]);
+    n.ok(&["network", "rm", "pods"]);
+    let left = site
+        .etcd
+        .etcdctl(&["get", "--prefix", "--keys-only", "/calico-b/ipam/v2/host/"]);
+    assert!(left.trim().is_empty(), "{a}: affinities left: {left}");
+}

@@ -62,6 +62,7 @@ pub fn create(
     sysctl::set_link(&node_end, LinkKey::Forwarding, 1)?;
     let _ = sysctl::set_link(&node_end, LinkKey::AcceptRa, 0);
     node_end.set_up(true)?;
+    network::note_local(a.addr(), &ep.id)?;
     route::add(&Route {
         destination: addr::host_prefix(a.addr()),
         gateway: None,
@@ -100,6 +101,10 @@ pub fn delete(endpoint_id: &str) -> Result<(), Error> {
     let host = host_name(endpoint_id)?;
     let mut td = Teardown::new(format!("delete-endpoint {endpoint_id}"));
     links::delete_owned(&host, &host, &mut td);
+    td.check(
+        "forgetting the endpoint's address",
+        network::forget_local(endpoint_id),
+    );
     td.finish()
 }
 

@@ -58,21 +58,27 @@ fn write(h: &Held) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `c` is a block of this pool (inside it, of its block size):
+/// keys of any other shape are someone else's, or hostile, and ignored.
+fn is_block_of(pool: &PoolSpec, c: &Ipv4Net) -> bool {
+    pool.cidr.contains(c) && c.prefix_len() == pool.block_size
+}
+
 /// The blocks `node` holds in `pool`.
-pub fn blocks_of(node: &str, pool: &Ipv4Net) -> Result<Vec<Ipv4Net>, Error> {
+pub fn blocks_of(node: &str, pool: &PoolSpec) -> Result<Vec<Ipv4Net>, Error> {
     Ok(cluster::list_prefix(&keys::affinities(node))?
         .iter()
         .filter_map(|e| e.key.rsplit('/').next().and_then(keys::undashed))
-        .filter(|c| pool.contains(c))
+        .filter(|c| is_block_of(pool, c))
         .collect())
 }
 
 /// Every block of `pool` in the cluster.
-pub fn all_blocks(pool: &Ipv4Net) -> Result<Vec<Ipv4Net>, Error> {
+pub fn all_blocks(pool: &PoolSpec) -> Result<Vec<Ipv4Net>, Error> {
     Ok(cluster::list_prefix(keys::BLOCKS)?
         .iter()
         .filter_map(|e| e.key.rsplit('/').next().and_then(keys::undashed))
-        .filter(|c| pool.contains(c))
+        .filter(|c| is_block_of(pool, c))
         .collect())
 }
 
@@ -162,7 +168,7 @@ pub fn assign(
         note_handle(handle, &cidr, 1)?;
         return Ok(a);
     }
-    let mine = blocks_of(node, &pool.cidr)?;
+    let mine = blocks_of(node, pool)?;
     for cidr in &mine {
         let Some(mut h) = read(cidr)? else { continue };
         if let Ok(a) = h.block.assign(handle, &sec) {
@@ -171,7 +177,7 @@ pub fn assign(
             return Ok(a);
         }
     }
-    let all = all_blocks(&pool.cidr)?;
+    let all = all_blocks(pool)?;
     if mine.len() < max_blocks {
         if let Some(cidr) = free_block(&pool.cidr, pool.block_size, &all, node) {
             let mut b = Block::new(cidr, node);
@@ -192,7 +198,8 @@ pub fn assign(
     // Borrow from another node's block (Calico without strict affinity).
     for cidr in all.iter().filter(|c| !mine.contains(c)) {
         let Some(mut h) = read(cidr)? else { continue };
-        if h.block.strict_affinity {
+        // A block of no node is reached by no route: nothing to borrow.
+        if h.block.strict_affinity || h.block.node().is_none() {
             continue;
         }
         if let Ok(a) = h.block.assign(handle, &sec) {
@@ -241,9 +248,9 @@ pub fn release(pool: &PoolSpec, a: Ipv4Addr) -> Result<(), Error> {
 /// Drop the node's empty blocks and their affinities (its network is
 /// going); blocks still in use (borrowed from) stay.
 pub fn release_empty_blocks(pool: &PoolSpec, node: &str) -> Result<(), Error> {
-    for cidr in blocks_of(node, &pool.cidr)? {
+    for cidr in blocks_of(node, pool)? {
         match read(&cidr)? {
-            Some(h) if h.block.is_empty() => {
+            Some(h) if h.block.is_empty() && h.block.node() == Some(node) => {
                 cluster::delete(&keys::block(&cidr), Condition::Revision(h.revision))?;
                 cluster::delete(&keys::affinity(node, &cidr), Condition::None)?;
             }
@@ -265,10 +272,16 @@ pub fn placement(pool: &PoolSpec) -> Result<Vec<(Ipv4Net, String)>, Error> {
             warn(&format!("{}: unreadable block skipped", e.key));
             continue;
         };
-        if !pool.cidr.contains(&b.cidr) {
+        // The record must be the block its key names, of this pool.
+        let keyed = e.key.rsplit('/').next().and_then(keys::undashed);
+        if keyed != Some(b.cidr) || !is_block_of(pool, &b.cidr) {
+            warn(&format!(
+                "{}: not a block of pool {} (skipped)",
+                e.key, pool.cidr
+            ));
             continue;
         }
-        let Some(owner) = b.node().map(str::to_string) else {
+        let Some(owner) = b.node().filter(|n| keys::valid_node(n)).map(str::to_string) else {
             continue;
         };
         for (ordinal, attr) in b.allocations.iter().enumerate() {

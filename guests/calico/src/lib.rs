@@ -117,13 +117,24 @@ impl Ipam for Calico {
         let key = pool::key(pool::DEFAULT_NAME);
         let spec = match cluster::get(&key)? {
             Some(e) => {
-                let theirs: pool::IpPool = serde_json::from_slice(&e.value)
-                    .map_err(|e| Error::Invalid(format!("/calico/{key} is not an IPPool: {e}")))?;
+                let theirs: pool::IpPool = serde_json::from_slice(&e.value).map_err(|e| {
+                    Error::Invalid(format!(
+                        "{key} (under the calico root) is not an IPPool: {e}"
+                    ))
+                })?;
                 pool::check(&theirs.spec)?;
-                if theirs.spec.cidr != mine.cidr && asked.is_some() {
+                let asked_for_other = theirs.spec.cidr != mine.cidr
+                    || theirs.spec.block_size != mine.block_size
+                    || theirs.spec.vxlan_mode != mine.vxlan_mode;
+                let gave_pool_options = asked.is_some()
+                    || req
+                        .options
+                        .iter()
+                        .any(|(k, _)| ["pool", "block-size", "vxlan-mode"].contains(&k.as_str()));
+                if asked_for_other && gave_pool_options {
                     return Err(Error::Invalid(format!(
-                        "the cluster's pool is {}, not {}",
-                        theirs.spec.cidr, mine.cidr
+                        "the cluster's pool is {} (/{} blocks, vxlan-mode {:?}), not what the options ask for; leave them out to join it",
+                        theirs.spec.cidr, theirs.spec.block_size, theirs.spec.vxlan_mode
                     )));
                 }
                 theirs.spec

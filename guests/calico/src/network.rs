@@ -218,6 +218,64 @@ struct Programmed {
     vteps: BTreeSet<Vtep>,
 }
 
+/// A node record is another node's word: refused if it claims this
+/// node's address or tunnel, a tunnel address outside the pool, or a
+/// tunnel another node already has (each would loop or steal traffic).
+fn plausible(
+    info: &NodeInfo,
+    s: &Settings,
+    ul_addr: Ipv4Net,
+    own_tunnel: Option<Ipv4Addr>,
+    vteps: &BTreeMap<Ipv4Addr, String>,
+) -> Result<(), String> {
+    if info.address.addr() == ul_addr.addr() {
+        return Err(format!("it claims this node's address {}", ul_addr.addr()));
+    }
+    if let Some(v) = info.vxlan_addr {
+        if !s.spec.cidr.contains(&v) {
+            return Err(format!(
+                "tunnel address {v} is outside the pool {}",
+                s.spec.cidr
+            ));
+        }
+        if Some(v) == own_tunnel {
+            return Err(format!("tunnel address {v} is this node's"));
+        }
+        if let Some(other) = vteps.get(&v).filter(|o| **o != info.name) {
+            return Err(format!("tunnel address {v} is {other}'s"));
+        }
+    }
+    Ok(())
+}
+
+fn local_key(a: Ipv4Addr) -> String {
+    format!("local/{a}")
+}
+
+/// Record one of this node's endpoints' addresses: no route to another
+/// node may take it over, whatever a block record says.
+pub fn note_local(a: Ipv4Addr, endpoint_id: &str) -> Result<(), Error> {
+    store::put(&local_key(a), endpoint_id.as_bytes(), Condition::None, None)?;
+    store::put(
+        &format!("endpoint/{endpoint_id}"),
+        a.to_string().as_bytes(),
+        Condition::None,
+        None,
+    )?;
+    Ok(())
+}
+
+pub fn forget_local(endpoint_id: &str) -> Result<(), Error> {
+    let key = format!("endpoint/{endpoint_id}");
+    if let Some(e) = store::get(&key)? {
+        if let Ok(a) = String::from_utf8_lossy(&e.value).parse::<Ipv4Addr>() {
+            store::delete(&local_key(a), Condition::None)?;
+        }
+        store::delete(&key, Condition::None)?;
+    }
+    Ok(())
+}
+
 fn sync_routes(
     net: &Network,
     s: &Settings,
@@ -227,6 +285,12 @@ fn sync_routes(
 ) -> Result<(), Error> {
     let mut want = Programmed::default();
     let mut nodes: BTreeMap<String, Option<NodeInfo>> = BTreeMap::new();
+    let mut vteps: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let own_tunnel = vx
+        .addresses()?
+        .iter()
+        .find_map(|p| addr::v4_prefix(p, "tunnel").ok())
+        .map(|n| n.addr());
     for (prefix, owner) in ipam::placement(&s.spec)? {
         if owner == s.node {
             if prefix.prefix_len() < 32 {
@@ -234,13 +298,33 @@ fn sync_routes(
             }
             continue;
         }
+        if prefix.prefix_len() == 32 && store::get(&local_key(prefix.addr()))?.is_some() {
+            warn(&format!(
+                "{prefix} is an endpoint of this node; a block record says node {owner}: ignored"
+            ));
+            continue;
+        }
         if !nodes.contains_key(&owner) {
-            let info = node::lookup(&owner)?;
+            let info = match node::lookup(&owner)? {
+                Some(i) => match plausible(&i, s, ul_addr, own_tunnel, &vteps) {
+                    Ok(()) => {
+                        if let Some(v) = i.vxlan_addr {
+                            vteps.insert(v, i.name.clone());
+                        }
+                        Some(i)
+                    }
+                    Err(why) => {
+                        warn(&format!("node {owner}'s record refused: {why}"));
+                        None
+                    }
+                },
+                None => None,
+            };
             nodes.insert(owner.clone(), info);
         }
         let Some(Some(info)) = nodes.get(&owner) else {
             warn(&format!(
-                "{prefix} is on node {owner}, which has no readable record yet"
+                "{prefix} is on node {owner}, which has no usable record"
             ));
             continue;
         };

@@ -35,10 +35,14 @@ pub struct Calls<'a> {
     cluster: Option<Box<EtcdSession>>,
     /// Route prefixes the driver claimed in request-pool.
     claims: Vec<IpNet>,
+    /// The options that place the driver's cluster subtree (the network's
+    /// `etcd-prefix`), for IPAM calls, which carry no network.
+    subtree: Vec<(String, String)>,
 }
 
 /// The exports that may use the cluster store: those that decide cluster
-/// state. An attach never waits for etcd.
+/// state, and IPAM's address calls (an attach waits for etcd only if its
+/// driver keeps addresses there, as Calico does).
 const CLUSTER_CALLS: &[&str] = &[
     "create-network",
     "delete-network",
@@ -109,7 +113,22 @@ impl<'a> Calls<'a> {
             unwound: Vec::new(),
             cluster: None,
             claims: Vec::new(),
+            subtree: Vec::new(),
         })
+    }
+
+    /// IPAM calls of this operation act for a network with these options:
+    /// they reach the same cluster subtree as its other calls.
+    pub fn place_subtree(&mut self, options: &[(String, String)]) {
+        self.subtree = options
+            .iter()
+            .filter(|(k, _)| k == super::ETCD_PREFIX_OPTION)
+            .cloned()
+            .collect();
+    }
+
+    pub(super) fn subtree(&self) -> &[(String, String)] {
+        &self.subtree
     }
 
     /// Route prefixes the driver claimed so far (for the core to check).

@@ -461,6 +461,10 @@ impl Calls<'_> {
     /// An IPAM grant that reaches the driver's subtree of the cluster
     /// store (pools of cluster networks are cluster state).
     fn cluster_ipam_grant(&self, options: &[(String, String)]) -> netshim_host_api::host::Grant {
+        let placed = options
+            .iter()
+            .any(|(k, _)| k == super::cluster_root::ETCD_PREFIX_OPTION);
+        let options = if placed { options } else { self.subtree() };
         netshim_host_api::host::Grant {
             cluster_root: super::cluster_root::root(&self.guest.name, options).ok(),
             // Read-only, for `node.identity` (the node's name and address).

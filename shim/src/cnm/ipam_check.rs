@@ -322,10 +322,12 @@ pub fn check_address(
     if (got.prefix_len() != pool.prefix_len() && !host) || !pool.contains(&got.addr()) {
         return Err(bad(format!("it is not an address of the pool {pool}")));
     }
-    if got.addr() == pool.network() {
+    // A host address has no subnet of its own to be the network or
+    // broadcast address of (Calico hands out a block's every address).
+    if !host && got.addr() == pool.network() {
         return Err(bad("it is the pool's network address".into()));
     }
-    if matches!(pool, IpNet::V4(_)) && got.addr() == pool.broadcast() {
+    if !host && matches!(pool, IpNet::V4(_)) && got.addr() == pool.broadcast() {
         return Err(bad("it is the pool's broadcast address".into()));
     }
     if let Some(r) = requested {

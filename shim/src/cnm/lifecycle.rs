@@ -16,6 +16,22 @@ use super::ipam_check;
 use super::model::{self, Endpoint, Network, Pending, SPACE};
 use super::{put_json, CnmError, CnmResult, Core};
 
+/// A failed operation's error as its caller may act on it: a lost race
+/// is retried only when everything it did was undone, so one whose undo
+/// was incomplete says so and is not run again over what it left.
+fn settled(e: CnmError, undone: bool) -> CnmError {
+    match e {
+        CnmError::Store(netshim_host_api::store::StoreError::Raced(why)) if !undone => {
+            CnmError::Teardown(vec![
+                why,
+                "undoing what the operation did was incomplete: its record stays for `netshim gc`"
+                    .into(),
+            ])
+        }
+        e => e,
+    }
+}
+
 /// A pool that IPAM handed out and the host checked.
 pub struct PoolGrant {
     pub id: String,
@@ -46,7 +62,7 @@ impl Core {
         f: impl FnOnce(&mut Calls) -> CnmResult<R>,
     ) -> CnmResult<R> {
         self.run_transaction(session, driver, what, f)
-            .map_err(|(e, _)| e)
+            .map_err(|(e, undone)| settled(e, undone))
     }
 
     /// A transaction whose kernel work takes several steps: `pending` is
@@ -77,7 +93,7 @@ impl Core {
                 if undone {
                     self.drop_own_record(&key, pending)?;
                 }
-                Err(e)
+                Err(settled(e, undone))
             }
         }
     }
@@ -241,6 +257,7 @@ impl Core {
         errors: &mut Vec<String>,
     ) -> CnmResult<bool> {
         c.teardown(true);
+        c.place_subtree(&net.options);
         if let Err(e) = c.delete_network(net) {
             errors.push(e.to_string());
         }
@@ -270,6 +287,7 @@ impl Core {
         ep: &Endpoint,
     ) -> CnmResult<Vec<String>> {
         c.teardown(true);
+        c.place_subtree(&net.options);
         let spec = spec_of(ep, &ep.ports);
         let revoke = if ep.ports.is_empty() {
             Ok(())

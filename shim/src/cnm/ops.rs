@@ -69,6 +69,7 @@ impl Core {
             network: net.clone(),
         };
         self.transaction_pending(Box::new(s), &pending, &req.driver, "network create", |c| {
+            c.place_subtree(&req.options);
             let pool = self.take_pool(
                 c,
                 &PoolAsk {
@@ -107,6 +108,10 @@ impl Core {
     /// Remove a network that has no endpoints. Keeps going past driver
     /// errors and reports them all; the network is gone afterwards.
     pub fn network_rm(&self, name_or_id: &str) -> CnmResult<Network> {
+        retry_raced(name_or_id, || self.network_rm_once(name_or_id))
+    }
+
+    fn network_rm_once(&self, name_or_id: &str) -> CnmResult<Network> {
         let mut s = self.store.session()?;
         let net = self.find_network(&mut s, name_or_id)?;
         let eps = self.endpoints_of(&mut s, &net.id)?;
@@ -124,6 +129,7 @@ impl Core {
             ipam: true,
         };
         self.transaction_pending(Box::new(s), &pending, &net.driver, "network rm", |c| {
+            c.place_subtree(&net.options);
             let others = self.delete_network_step(c, &net, &mut errors)?;
             for pool in &net.ipv4 {
                 if let Some(gw) = pool.gateway {
@@ -373,6 +379,7 @@ impl Core {
         ns: NsId,
         endpoint_id: &str,
     ) -> CnmResult<Endpoint> {
+        c.place_subtree(&net.options);
         let pool = net
             .ipv4
             .first()
@@ -473,6 +480,14 @@ impl Core {
     /// Detach: best effort and complete. Works when the sandbox is already
     /// gone; keeps going past errors and reports all of them.
     pub fn detach(&self, target: DetachTarget) -> CnmResult<Endpoint> {
+        let what = match &target {
+            DetachTarget::Endpoint(id) => id.clone(),
+            DetachTarget::Sandbox { network, .. } => network.clone(),
+        };
+        retry_raced(&what, || self.detach_once(&target))
+    }
+
+    fn detach_once(&self, target: &DetachTarget) -> CnmResult<Endpoint> {
         let mut s = self.store.session()?;
         let ep = match &target {
             DetachTarget::Endpoint(id) => {

@@ -11,7 +11,7 @@ use netshim_host_api::host::ownership_mark;
 use netshim_host_api::kernel::NsId;
 use netshim_host_api::store::{Condition, Store};
 
-use super::calls::is_not_found;
+use super::calls::{is_not_found, Calls};
 use super::driver::{EndpointSpec, Join, Mac, PoolAsk, Scope};
 use super::lifecycle::{forget_endpoint, save_endpoint, spec_of, PoolGrant};
 use super::model::{self, Endpoint, Network, Pending, PortMapping, SPACE};
@@ -105,6 +105,7 @@ impl Core {
                     "pool {pool_id} of driver {driver} not found: netshim handed out no such pool"
                 ))
             })?;
+            self.place_pool_subtree(c, driver, pool_id)?;
             self.take_address(c, pool_id, pool, address, gateway, &options)
         })
     }
@@ -116,8 +117,22 @@ impl Core {
         address: IpAddr,
     ) -> CnmResult<()> {
         self.transaction(driver, "ReleaseAddress", |c| {
+            self.place_pool_subtree(c, driver, pool_id)?;
             c.release_address(pool_id, address)
         })
+    }
+
+    /// Docker's address calls name only the pool: reach the subtree the
+    /// pool was asked for under.
+    fn place_pool_subtree(&self, c: &mut Calls, driver: &str, pool_id: &str) -> CnmResult<()> {
+        if let Some(e) = c
+            .store()
+            .get(SPACE, &model::pool_prefix_key(driver, pool_id))?
+        {
+            let prefix = String::from_utf8_lossy(&e.value).into_owned();
+            c.place_subtree(&[(super::ETCD_PREFIX_OPTION.to_string(), prefix)]);
+        }
+        Ok(())
     }
 
     /// A network whose IPAM the caller already did (Docker's CreateNetwork).
