@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use crate::{Daemon, Ns, TempDir};
 
 pub const UNDERLAY: &str = "192.0.2";
+/// The second underlay segment ([`Fabric::second_segment`]).
+pub const SECOND: &str = "198.51.100";
 
 /// The underlay bridge, in a namespace of its own.
 pub struct Fabric {
@@ -22,6 +24,29 @@ impl Fabric {
         ns.ip(&["link", "add", "fab0", "type", "bridge"]);
         ns.ip(&["link", "set", "fab0", "up"]);
         Fabric { ns }
+    }
+
+    /// A second underlay segment, 198.51.100.0/24 on bridge `fab1`, joined
+    /// to the first by a router namespace (192.0.2.1 and 198.51.100.1):
+    /// nodes on different subnets, as CrossSubnet modes need.
+    pub fn second_segment(&self, tag: &str) -> Ns {
+        self.ns.ip(&["link", "add", "fab1", "type", "bridge"]);
+        self.ns.ip(&["link", "set", "fab1", "up"]);
+        let router = Ns::new(&format!("{tag}-rtr"));
+        self.plug_into(&router, "fab1", "r1", "eth1", &format!("{SECOND}.1/24"));
+        self.plug_into(&router, "fab0", "r0", "eth0", &format!("{UNDERLAY}.1/24"));
+        router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        router
+    }
+
+    /// A veth from `bridge` (port `port`) to `ns` (`ifname`, `cidr`).
+    pub fn plug_into(&self, ns: &Ns, bridge: &str, port: &str, ifname: &str, cidr: &str) {
+        self.ns.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", &ns.name,
+        ]);
+        self.ns.ip(&["link", "set", port, "master", bridge, "up"]);
+        ns.ip(&["addr", "add", cidr, "dev", ifname]);
+        ns.ip(&["link", "set", ifname, "up"]);
     }
 
     /// Hang `ns` off the fabric: its `eth0` gets 192.0.2.`host`/24.
@@ -170,6 +195,31 @@ impl ClusterNode {
         let addr = fabric.plug(&ns, host);
         ns.ip(&["route", "add", "default", "via", OUTSIDE]);
         let state = TempDir::new(&format!("{tag}-n{host}"));
+        let log = state.0.with_extension("daemon.log");
+        ClusterNode {
+            ns,
+            addr,
+            state,
+            store: store.to_string(),
+            daemon: None,
+            log,
+        }
+    }
+
+    /// A node on the second segment (198.51.100.`host`), routed to the
+    /// first through the router.
+    pub fn join_second(fabric: &Fabric, tag: &str, host: u8, store: &str) -> ClusterNode {
+        let ns = Ns::new(&format!("{tag}-m{host}"));
+        let addr = format!("{SECOND}.{host}");
+        fabric.plug_into(
+            &ns,
+            "fab1",
+            &format!("q{host}"),
+            "eth0",
+            &format!("{addr}/24"),
+        );
+        ns.ip(&["route", "add", "default", "via", &format!("{SECOND}.1")]);
+        let state = TempDir::new(&format!("{tag}-m{host}"));
         let log = state.0.with_extension("daemon.log");
         ClusterNode {
             ns,

@@ -454,3 +454,76 @@ fn a_moved_subtree_holds_everything_of_the_network() {
         .etcdctl(&["get", "--prefix", "--keys-only", "/calico-b/ipam/v2/host/"]);
     assert!(left.trim().is_empty(), "{a}: affinities left: {left}");
 }
+
+/// CrossSubnet: nodes on one subnet route to each other's blocks directly
+/// (`via <node>` on the underlay), nodes on different subnets through
+/// VXLAN; pods reach each other both ways.
+#[test]
+fn cross_subnet_routes_directly_within_a_subnet_and_encapsulates_across() {
+    if !can_run() {
+        return;
+    }
+    let tag = "clcs";
+    let site = Site::new(tag);
+    let _router = site.fabric.second_segment(tag);
+    // etcd and the first segment's nodes reach the second one by the router.
+    site.etcd
+        .ns
+        .ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.1"]);
+    let opts = ["-o", "vxlan-mode=CrossSubnet"];
+    let mk = |mut n: ClusterNode| {
+        let mut args = vec!["network", "create", "pods", "--driver", "calico"];
+        args.extend_from_slice(&opts);
+        n.ok(&args);
+        n.start_agent();
+        n
+    };
+    let join_first = |h: u8| {
+        let n = ClusterNode::join(&site.fabric, tag, h, &site.etcd.url);
+        n.ns.ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.1"]);
+        n
+    };
+    let a1 = mk(join_first(11));
+    let a2 = mk(join_first(12));
+    let b = mk(ClusterNode::join_second(
+        &site.fabric,
+        tag,
+        13,
+        &site.etcd.url,
+    ));
+    let block = |n: &ClusterNode| blocks_of(&site, &node_name(n))[0].clone();
+    let (a2_block, b_block) = (block(&a2), block(&b));
+    assert!(
+        eventually(10, || a1
+            .ns
+            .ip(&["route", "show", &a2_block])
+            .contains(&format!("via {} dev eth0", a2.addr))),
+        "same subnet: a direct route: {}",
+        a1.ns.ip(&["route"])
+    );
+    assert!(
+        eventually(10, || a1
+            .ns
+            .ip(&["route", "show", &b_block])
+            .contains("dev vxlan.calico")),
+        "across subnets: VXLAN: {}",
+        a1.ns.ip(&["route"])
+    );
+    assert!(
+        eventually(10, || b
+            .ns
+            .ip(&["route", "show", &block(&a1)])
+            .contains("dev vxlan.calico")),
+        "across subnets, from the other side: {}",
+        b.ns.ip(&["route"])
+    );
+    let (c1, x1) = container(&a1, &format!("{tag}-c1"));
+    let (c2, x2) = container(&a2, &format!("{tag}-c2"));
+    let (c3, x3) = container(&b, &format!("{tag}-c3"));
+    assert!(eventually(10, || c1.ping(&x2)), "direct within the subnet");
+    assert!(eventually(10, || c1.ping(&x3)), "VXLAN across subnets");
+    assert!(
+        eventually(10, || c3.ping(&x1) && c2.ping(&x3)),
+        "back across"
+    );
+}
