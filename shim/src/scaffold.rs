@@ -51,6 +51,7 @@ const SDK: &[(&str, &str)] = sdk_files![
     "src/lib.rs",
     "src/addr.rs",
     "src/names.rs",
+    "src/options.rs",
     "src/log.rs",
     "src/links.rs",
     "src/rules.rs",

@@ -194,7 +194,11 @@ impl ClusterNode {
         let ns = Ns::new(&format!("{tag}-n{host}"));
         let addr = fabric.plug(&ns, host);
         ns.ip(&["route", "add", "default", "via", OUTSIDE]);
-        let state = TempDir::new(&format!("{tag}-n{host}"));
+        ClusterNode::with(ns, addr, &format!("{tag}-n{host}"), store)
+    }
+
+    fn with(ns: Ns, addr: String, tag: &str, store: &str) -> ClusterNode {
+        let state = TempDir::new(tag);
         let log = state.0.with_extension("daemon.log");
         ClusterNode {
             ns,
@@ -219,16 +223,7 @@ impl ClusterNode {
             &format!("{addr}/24"),
         );
         ns.ip(&["route", "add", "default", "via", &format!("{SECOND}.1")]);
-        let state = TempDir::new(&format!("{tag}-m{host}"));
-        let log = state.0.with_extension("daemon.log");
-        ClusterNode {
-            ns,
-            addr,
-            state,
-            store: store.to_string(),
-            daemon: None,
-            log,
-        }
+        ClusterNode::with(ns, addr, &format!("{tag}-m{host}"), store)
     }
 
     fn command(&self) -> Command {

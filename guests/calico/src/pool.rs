@@ -64,13 +64,7 @@ pub fn key(name: &str) -> String {
     format!("resources/v3/projectcalico.org/ippools/{name}")
 }
 
-fn opt<'a>(options: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
+use netshim_guest_sdk::options::get as opt;
 
 /// The options a calico network accepts (`-o key=value`).
 pub const OPTIONS: [&str; 7] = [
@@ -88,17 +82,7 @@ pub fn from_options(
     options: &[(String, String)],
     cidr: Option<Ipv4Net>,
 ) -> Result<PoolSpec, Error> {
-    for (k, _) in options {
-        let known = OPTIONS.contains(&k.as_str())
-            || k.starts_with("com.docker.")
-            || k.starts_with("netshim.");
-        if !known {
-            return Err(Error::Invalid(format!(
-                "unknown option {k:?} for a calico network; valid options: {}",
-                OPTIONS.join(", ")
-            )));
-        }
-    }
+    netshim_guest_sdk::options::check_known(options, &OPTIONS, "calico")?;
     let cidr = match (cidr, opt(options, "pool")) {
         (Some(c), _) => c,
         (None, Some(p)) => p

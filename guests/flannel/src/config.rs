@@ -113,13 +113,7 @@ pub fn config_example(root: &str) -> String {
     )
 }
 
-fn opt<'a>(options: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
+use netshim_guest_sdk::options::get as opt;
 
 /// The options a flannel network accepts (`-o key=value`).
 pub const OPTIONS: [&str; 6] = [
@@ -139,17 +133,7 @@ pub fn settings(
     root: &str,
     public_ip: Option<Ipv4Addr>,
 ) -> Result<Settings, Error> {
-    for (k, _) in options {
-        let known = OPTIONS.contains(&k.as_str())
-            || k.starts_with("com.docker.")
-            || k.starts_with("netshim.");
-        if !known {
-            return Err(Error::Invalid(format!(
-                "unknown option {k:?} for a flannel network; valid options: {}",
-                OPTIONS.join(", ")
-            )));
-        }
-    }
+    netshim_guest_sdk::options::check_known(options, &OPTIONS, "flannel")?;
     let raw: RawConfig = match config {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
             Error::Invalid(format!("{root}/{CONFIG_KEY} is not flannel's network JSON: {e}"))

@@ -10,6 +10,7 @@
 //!   netfilter, node, store, log, types); [`guest`]: the ones it implements.
 //! - [`addr`]: IPv4 prefixes ([`ipnet::Ipv4Net`]) to and from WIT addresses.
 //! - [`names`]: interface names, veth names and MACs derived from ids.
+//! - [`options`]: a network's `-o` options, read and checked.
 //! - [`ipam`]: a complete IPv4 IPAM kept in the driver's store.
 //! - [`store_cas`]: the compare-and-swap loop every store update needs.
 //! - [`links`]: a bridge with its address, a veth pair born in a sandbox,
@@ -58,6 +59,7 @@ pub mod ipam;
 pub mod links;
 pub mod log;
 pub mod names;
+pub mod options;
 pub mod rules;
 pub mod store_cas;
 pub mod teardown;
