@@ -30,10 +30,7 @@ STORE="etcd://192.0.2.10:2379"
 PIDS=()
 cleanup() {
   set +e
-  for i in "${NODES[@]}"; do
-    [ -f "$WORK/n$i/agent.pid" ] && kill "$(cat "$WORK/n$i/agent.pid")" 2>/dev/null
-  done
-  sleep 0.5
+  for i in "${NODES[@]}"; do stop_agent "$i"; done
   for i in "${NODES[@]}"; do
     ns "$i" detach --network pods --netns "/run/netns/$P-c$i" >/dev/null 2>&1
     ns "$i" network rm pods >/dev/null 2>&1
@@ -45,6 +42,23 @@ cleanup() {
 }
 trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Node $1's agent. Started directly (not through a shell function, which
+# would run in a subshell of its own): `ip netns exec` and `env` exec, so
+# the PID recorded is netshim's, and stopping it stops the daemon.
+start_agent() {
+  local i=$1
+  ip netns exec "$P-n$i" env NETSHIM_STATE_DIR="$WORK/n$i" NETSHIM_STORE="$STORE" \
+    NETSHIM_NODE_NAME="node$i" "$N" daemon --plugin-dir "$WORK/n$i/plugins" \
+    > "$WORK/n$i/agent.log" 2>&1 &
+  echo $! > "$WORK/n$i/agent.pid"
+}
+stop_agent() {
+  local f="$WORK/n$1/agent.pid"
+  [ -f "$f" ] || return 0
+  kill "$(cat "$f")" 2>/dev/null
+  wait "$(cat "$f")" 2>/dev/null
+  rm -f "$f"
+}
 # netshim as node $1 sees it: inside its namespace, with its own state.
 ns() {
   local i=$1; shift
@@ -84,8 +98,7 @@ fi
 step "on each node: netshim network create pods --driver $DRIVER, then its node agent"
 for i in "${NODES[@]}"; do
   ns "$i" network create pods --driver "$DRIVER"
-  ns "$i" daemon --plugin-dir "$WORK/n$i/plugins" > "$WORK/n$i/agent.log" 2>&1 &
-  echo $! > "$WORK/n$i/agent.pid"
+  start_agent "$i"
 done
 sleep 2
 
@@ -125,7 +138,7 @@ echo; ns 1 topology
 
 step "remove: containers, networks (leases given back), agents, namespaces"
 for i in "${NODES[@]}"; do
-  kill "$(cat "$WORK/n$i/agent.pid")"; rm -f "$WORK/n$i/agent.pid"
+  stop_agent "$i"
   ns "$i" detach --network pods --netns "/run/netns/$P-c$i"
   ns "$i" network rm pods
 done
