@@ -78,6 +78,8 @@ struct Followed {
     last_run: Option<Instant>,
     /// Failed passes in a row.
     failures: u32,
+    /// A pass has succeeded since the agent started following it.
+    passed: bool,
 }
 
 impl Followed {
@@ -133,6 +135,7 @@ fn run(core: &Core, stop: &AtomicBool) {
                             resync: true,
                             last_run: None,
                             failures: 0,
+                            passed: false,
                         });
                     }
                     let roots: BTreeSet<&String> = nets.values().map(|f| &f.net.root).collect();
@@ -196,6 +199,13 @@ fn run(core: &Core, stop: &AtomicBool) {
                     f.changed.clear();
                     f.failures = 0;
                     reconciled = true;
+                    if !f.passed {
+                        f.passed = true;
+                        tracing::info!(
+                            network = f.net.name,
+                            "first pass done; following the cluster"
+                        );
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(network = f.net.name, error = %e, "reconcile failed; retrying");

@@ -345,34 +345,20 @@ impl Site {
     }
 }
 
-/// A site for flannel tests, with flannel's configuration written with
-/// `etcdctl`, as flannel users do.
-pub struct FlannelSite {
-    pub fabric: Fabric,
-    pub etcd: Etcd,
-    pub outside: Ns,
-}
-
 /// flannel's default key prefix.
 pub const FLANNEL_PREFIX: &str = "/coreos.com/network";
 
-impl FlannelSite {
-    /// `backend_json`: the value of `Backend`, e.g. `{"Type": "vxlan"}`.
-    pub fn new(tag: &str, backend_json: &str) -> FlannelSite {
-        let Site {
-            fabric,
-            etcd,
-            outside,
-        } = Site::new(tag);
-        etcd.etcdctl(&[
+impl Site {
+    /// A site with flannel's configuration written with `etcdctl`, as
+    /// flannel users do. `backend_json`: the value of `Backend`, e.g.
+    /// `{"Type": "vxlan"}`.
+    pub fn flannel(tag: &str, backend_json: &str) -> Site {
+        let site = Site::new(tag);
+        site.etcd.etcdctl(&[
             "put",
             &format!("{FLANNEL_PREFIX}/config"),
             &format!(r#"{{"Network": "10.244.0.0/16", "Backend": {backend_json}}}"#),
         ]);
-        FlannelSite {
-            fabric,
-            etcd,
-            outside,
-        }
+        site
     }
 }

@@ -17,23 +17,21 @@
 
 use std::collections::BTreeMap;
 
-use netshim_tests::cluster::{
-    eventually, ClusterNode, FlannelSite, FLANNEL_PREFIX as PREFIX, OUTSIDE,
-};
+use netshim_tests::cluster::{eventually, ClusterNode, Site, FLANNEL_PREFIX as PREFIX, OUTSIDE};
 use netshim_tests::{can_run, Ns};
 
 /// Short leases, so a node that stops is gone within seconds.
 const TTL: &str = "6";
 
 struct Cluster {
-    site: FlannelSite,
+    site: Site,
     tag: &'static str,
 }
 
 impl Cluster {
     fn new(tag: &'static str, backend: &str) -> Cluster {
         Cluster {
-            site: FlannelSite::new(tag, &format!(r#"{{"Type": "{backend}"}}"#)),
+            site: Site::flannel(tag, &format!(r#"{{"Type": "{backend}"}}"#)),
             tag,
         }
     }
@@ -324,9 +322,17 @@ fn scenario(tag: &'static str, backend: &str) {
     // An agent restart changes nothing in the kernel.
     std::thread::sleep(std::time::Duration::from_secs(1));
     let before = kernel_objects(&nodes[0]);
+    let passes = |n: &ClusterNode| n.agent_log().matches("first pass done").count();
+    let passed_before = passes(&nodes[0]);
     nodes[0].stop_agent();
     nodes[0].start_agent();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The restarted agent did reconcile (else nothing could have changed).
+    assert!(
+        eventually(10, || passes(&nodes[0]) > passed_before),
+        "the restarted agent made no pass: {}",
+        nodes[0].agent_log()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(
         before,
         kernel_objects(&nodes[0]),
@@ -543,8 +549,8 @@ fn vxlan_direct_routing_on_one_segment() {
         return;
     }
     let tag = "fldr";
-    let FlannelSite { fabric, etcd, .. } =
-        FlannelSite::new(tag, r#"{"Type": "vxlan", "DirectRouting": true}"#);
+    let Site { fabric, etcd, .. } =
+        Site::flannel(tag, r#"{"Type": "vxlan", "DirectRouting": true}"#);
     let nodes: Vec<ClusterNode> = (11..=12)
         .map(|h| {
             let mut n = ClusterNode::join(&fabric, tag, h, &etcd.url);

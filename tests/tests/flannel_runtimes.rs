@@ -7,9 +7,7 @@
 
 use std::time::Duration;
 
-use netshim_tests::cluster::{
-    eventually, ClusterNode, FlannelSite, FLANNEL_PREFIX as PREFIX, OUTSIDE,
-};
+use netshim_tests::cluster::{eventually, ClusterNode, Site, FLANNEL_PREFIX as PREFIX, OUTSIDE};
 use netshim_tests::docker::Docker;
 use netshim_tests::{busybox_rootfs, can_run, Ns, Runtime, TempDir};
 use serde_json::json;
@@ -77,11 +75,11 @@ fn docker_runc_and_cli_containers_across_nodes() {
         return;
     }
     let tag = "flrt";
-    let FlannelSite {
+    let Site {
         fabric,
         etcd,
         outside,
-    } = FlannelSite::new(tag, r#"{"Type": "vxlan"}"#);
+    } = Site::flannel(tag, r#"{"Type": "vxlan"}"#);
     let baseline = ClusterNode::join(&fabric, tag, 99, &etcd.url).ns.links();
 
     // Node A: dockerd, with netshim's daemon as its plugin.

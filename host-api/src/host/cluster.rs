@@ -12,8 +12,6 @@ use crate::bindings::v0_2::netshim::plugin0_2_0::cluster::Host;
 use crate::store::{Condition, EtcdSession, Store};
 
 const MAX_KEY: usize = 1024;
-/// Below etcd's default request limit (1.5 MiB).
-const MAX_VALUE: usize = 1 << 20;
 /// Route prefixes one call may claim.
 const MAX_CLAIMS: usize = 16;
 /// Bytes (keys and values) one operation may write to the cluster store.
@@ -101,12 +99,6 @@ impl Host for HostState {
         ttl_seconds: Option<u32>,
     ) -> HostResult<u64> {
         check_key(&key)?;
-        if value.len() > MAX_VALUE {
-            return Err(HostError::invalid(format!(
-                "cluster value for {key:?} is {} bytes; the limit is {MAX_VALUE}",
-                value.len()
-            )));
-        }
         if let Some(t) = ttl_seconds {
             if t == 0 || t > crate::store::etcd::MAX_TTL {
                 return Err(HostError::invalid(format!(

@@ -178,12 +178,8 @@ impl EtcdStore {
             None => None,
         };
         Ok(EtcdSession {
-            store: self.clone(),
             _lock: lock,
-            reads: HashMap::new(),
-            ranges: Vec::new(),
-            writes: BTreeMap::new(),
-            next: BUFFERED,
+            ..self.session_unlocked()
         })
     }
 

@@ -134,6 +134,9 @@ pub struct Core {
     store: LocalStore,
     guest_dirs: Vec<PathBuf>,
     loaded: Mutex<BTreeMap<String, Guest>>,
+    /// Each loaded driver's capabilities, asked once: a guest's answer
+    /// does not change while it stays loaded.
+    capabilities: Mutex<BTreeMap<String, (Scope, Scope)>>,
     underlay: OnceLock<Option<LinkRef>>,
     /// The node's name: `--node-name`, else the host name, read once.
     node_name: OnceLock<String>,
@@ -227,6 +230,7 @@ impl Core {
             store: LocalStore::open(state_dir)?,
             guest_dirs,
             loaded: Mutex::new(BTreeMap::new()),
+            capabilities: Mutex::new(BTreeMap::new()),
             underlay: OnceLock::new(),
             node_name: OnceLock::new(),
             timing: Mutex::new(Timing::default()),
@@ -384,7 +388,12 @@ impl Core {
             published: Vec::new(),
             underlay: if with_underlay { self.underlay() } else { None },
             node_name: self.node_name(),
-            cluster_root: cluster_root::root(&net.driver, &net.options).ok(),
+            // Only where there is a cluster store: no work in the attach
+            // path of a node without one.
+            cluster_root: self
+                .cluster
+                .as_ref()
+                .and_then(|_| cluster_root::root(&net.driver, &net.options).ok()),
             may_claim: false,
         }
     }

@@ -406,7 +406,21 @@ impl Core {
     /// The driver's own word on where its networks live (Docker's
     /// GetCapabilities): (scope, connectivity scope).
     pub fn driver_capabilities(&self, driver: &str) -> CnmResult<(Scope, Scope)> {
-        self.transaction(driver, "GetCapabilities", |c| c.capabilities())
+        let known = self
+            .capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(driver)
+            .copied();
+        if let Some(caps) = known {
+            return Ok(caps);
+        }
+        let caps = self.transaction(driver, "GetCapabilities", |c| c.capabilities())?;
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(driver.to_string(), caps);
+        Ok(caps)
     }
 
     /// Operational data the driver reports for an endpoint (Docker's
