@@ -13,9 +13,9 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev protobuf-compiler)
 if [ "${1:-}" = test ]; then
-  pkgs+=(strace runc crun busybox-static util-linux docker.io etcd-server etcd-client)
+  pkgs+=(strace runc crun busybox-static util-linux docker.io etcd-server etcd-client bird2)
 elif [ "${1:-}" = cluster ]; then
-  pkgs+=(etcd-server etcd-client)
+  pkgs+=(etcd-server etcd-client bird2)
 fi
 [ "${NETSHIM_BENCH_PEERS:-0}" = 1 ] && pkgs+=(containernetworking-plugins iptables)
 missing=()

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use netshim_host_api::store::{Change, WatchGuard};
 
+use crate::bird::Supervisor;
 use crate::cnm::{ClusterNetwork, Core, Event};
 use crate::udp_datapath::Datapaths;
 
@@ -113,13 +114,12 @@ fn run(core: &Core, stop: &AtomicBool) {
     let mut nets: BTreeMap<String, Followed> = BTreeMap::new();
     let mut scanned = Instant::now() - RESCAN;
     let mut tunnels = Datapaths::new(core.kernel().clone());
+    let mut bird = Supervisor::new(core.state_dir());
     while !stop.load(Ordering::Relaxed) {
+        bird.tick();
         if scanned.elapsed() >= RESCAN {
             scanned = Instant::now();
-            match core.udp_tunnels() {
-                Ok(t) => tunnels.sync(t),
-                Err(e) => tracing::warn!(error = %e, "agent: cannot read tunnel records"),
-            }
+            follow_datapaths(core, &mut tunnels, &mut bird);
             match core.cluster_networks() {
                 Ok(list) => {
                     let ids: BTreeSet<String> = list.iter().map(|n| n.id.clone()).collect();
@@ -213,15 +213,27 @@ fn run(core: &Core, stop: &AtomicBool) {
                 }
             }
         }
-        // A pass may have changed a tunnel's table: follow it now.
+        // A pass may have changed a tunnel's table or the BGP speaker:
+        // follow it now.
         if reconciled {
-            match core.udp_tunnels() {
-                Ok(t) => tunnels.sync(t),
-                Err(e) => tracing::warn!(error = %e, "agent: cannot read tunnel records"),
-            }
+            follow_datapaths(core, &mut tunnels, &mut bird);
         }
     }
     tunnels.stop_all();
+    bird.stop();
+}
+
+/// Bring the host-run parts of the networks (UDP tunnels, BIRD) in line
+/// with what the drivers recorded.
+fn follow_datapaths(core: &Core, tunnels: &mut Datapaths, bird: &mut Supervisor) {
+    match core.udp_tunnels() {
+        Ok(t) => tunnels.sync(t),
+        Err(e) => tracing::warn!(error = %e, "agent: cannot read tunnel records"),
+    }
+    match core.bgp_speakers() {
+        Ok(s) => bird.sync(&s),
+        Err(e) => tracing::warn!(error = %e, "agent: cannot read BGP speaker records"),
+    }
 }
 
 /// Wait up to `wait` for changes, then take every one that is queued.

@@ -1,6 +1,7 @@
 //! netshim: the CNM core, the guest runtime and the front-ends.
 
 pub mod agent;
+pub mod bird;
 pub mod cli;
 pub mod cnm;
 pub mod docker;

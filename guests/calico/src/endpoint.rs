@@ -52,7 +52,7 @@ pub fn create(
     let (node_end, _) = link::create_veth(&VethSpec {
         name: host.clone(),
         peer_name: peer,
-        mtu: Some(network::mtu()?),
+        mtu: Some(network::mtu(net)?),
         mac: Some(HOST_MAC),
         peer_mac: Some(mac),
         peer_sandbox: sb,

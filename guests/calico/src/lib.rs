@@ -11,6 +11,7 @@
 //! - [`node`]: this node's record (address, VTEP).
 //! - [`network`], [`endpoint`]: the node's side.
 
+pub mod bgp;
 pub mod block;
 pub mod endpoint;
 pub mod ipam;

@@ -1,11 +1,13 @@
-//! A Calico network on this node: no bridge; forwarding on; for VXLAN
-//! (`vxlanMode` Always or CrossSubnet) the device `vxlan.calico` (VNI
-//! 4096, port 4789) with a tunnel address from this node's block, and this
-//! node's record in the cluster; `natOutgoing` masquerade; and the routes
-//! to every block: a blackhole for this node's own, and to each other
-//! node's (and each address borrowed by another node) through its VTEP —
-//! the route, neighbour and FDB entry Felix programs — or, in CrossSubnet
-//! mode, directly to a node on the same subnet.
+//! A Calico network on this node: no bridge; forwarding on; this node's
+//! record in the cluster; `natOutgoing` masquerade; a blackhole route for
+//! each of this node's blocks; and the routes to every other block:
+//! - VXLAN (`vxlanMode` Always or CrossSubnet): the device `vxlan.calico`
+//!   (VNI 4096, port 4789) with a tunnel address from this node's block,
+//!   and to each other node's block (and each address borrowed by another
+//!   node) the route, neighbour and FDB entry Felix programs through its
+//!   VTEP — or, in CrossSubnet mode, straight to a node on the same subnet;
+//! - BGP (encapsulation Never): this node's speaker ([`crate::bgp`]);
+//!   BIRD learns the other nodes' blocks and writes their routes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -88,9 +90,30 @@ fn underlay() -> Result<(Link, Ipv4Net), Error> {
     Ok((l, a))
 }
 
-/// The endpoints' MTU: the VXLAN device's (the underlay's minus 50).
-pub fn mtu() -> Result<u32, Error> {
+/// Routes by BGP: no encapsulation at all.
+pub fn bgp_mode(spec: &PoolSpec) -> bool {
+    spec.vxlan_mode == Mode::Never && spec.ipip_mode == Mode::Never
+}
+
+/// The endpoints' MTU: the VXLAN device's (the underlay's minus 50), or
+/// the underlay's when routes are BGP's.
+pub fn mtu(net: &Network) -> Result<u32, Error> {
+    let s = load_settings(&pool_of(net)?)?;
+    if bgp_mode(&s.spec) {
+        return Ok(underlay()?.0.state()?.mtu);
+    }
     Ok(link::open_owned(VXLAN)?.state()?.mtu)
+}
+
+/// This node's record, as BGP mode publishes it (no tunnel).
+fn bgp_node(s: &Settings, ul_addr: Ipv4Net) -> NodeInfo {
+    NodeInfo {
+        name: s.node.clone(),
+        address: ul_addr,
+        vxlan_addr: None,
+        vxlan_mac: None,
+        rr_cluster_id: crate::bgp::own_cluster_id(),
+    }
 }
 
 /// Route to a prefix of the pool, with the fields Calico's routes leave empty.
@@ -113,6 +136,18 @@ pub fn create(net: &Network) -> Result<(), Error> {
     let s = load_settings(&pool)?;
     let (ul, ul_addr) = underlay()?;
     sysctl::enable_ipv4_forwarding()?;
+    if bgp_mode(&s.spec) {
+        node::publish(&bgp_node(&s, ul_addr))?;
+        if s.spec.nat_outgoing {
+            netfilter::apply(&nat_ops(&s.spec))?;
+        }
+        sync_routes(net, &s, None, &ul, ul_addr)?;
+        info(&format!(
+            "calico network {} on {}: pool {}, routes by BGP",
+            net.name, s.node, s.spec.cidr
+        ));
+        return Ok(());
+    }
     let mac = vtep_mac(&s.node);
     let [a, b, c, d, e, f] = mac;
     let vx = link::create_vxlan(&VxlanSpec {
@@ -140,11 +175,12 @@ pub fn create(net: &Network) -> Result<(), Error> {
         address: ul_addr,
         vxlan_addr: Some(tunnel),
         vxlan_mac: Some(mac),
+        rr_cluster_id: None,
     })?;
     if s.spec.nat_outgoing {
         netfilter::apply(&nat_ops(&s.spec))?;
     }
-    sync_routes(net, &s, &vx, &ul, ul_addr)?;
+    sync_routes(net, &s, Some(&vx), &ul, ul_addr)?;
     info(&format!(
         "calico network {} on {}: pool {}, tunnel {tunnel}",
         net.name, s.node, s.spec.cidr
@@ -173,6 +209,11 @@ pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
     let pool = pool_of(net)?;
     let s = load_settings(&pool)?;
     let (ul, ul_addr) = underlay()?;
+    if bgp_mode(&s.spec) {
+        node::publish(&bgp_node(&s, ul_addr))?;
+        sync_routes(net, &s, None, &ul, ul_addr)?;
+        return Ok(Some(10));
+    }
     let vx = link::open_owned(VXLAN)?;
     let tunnel = vx
         .addresses()?
@@ -184,8 +225,9 @@ pub fn reconcile(net: &Network) -> Result<Option<u32>, Error> {
         address: ul_addr,
         vxlan_addr: tunnel,
         vxlan_mac: Some(vtep_mac(&s.node)),
+        rr_cluster_id: None,
     })?;
-    sync_routes(net, &s, &vx, &ul, ul_addr)?;
+    sync_routes(net, &s, Some(&vx), &ul, ul_addr)?;
     Ok(Some(10))
 }
 
@@ -198,6 +240,11 @@ enum Way {
     Vxlan { vtep: Ipv4Addr },
     /// Straight to the node (CrossSubnet, same subnet).
     Direct { node: Ipv4Addr },
+}
+
+/// Whose routes: this driver's own, or BIRD's (BGP mode).
+fn programs(way: &Way, bgp: bool) -> bool {
+    !bgp || matches!(way, Way::Blackhole)
 }
 
 /// A remote VTEP's neighbour and FDB entry.
@@ -279,20 +326,27 @@ pub fn forget_local(endpoint_id: &str) -> Result<(), Error> {
 fn sync_routes(
     net: &Network,
     s: &Settings,
-    vx: &Link,
+    vx: Option<&Link>,
     ul: &Link,
     ul_addr: Ipv4Net,
 ) -> Result<(), Error> {
+    let bgp = vx.is_none();
     let mut want = Programmed::default();
     let mut nodes: BTreeMap<String, Option<NodeInfo>> = BTreeMap::new();
     let mut vteps: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let own_tunnel = vx
-        .addresses()?
-        .iter()
-        .find_map(|p| addr::v4_prefix(p, "tunnel").ok())
-        .map(|n| n.addr());
+    // This node's blocks and the addresses it borrowed: what it announces.
+    let mut own: Vec<Ipv4Net> = Vec::new();
+    let own_tunnel = match vx {
+        Some(vx) => vx
+            .addresses()?
+            .iter()
+            .find_map(|p| addr::v4_prefix(p, "tunnel").ok())
+            .map(|n| n.addr()),
+        None => None,
+    };
     for (prefix, owner) in ipam::placement(&s.spec)? {
         if owner == s.node {
+            own.push(prefix);
             if prefix.prefix_len() < 32 {
                 want.routes.insert(prefix, Way::Blackhole);
             }
@@ -329,7 +383,7 @@ fn sync_routes(
             continue;
         };
         let same_subnet = ul_addr.trunc().contains(&info.address.addr());
-        if s.spec.vxlan_mode == Mode::CrossSubnet && same_subnet {
+        if bgp || (s.spec.vxlan_mode == Mode::CrossSubnet && same_subnet) {
             want.routes.insert(
                 prefix,
                 Way::Direct {
@@ -352,36 +406,45 @@ fn sync_routes(
     // Routes that go or change first, then VTEPs, then new routes (a
     // route never points at a VTEP the kernel cannot resolve).
     for (prefix, way) in &before.routes {
-        if want.routes.get(prefix) != Some(way) {
+        // In BGP mode a remote block's route is BIRD's: never ours to delete.
+        if want.routes.get(prefix) != Some(way) && programs(way, bgp) {
             let _ = route::del(&way_route(*prefix, way, vx, ul));
         }
     }
-    for v in before.vteps.difference(&want.vteps) {
-        let [a, b, c, d, e, f] = v.mac;
-        let _ = route::del_fdb(vx, (a, b, c, d, e, f), Some(addr::wit_addr(v.node)));
-        let _ = route::del_neighbour(vx, addr::wit_addr(v.addr));
+    if let Some(vx) = vx {
+        for v in before.vteps.difference(&want.vteps) {
+            let [a, b, c, d, e, f] = v.mac;
+            let _ = route::del_fdb(vx, (a, b, c, d, e, f), Some(addr::wit_addr(v.node)));
+            let _ = route::del_neighbour(vx, addr::wit_addr(v.addr));
+        }
     }
     let mut done = Programmed::default();
-    for v in &want.vteps {
-        if !before.vteps.contains(v) {
-            let [a, b, c, d, e, f] = v.mac;
-            let mac = (a, b, c, d, e, f);
-            if let Err(e) = exists_ok(route::add_neighbour(vx, addr::wit_addr(v.addr), mac))
-                .and_then(|()| exists_ok(route::add_fdb(vx, mac, Some(addr::wit_addr(v.node)))))
-            {
-                warn(&format!(
-                    "VTEP {} of {}: {}",
-                    v.addr,
-                    v.node,
-                    netshim_guest_sdk::log::show_error(&e)
-                ));
-                continue;
+    if let Some(vx) = vx {
+        for v in &want.vteps {
+            if !before.vteps.contains(v) {
+                let [a, b, c, d, e, f] = v.mac;
+                let mac = (a, b, c, d, e, f);
+                if let Err(e) = exists_ok(route::add_neighbour(vx, addr::wit_addr(v.addr), mac))
+                    .and_then(|()| exists_ok(route::add_fdb(vx, mac, Some(addr::wit_addr(v.node)))))
+                {
+                    warn(&format!(
+                        "VTEP {} of {}: {}",
+                        v.addr,
+                        v.node,
+                        netshim_guest_sdk::log::show_error(&e)
+                    ));
+                    continue;
+                }
             }
+            done.vteps.insert(v.clone());
         }
-        done.vteps.insert(v.clone());
     }
     for (prefix, way) in &want.routes {
         if before.routes.get(prefix) != Some(way) {
+            if !programs(way, bgp) {
+                done.routes.insert(*prefix, way.clone());
+                continue;
+            }
             if let Err(e) = route::replace(&way_route(*prefix, way, vx, ul)) {
                 warn(&format!(
                     "route to {prefix}: {}",
@@ -395,6 +458,21 @@ fn sync_routes(
     let value = serde_json::to_vec(&done).map_err(|e| Error::Failed(e.to_string()))?;
     if store::get(&key)?.map(|e| e.value) != Some(value.clone()) {
         store::put(&key, &value, Condition::None, None)?;
+    }
+    if bgp {
+        let me = bgp_node(s, ul_addr);
+        let peers: Vec<NodeInfo> = node::all()?
+            .into_iter()
+            .filter(|n| n.name != s.node)
+            .filter(|n| match plausible(n, s, ul_addr, None, &BTreeMap::new()) {
+                Ok(()) => true,
+                Err(why) => {
+                    warn(&format!("node {}'s record refused: {why}", n.name));
+                    false
+                }
+            })
+            .collect();
+        crate::bgp::configure(&crate::bgp::speaker(&s.spec, &me, &peers, &own)?)?;
     }
     write_status(net, s, ul_addr, &want, &done, &nodes)
 }
@@ -435,6 +513,7 @@ fn write_status(
             .filter(|(p, w)| done.routes.get(*p) != Some(*w))
             .count();
         let kind = match reach.first().map(|(_, w)| *w) {
+            _ if bgp_mode(&s.spec) => "bgp",
             Some(Way::Direct { .. }) => "direct",
             _ => "vxlan",
         };
@@ -465,7 +544,7 @@ fn write_status(
     Ok(())
 }
 
-fn way_route<'a>(prefix: Ipv4Net, way: &Way, vx: &'a Link, ul: &'a Link) -> Route<'a> {
+fn way_route<'a>(prefix: Ipv4Net, way: &Way, vx: Option<&'a Link>, ul: &'a Link) -> Route<'a> {
     match way {
         Way::Blackhole => Route {
             kind: RouteKind::Blackhole,
@@ -473,7 +552,7 @@ fn way_route<'a>(prefix: Ipv4Net, way: &Way, vx: &'a Link, ul: &'a Link) -> Rout
         },
         Way::Vxlan { vtep } => Route {
             gateway: Some(addr::wit_addr(*vtep)),
-            device: Some(vx),
+            device: vx,
             onlink: true,
             ..route_to(prefix)
         },
@@ -507,13 +586,16 @@ pub fn delete(net: &Network) -> Result<(), Error> {
         ),
         underlay(),
     ) {
-        if let Ok(vx) = link::open_owned(VXLAN) {
-            for (prefix, way) in &done.routes {
-                if !matches!(way, Way::Vxlan { .. }) {
-                    let _ = route::del(&way_route(*prefix, way, &vx, &ul));
-                }
+        let vx = link::open_owned(VXLAN).ok();
+        let bgp = s.as_ref().is_some_and(|s| bgp_mode(&s.spec));
+        for (prefix, way) in &done.routes {
+            if !matches!(way, Way::Vxlan { .. }) && programs(way, bgp) {
+                let _ = route::del(&way_route(*prefix, way, vx.as_ref(), &ul));
             }
         }
+    }
+    if s.as_ref().is_some_and(|s| bgp_mode(&s.spec)) {
+        td.check("stopping BGP", crate::bgp::clear());
     }
     td.check(
         "forgetting routes",

@@ -22,6 +22,8 @@ pub struct NodeInfo {
     pub address: Ipv4Net,
     pub vxlan_addr: Option<Ipv4Addr>,
     pub vxlan_mac: Option<[u8; 6]>,
+    /// Set on a BGP route reflector (Calico's `routeReflectorClusterID`).
+    pub rr_cluster_id: Option<Ipv4Addr>,
 }
 
 pub fn mac_text(m: [u8; 6]) -> String {
@@ -42,6 +44,9 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// Write this node's record (only if it changed).
 pub fn publish(n: &NodeInfo) -> Result<(), Error> {
     let mut spec = json!({ "bgp": { "ipv4Address": n.address.to_string() } });
+    if let Some(c) = n.rr_cluster_id {
+        spec["bgp"]["routeReflectorClusterID"] = json!(c.to_string());
+    }
     if let Some(a) = n.vxlan_addr {
         spec["ipv4VXLANTunnelAddr"] = json!(a.to_string());
     }
@@ -79,27 +84,44 @@ pub fn withdraw(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Every node's record that parses (BGP peers come from here).
+pub fn all() -> Result<Vec<NodeInfo>, Error> {
+    let prefix = key("");
+    Ok(cluster::list_prefix(&prefix)?
+        .iter()
+        .filter_map(|e| {
+            let name = e.key.strip_prefix(&prefix)?;
+            crate::keys::valid_node(name).then_some(())?;
+            parse(name, &e.value)
+        })
+        .collect())
+}
+
 /// Another node's record, checked; `None` if absent or unreadable.
 pub fn lookup(name: &str) -> Result<Option<NodeInfo>, Error> {
     let Some(e) = cluster::get(&key(name))? else {
         return Ok(None);
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&e.value) else {
-        return Ok(None);
+    Ok(parse(name, &e.value))
+}
+
+fn parse(name: &str, value: &[u8]) -> Option<NodeInfo> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) else {
+        return None;
     };
     let spec = &v["spec"];
-    let Some(address) = spec["bgp"]["ipv4Address"]
+    let address = spec["bgp"]["ipv4Address"]
         .as_str()
-        .and_then(|a| a.parse::<Ipv4Net>().ok())
-    else {
-        return Ok(None);
-    };
-    Ok(Some(NodeInfo {
+        .and_then(|a| a.parse::<Ipv4Net>().ok())?;
+    Some(NodeInfo {
         name: name.to_string(),
         address,
         vxlan_addr: spec["ipv4VXLANTunnelAddr"]
             .as_str()
             .and_then(|a| a.parse().ok()),
         vxlan_mac: spec["vxlanTunnelMACAddr"].as_str().and_then(parse_mac),
-    }))
+        rr_cluster_id: spec["bgp"]["routeReflectorClusterID"]
+            .as_str()
+            .and_then(|a| a.parse().ok()),
+    })
 }

@@ -143,11 +143,6 @@ pub fn check(p: &PoolSpec) -> Result<(), Error> {
             "ipip-mode: IPIP encapsulation is not available from this driver yet (and this machine's kernel has no ipip module); use vxlan-mode".into(),
         ));
     }
-    if p.vxlan_mode == Mode::Never {
-        return Err(Error::Unsupported(
-            "vxlan-mode Never (routes by BGP) needs BIRD, which this driver does not run yet; use vxlan-mode Always or CrossSubnet".into(),
-        ));
-    }
     Ok(())
 }
 
@@ -197,12 +192,13 @@ mod tests {
                 "IPIP",
             ),
             (o(&[("ipip-mode", "Always")]), "both"),
-            (o(&[("vxlan-mode", "Never")]), "BIRD"),
             (o(&[("colour", "x")]), "unknown option"),
             (o(&[("nat-outgoing", "maybe")]), "nat-outgoing"),
         ] {
             let e = format!("{:?}", from_options(&opts, None).unwrap_err());
             assert!(e.contains(why), "{why}: {e}");
         }
+        // Encapsulation Never is BGP mode, and allowed.
+        assert!(from_options(&o(&[("vxlan-mode", "Never")]), None).is_ok());
     }
 }

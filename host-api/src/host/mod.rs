@@ -6,6 +6,7 @@
 //! with the journal, when the call ends; on failure the runtime replays the
 //! journal backwards ([`crate::journal::Journal::rollback`]).
 
+pub mod bgp;
 mod cluster;
 mod convert;
 mod kv;
@@ -138,6 +139,9 @@ pub struct Grant {
     /// Whether request-pool may claim route prefixes (the operator
     /// granted the network none).
     pub may_claim: bool,
+    /// The cluster id the operator made this node a BGP route reflector
+    /// with (`--route-reflector-cluster-id`).
+    pub route_reflector: Option<std::net::Ipv4Addr>,
 }
 
 impl Grant {

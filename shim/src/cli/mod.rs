@@ -59,6 +59,11 @@ pub struct Global {
     /// leaves (default: the link of the default route).
     #[arg(long, global = true, env = "NETSHIM_UNDERLAY")]
     pub underlay: Option<String>,
+    /// Make this node a BGP route reflector with this cluster id (an
+    /// IPv4-formatted number, as Calico's `routeReflectorClusterID`):
+    /// drivers that speak BGP then peer the other nodes with it.
+    #[arg(long, global = true, env = "NETSHIM_ROUTE_REFLECTOR_CLUSTER_ID")]
+    pub route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
     /// Extra directories with driver guests (<name>.wasm).
     #[arg(long = "guest-dir", global = true, env = "NETSHIM_GUEST_DIR")]
     pub guest_dirs: Vec<PathBuf>,
@@ -155,6 +160,9 @@ pub enum Command {
     /// The cluster as this node sees it (needs --store etcd://...).
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// This node's routing daemons.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Finish or undo what interrupted operations left (their records say
     /// which) and remove links a killed netshim left unmarked. The daemon
     /// runs it at start.
@@ -176,6 +184,14 @@ pub enum ClusterCmd {
     /// The nodes each cluster network of this node knows: their subnets
     /// and backend, their leases, and what this node programmed for each
     /// (and what it could not).
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// This node's BGP speaker (BIRD) and each peer's session: address,
+    /// type (node-to-node mesh, route reflector, global), state, since,
+    /// info, like `calicoctl node status`.
     Status,
 }
 
@@ -342,6 +358,9 @@ impl Global {
         if let Some(u) = &self.underlay {
             args.extend(["--underlay".to_string(), u.clone()]);
         }
+        if let Some(r) = &self.route_reflector_cluster_id {
+            args.extend(["--route-reflector-cluster-id".to_string(), r.to_string()]);
+        }
         Ok(args)
     }
 
@@ -393,6 +412,7 @@ impl Global {
         };
         Ok(Core::new(runtime, kernel, &self.state_dir, dirs)?
             .with_node_name(self.node_name.clone())
+            .with_route_reflector(self.route_reflector_cluster_id)
             .with_underlay(self.underlay.as_deref())?
             .with_cluster(cluster))
     }
@@ -492,6 +512,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             let core = cli.global.core()?;
             out.cluster_status(&core.cluster_status()?);
+            Ok(())
+        }
+        Command::Node(NodeCmd::Status) => {
+            let core = cli.global.core()?;
+            out.node_status(&crate::bird::status::collect(&core)?);
             Ok(())
         }
         Command::Store(StoreCmd::Recover) => {

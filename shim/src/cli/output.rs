@@ -259,6 +259,57 @@ impl Output {
         self.emit(json!({ "networks": nets }), text);
     }
 
+    /// `netshim node status`: as `calicoctl node status` shows it.
+    pub fn node_status(&self, st: &crate::bird::status::NodeStatus) {
+        let mut text = match (&st.network, &st.bird) {
+            (None, _) => format!("node {}: no BGP speaker", st.node),
+            (Some(net), Some(b)) => {
+                format!(
+                "BIRD is running (pid {}, {}) for network {net} on node {}\nrouter id {}, AS {}{}",
+                b.pid,
+                if b.version.is_empty() { "BIRD" } else { &b.version },
+                st.node,
+                st.router_id.as_deref().unwrap_or("-"),
+                st.as_number.map(|a| a.to_string()).unwrap_or_default(),
+                st.route_reflector_cluster_id
+                    .as_ref()
+                    .map(|c| format!(", route reflector (cluster id {c})"))
+                    .unwrap_or_default(),
+            )
+            }
+            (Some(net), None) => format!("network {net} on node {}: BIRD is not running", st.node),
+        };
+        if !st.peers.is_empty() {
+            let rows: Vec<Vec<String>> = st
+                .peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.address.clone(),
+                        p.kind.clone(),
+                        p.state.clone(),
+                        p.since.clone(),
+                        if p.info.is_empty() {
+                            "-".into()
+                        } else {
+                            p.info.clone()
+                        },
+                    ]
+                })
+                .collect();
+            text.push_str("\n\nIPv4 BGP status\n");
+            text.push_str(&table(
+                &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
+                &rows,
+            ));
+        }
+        if let Some(p) = &st.problem {
+            text.push('\n');
+            text.push_str(p);
+        }
+        self.emit(json!(st), text);
+    }
+
     pub fn recovered(
         &self,
         r: Option<&(netshim_host_api::store::Recovered, crate::cnm::GcReport)>,

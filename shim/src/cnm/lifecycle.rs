@@ -264,12 +264,13 @@ impl Core {
         let s = c.store();
         s.delete(SPACE, &model::network_key(&net.id), Condition::None)?;
         s.delete(SPACE, &model::name_key(&net.name), Condition::None)?;
-        // A tunnel the driver configured goes with its network.
-        s.delete(
+        // A tunnel or BGP speaker the driver configured goes with its network.
+        for space in [
             netshim_host_api::host::udp_tunnel::SPACE,
-            &net.id,
-            Condition::None,
-        )?;
+            netshim_host_api::host::bgp::SPACE,
+        ] {
+            s.delete(space, &net.id, Condition::None)?;
+        }
         Ok(s.list(SPACE, "networks/")?
             .into_iter()
             .filter_map(|e| serde_json::from_slice::<Network>(&e.value).ok())

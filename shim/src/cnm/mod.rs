@@ -140,6 +140,8 @@ pub struct Core {
     underlay: OnceLock<Option<LinkRef>>,
     /// The node's name: `--node-name`, else the host name, read once.
     node_name: OnceLock<String>,
+    route_reflector: Option<std::net::Ipv4Addr>,
+    state_dir: PathBuf,
     timing: Mutex<Timing>,
     metrics: Arc<crate::metrics::Metrics>,
     /// The cluster store (`--store etcd://…`), for what every node shares;
@@ -233,10 +235,17 @@ impl Core {
             capabilities: Mutex::new(BTreeMap::new()),
             underlay: OnceLock::new(),
             node_name: OnceLock::new(),
+            route_reflector: None,
+            state_dir: state_dir.to_path_buf(),
             timing: Mutex::new(Timing::default()),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             cluster: None,
         })
+    }
+
+    /// The node's state directory (BIRD's files live under it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Share cluster state through this etcd store.
@@ -361,6 +370,13 @@ impl Core {
         self
     }
 
+    /// Make this node a BGP route reflector with this cluster id
+    /// (`--route-reflector-cluster-id`); drivers read it from `bgp`.
+    pub fn with_route_reflector(mut self, cluster_id: Option<std::net::Ipv4Addr>) -> Core {
+        self.route_reflector = cluster_id;
+        self
+    }
+
     /// The node's name as drivers see it.
     pub fn node_name(&self) -> String {
         self.node_name
@@ -395,6 +411,7 @@ impl Core {
                 .as_ref()
                 .and_then(|_| cluster_root::root(&net.driver, &net.options).ok()),
             may_claim: false,
+            route_reflector: self.route_reflector,
         }
     }
 

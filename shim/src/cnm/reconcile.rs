@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use netshim_host_api::host::bgp::{self, BgpSpeaker};
 use netshim_host_api::host::udp_tunnel::{self, UdpTunnel};
 use netshim_host_api::store::Store;
 
@@ -75,6 +76,29 @@ impl Core {
                 }
                 Err(err) => {
                     tracing::warn!(network = e.key, error = %err, "unreadable tunnel record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The BGP speakers drivers configured, by network id, for the node
+    /// agent's BIRD; a record that does not parse is skipped.
+    pub fn bgp_speakers(&self) -> CnmResult<BTreeMap<String, BgpSpeaker>> {
+        let mut s = self.store.session()?;
+        let mut out = BTreeMap::new();
+        for e in s.list(bgp::SPACE, "")? {
+            if s.get(super::model::SPACE, &super::model::network_key(&e.key))?
+                .is_none()
+            {
+                continue;
+            }
+            match serde_json::from_slice::<BgpSpeaker>(&e.value) {
+                Ok(t) => {
+                    out.insert(e.key, t);
+                }
+                Err(err) => {
+                    tracing::warn!(network = e.key, error = %err, "unreadable BGP speaker record")
                 }
             }
         }

@@ -225,7 +225,7 @@ impl Runtime {
             .map_err(RuntimeError::Engine)?;
         {
             use netshim_host_api::bindings::v0_2::netshim::plugin0_2_0::{
-                cluster, netfilter, node, udp_tunnel,
+                bgp, cluster, netfilter, node, udp_tunnel,
             };
             netfilter::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
@@ -234,6 +234,8 @@ impl Runtime {
             cluster::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
             udp_tunnel::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
+                .map_err(RuntimeError::Engine)?;
+            bgp::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
         }
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Engine)?;
