@@ -184,6 +184,9 @@ pub struct ClusterNode {
     pub store: String,
     daemon: Option<Daemon>,
     log: std::path::PathBuf,
+    /// Extra environment of its netshim commands and agent
+    /// (`NETSHIM_ROUTE_REFLECTOR_CLUSTER_ID`, …).
+    pub env: Vec<(String, String)>,
 }
 
 /// The outside host's address on the fabric.
@@ -207,6 +210,7 @@ impl ClusterNode {
             store: store.to_string(),
             daemon: None,
             log,
+            env: Vec::new(),
         }
     }
 
@@ -233,8 +237,32 @@ impl ClusterNode {
             .env("NETSHIM_STATE_DIR", &self.state.0)
             .env("NETSHIM_STORE", &self.store)
             .env("NETSHIM_CACHE_DIR", crate::cache_dir())
-            .env("NETSHIM_NODE_NAME", format!("node-{}", self.addr));
+            .env("NETSHIM_NODE_NAME", format!("node-{}", self.addr))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
+    }
+
+    /// The node's name as its commands give it.
+    pub fn name(&self) -> String {
+        format!("node-{}", self.addr)
+    }
+
+    /// `netshim node status --output json`.
+    pub fn node_status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["--output", "json", "node", "status"]))
+            .expect("node status is JSON")
+    }
+
+    /// The pid of the BIRD the node agent runs, from its pid file.
+    pub fn bird_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.state.0.join("bird/bird.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then_some(pid)
     }
 
     pub fn netshim(&self, args: &[&str]) -> std::process::Output {
@@ -361,4 +389,56 @@ impl Site {
         ]);
         site
     }
+}
+
+/// A plain BIRD 2 the test configures itself (a top-of-rack router, not
+/// managed by netshim), in its own namespace, stopped on drop.
+pub struct Router {
+    pub dir: TempDir,
+    daemon: Daemon,
+}
+
+impl Router {
+    pub fn start(ns: &Ns, tag: &str, conf: &str) -> Router {
+        let dir = TempDir::new(tag);
+        let c = dir.0.join("bird.conf");
+        std::fs::write(&c, conf).expect("write bird.conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
+            .arg(&c)
+            .arg("-s")
+            .arg(dir.0.join("bird.ctl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bird");
+        let daemon = Daemon {
+            child,
+            name: "bird (router)",
+        };
+        crate::wait_for(&dir.0.join("bird.ctl"), "the router's BIRD socket");
+        Router { dir, daemon }
+    }
+
+    /// `birdc` on the router's control socket.
+    pub fn birdc(&self, cmd: &str) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.dir.0.join("bird.ctl"))
+            .args(cmd.split(' '))
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+}
+
+/// Whether BIRD 2 is installed (Debian `bird2`).
+pub fn have_bird() -> bool {
+    ["/usr/sbin/bird", "/usr/bin/bird"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
 }

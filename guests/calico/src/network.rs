@@ -98,11 +98,19 @@ pub fn bgp_mode(spec: &PoolSpec) -> bool {
 /// The endpoints' MTU: the VXLAN device's (the underlay's minus 50), or
 /// the underlay's when routes are BGP's.
 pub fn mtu(net: &Network) -> Result<u32, Error> {
-    let s = load_settings(&pool_of(net)?)?;
+    let pool = pool_of(net)?;
+    let s = load_settings(&pool)?;
     if bgp_mode(&s.spec) {
-        return Ok(underlay()?.0.state()?.mtu);
+        // An attach is lent no underlay: create-network noted its MTU.
+        return store::get(&mtu_key(&pool))?
+            .and_then(|e| String::from_utf8_lossy(&e.value).parse().ok())
+            .ok_or_else(|| Error::NotFound(format!("no MTU noted for pool {pool}")));
     }
     Ok(link::open_owned(VXLAN)?.state()?.mtu)
+}
+
+fn mtu_key(pool: &Ipv4Net) -> String {
+    format!("mtu/{}", crate::keys::dashed(pool))
 }
 
 /// This node's record, as BGP mode publishes it (no tunnel).
@@ -137,6 +145,8 @@ pub fn create(net: &Network) -> Result<(), Error> {
     let (ul, ul_addr) = underlay()?;
     sysctl::enable_ipv4_forwarding()?;
     if bgp_mode(&s.spec) {
+        let mtu = ul.state()?.mtu.to_string();
+        store::put(&mtu_key(&pool), mtu.as_bytes(), Condition::None, None)?;
         node::publish(&bgp_node(&s, ul_addr))?;
         if s.spec.nat_outgoing {
             netfilter::apply(&nat_ops(&s.spec))?;
@@ -597,6 +607,10 @@ pub fn delete(net: &Network) -> Result<(), Error> {
     if s.as_ref().is_some_and(|s| bgp_mode(&s.spec)) {
         td.check("stopping BGP", crate::bgp::clear());
     }
+    td.check(
+        "forgetting the MTU",
+        store::delete(&mtu_key(&pool), Condition::None).map(|_| ()),
+    );
     td.check(
         "forgetting routes",
         store::delete(&routes_key(net), Condition::None).map(|_| ()),

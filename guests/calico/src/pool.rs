@@ -140,7 +140,7 @@ pub fn check(p: &PoolSpec) -> Result<(), Error> {
     }
     if p.ipip_mode != Mode::Never {
         return Err(Error::Unsupported(
-            "ipip-mode: IPIP encapsulation is not available from this driver yet (and this machine's kernel has no ipip module); use vxlan-mode".into(),
+            "ipip-mode: IPIP encapsulation is not available from this driver yet (and this machine's kernel has no ipip module); use vxlan-mode Always or CrossSubnet, or Never for routes by BGP".into(),
         ));
     }
     Ok(())
