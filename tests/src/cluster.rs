@@ -300,7 +300,10 @@ impl ClusterNode {
             .expect("daemon log");
         let child = self
             .command()
-            .env("NETSHIM_LOG", "info")
+            .env(
+                "NETSHIM_LOG",
+                std::env::var("NETSHIM_TEST_AGENT_LOG").unwrap_or("info".into()),
+            )
             .args(["daemon", "--plugin-prefix", prefix, "--plugin-dir"])
             .arg(plugins)
             .stdout(Stdio::null())
@@ -441,4 +444,63 @@ pub fn have_bird() -> bool {
     ["/usr/sbin/bird", "/usr/bin/bird"]
         .iter()
         .any(|p| std::path::Path::new(p).exists())
+}
+
+/// A runc bundle on `node` whose createRuntime and poststop hooks attach
+/// it to `network` and detach it (installed by `netshim oci install-hook`).
+pub fn runc_bundle(node: &ClusterNode, tag: &str, network: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+            "args": ["sleep", "1000"], "env": ["PATH=/bin"],
+            "capabilities": {"bounding": ["CAP_NET_RAW"], "effective": ["CAP_NET_RAW"], "permitted": ["CAP_NET_RAW"]},
+            "noNewPrivileges": true
+        },
+        "root": {"path": crate::busybox_rootfs(), "readonly": true},
+        "hostname": tag,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}
+    });
+    std::fs::write(
+        dir.0.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    node.ok(&[
+        "oci",
+        "install-hook",
+        dir.0.to_str().unwrap(),
+        "--network",
+        network,
+    ]);
+    dir
+}
+
+/// A runc command on `node` that must succeed; its stdout.
+pub fn runc_ok(node: &ClusterNode, root: &TempDir, args: &[&str]) -> String {
+    let out = crate::Runtime::Runc.cmd(&node.ns, &root.0, args);
+    assert!(
+        out.status.success(),
+        "runc {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first IPv4 address in `ip addr` output.
+pub fn addr_of(ip_output: &str) -> String {
+    ip_output
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
 }

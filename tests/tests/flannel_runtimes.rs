@@ -7,67 +7,11 @@
 
 use std::time::Duration;
 
-use netshim_tests::cluster::{eventually, ClusterNode, Site, FLANNEL_PREFIX as PREFIX, OUTSIDE};
+use netshim_tests::cluster::{
+    addr_of, eventually, runc_bundle, runc_ok, ClusterNode, Site, FLANNEL_PREFIX as PREFIX, OUTSIDE,
+};
 use netshim_tests::docker::Docker;
-use netshim_tests::{busybox_rootfs, can_run, Ns, Runtime, TempDir};
-use serde_json::json;
-
-/// A runc bundle on `node` whose createRuntime and poststop hooks attach
-/// it to "pods" and detach it (installed by `netshim oci install-hook`).
-fn bundle(node: &ClusterNode, tag: &str) -> TempDir {
-    let dir = TempDir::new(tag);
-    let config = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
-            "args": ["sleep", "1000"], "env": ["PATH=/bin"],
-            "capabilities": {"bounding": ["CAP_NET_RAW"], "effective": ["CAP_NET_RAW"], "permitted": ["CAP_NET_RAW"]},
-            "noNewPrivileges": true
-        },
-        "root": {"path": busybox_rootfs(), "readonly": true},
-        "hostname": tag,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
-        ],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]}
-    });
-    std::fs::write(
-        dir.0.join("config.json"),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
-    node.ok(&[
-        "oci",
-        "install-hook",
-        dir.0.to_str().unwrap(),
-        "--network",
-        "pods",
-    ]);
-    dir
-}
-
-fn runc_ok(node: &ClusterNode, root: &TempDir, args: &[&str]) -> String {
-    let out = Runtime::Runc.cmd(&node.ns, &root.0, args);
-    assert!(
-        out.status.success(),
-        "runc {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn addr_of(ip_output: &str) -> String {
-    ip_output
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default()
-        .to_string()
-}
+use netshim_tests::{can_run, Ns, Runtime, TempDir};
 
 #[test]
 fn docker_runc_and_cli_containers_across_nodes() {
@@ -115,7 +59,7 @@ fn docker_runc_and_cli_containers_across_nodes() {
     b.ok(&["network", "create", "pods", "--driver", "flannel"]);
     b.start_agent();
     let runc_root = TempDir::new(&format!("{tag}-runc"));
-    let bundle_b = bundle(&b, &format!("{tag}-r1"));
+    let bundle_b = runc_bundle(&b, &format!("{tag}-r1"), "pods");
     let id = Runtime::id("flr1");
     runc_ok(
         &b,

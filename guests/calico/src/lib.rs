@@ -168,6 +168,7 @@ impl Ipam for Calico {
             spec: spec.clone(),
             node,
             max_blocks,
+            released: false,
         })?;
         cluster::claim_route_prefix(addr::wit_prefix(spec.cidr))?;
         Ok(Pool {
@@ -178,9 +179,7 @@ impl Ipam for Calico {
     }
 
     fn release_pool(pool_id: String) -> Result<(), Error> {
-        let cidr = pool_of_id(&pool_id)?;
-        netshim_guest_sdk::host::store::delete(&network::settings_key(&cidr), Condition::None)?;
-        Ok(())
+        network::release_settings(&pool_of_id(&pool_id)?)
     }
 
     fn request_address(

@@ -42,6 +42,29 @@ pub struct Settings {
     pub spec: PoolSpec,
     pub node: String,
     pub max_blocks: usize,
+    /// IPAM released the pool while its network was still here (Docker
+    /// calls ReleasePool before DeleteNetwork): delete-network still needs
+    /// these settings and forgets them.
+    #[serde(default)]
+    pub released: bool,
+}
+
+/// A network of this node uses the pool (from create to delete).
+fn in_use_key(pool: &Ipv4Net) -> String {
+    format!("in-use/{}", crate::keys::dashed(pool))
+}
+
+/// IPAM's release-pool: forget the settings, unless the pool's network is
+/// still here; then it is marked and delete-network forgets them.
+pub fn release_settings(pool: &Ipv4Net) -> Result<(), Error> {
+    if store::get(&in_use_key(pool))?.is_some() {
+        if let Ok(mut s) = load_settings(pool) {
+            s.released = true;
+            return save_settings(&s);
+        }
+    }
+    store::delete(&settings_key(pool), Condition::None)?;
+    Ok(())
 }
 
 pub fn settings_key(pool: &Ipv4Net) -> String {
@@ -142,6 +165,7 @@ fn route_to(prefix: Ipv4Net) -> Route<'static> {
 pub fn create(net: &Network) -> Result<(), Error> {
     let pool = pool_of(net)?;
     let s = load_settings(&pool)?;
+    store::put(&in_use_key(&pool), net.id.as_bytes(), Condition::None, None)?;
     let (ul, ul_addr) = underlay()?;
     sysctl::enable_ipv4_forwarding()?;
     if bgp_mode(&s.spec) {
@@ -606,6 +630,16 @@ pub fn delete(net: &Network) -> Result<(), Error> {
     }
     if s.as_ref().is_some_and(|s| bgp_mode(&s.spec)) {
         td.check("stopping BGP", crate::bgp::clear());
+    }
+    td.check(
+        "forgetting that the pool is in use",
+        store::delete(&in_use_key(&pool), Condition::None).map(|_| ()),
+    );
+    if s.as_ref().is_some_and(|s| s.released) {
+        td.check(
+            "forgetting the released pool's settings",
+            store::delete(&settings_key(&pool), Condition::None).map(|_| ()),
+        );
     }
     td.check(
         "forgetting the MTU",

@@ -245,6 +245,9 @@ fn endpoint(method: &str, raw: &[u8]) -> Result<EndpointRef, ApiError> {
     Ok(r)
 }
 
+/// What a gateway-less network's gateway is to Docker.
+const NO_GATEWAY: &str = "0.0.0.0/0";
+
 fn request_pool(core: &Core, driver: &str, method: &str, raw: &[u8]) -> ApiResult {
     let r: RequestPool = body(method, raw)?;
     if r.pool.is_empty() && !r.sub_pool.is_empty() {
@@ -281,13 +284,26 @@ fn request_address(core: &Core, driver: &str, method: &str, raw: &[u8]) -> ApiRe
     let gateway = options
         .get("RequestAddressType")
         .is_some_and(|t| t == "com.docker.network.gateway");
-    let a = core.ipam_request_address(
+    let a = match core.ipam_request_address(
         driver,
         &r.pool_id,
         address,
         gateway,
         options.into_iter().collect(),
-    )?;
+    ) {
+        Ok(a) => a,
+        // A driver that routes without a gateway in the pool (Calico:
+        // 169.254.1.1 on-link) has none to give: Docker gets 0.0.0.0/0,
+        // the "no gateway" Calico's own IPAM plugin gave it, and passes
+        // it back in CreateNetwork and ReleaseAddress.
+        Err(crate::cnm::CnmError::Driver {
+            kind: crate::cnm::DriverErrorKind::Unsupported,
+            ..
+        }) if gateway && address.is_none() => {
+            return Ok(json!({ "Address": NO_GATEWAY, "Data": {} }))
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(json!({ "Address": a.to_string(), "Data": {} }))
 }
 
@@ -298,6 +314,10 @@ fn release_address(core: &Core, driver: &str, method: &str, raw: &[u8]) -> ApiRe
         .address
         .parse()
         .map_err(|_| ApiError::Invalid(format!("Address {:?} is not an IP address", r.address)))?;
+    if a.is_unspecified() {
+        // The "no gateway" of a gateway-less network: nothing was reserved.
+        return Ok(json!({}));
+    }
     core.ipam_release_address(driver, &r.pool_id, a)?;
     Ok(json!({}))
 }
@@ -323,6 +343,7 @@ fn create_network(core: &Core, driver: &str, method: &str, raw: &[u8]) -> ApiRes
     for d in &r.ipv4_data {
         let subnet = cidr("IPv4Data.Pool", &d.pool)?;
         let gateway = nonempty(&d.gateway)
+            .filter(|g| *g != NO_GATEWAY)
             .map(|g| cidr("IPv4Data.Gateway", g))
             .transpose()?;
         ipv4.push(Pool {
