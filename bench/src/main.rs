@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cluster;
+
 use clap::{Args, Parser, Subcommand};
 use netshim::cli::{CliError, Global};
 use netshim::cnm::{Attach, Core, CreateNetwork, DetachTarget};
@@ -72,6 +74,10 @@ enum BenchCmd {
     /// The OCI hook's own time per container (createRuntime, poststop)
     /// against the CNI bridge plugin and netavark, one process each.
     Hook(BenchHook),
+    /// Calico (BGP) across nodes in namespaces: convergence from a node
+    /// joining until every node routes its block, attach latency against
+    /// the bridge driver, sessions and routes per node.
+    Cluster(cluster::BenchCluster),
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +296,7 @@ fn run(g: &Global, exe: &Path, cmd: BenchCmd) -> Result<(), CliError> {
     match cmd {
         BenchCmd::Attach(a) => attach(g, exe, a),
         BenchCmd::Hook(h) => hook(g, exe, h),
+        BenchCmd::Cluster(c) => cluster::run(g, c),
     }
 }
 

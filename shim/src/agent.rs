@@ -28,9 +28,13 @@ const RESCAN: Duration = Duration::from_secs(1);
 /// doubling with each failure in a row up to [`MAX_RETRY`].
 const RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(30);
-/// Calls for one network are at least this far apart, however many
-/// changes arrive (a driver whose own writes wake it cannot spin).
-const MIN_GAP: Duration = Duration::from_secs(1);
+/// Calls for one network are at least a gap apart, however many changes
+/// arrive: [`MIN_GAP`] after a quiet spell, so a change elsewhere (a node
+/// joining) is followed within milliseconds, doubling with each call woken
+/// by changes in a row up to [`MAX_GAP`] (a driver whose own writes wake
+/// it cannot spin).
+const MIN_GAP: Duration = Duration::from_millis(50);
+const MAX_GAP: Duration = Duration::from_secs(1);
 /// etcd must answer a probe within this before a pass takes the node's
 /// lock: while it is away, attaches are not kept waiting behind passes.
 const PROBE: Duration = Duration::from_millis(500);
@@ -77,6 +81,8 @@ struct Followed {
     changed: BTreeSet<String>,
     resync: bool,
     last_run: Option<Instant>,
+    /// The gap before the next call may follow the last one.
+    gap: Duration,
     /// Failed passes in a row.
     failures: u32,
     /// A pass has succeeded since the agent started following it.
@@ -85,12 +91,12 @@ struct Followed {
 
 impl Followed {
     /// When the next call may happen: when due, or at once when woken by
-    /// a change (unless backing off), never within [`MIN_GAP`] of the last.
+    /// a change (unless backing off), never within the gap of the last.
     fn next_call(&self, now: Instant) -> Instant {
         let woken = self.failures == 0 && (self.resync || !self.changed.is_empty());
         let at = if woken { now } else { self.due };
         match self.last_run {
-            Some(t) => at.max(t + MIN_GAP),
+            Some(t) => at.max(t + self.gap),
             None => at,
         }
     }
@@ -134,6 +140,7 @@ fn run(core: &Core, stop: &AtomicBool) {
                             changed: BTreeSet::new(),
                             resync: true,
                             last_run: None,
+                            gap: MIN_GAP,
                             failures: 0,
                             passed: false,
                         });
@@ -174,6 +181,12 @@ fn run(core: &Core, stop: &AtomicBool) {
                 f.failed();
                 continue;
             }
+            // Woken again soon after the last call: wait longer next time;
+            // after a quiet spell, answer at once again.
+            f.gap = match f.last_run {
+                Some(t) if now.duration_since(t) < f.gap * 2 => (f.gap * 2).min(MAX_GAP),
+                _ => MIN_GAP,
+            };
             f.last_run = Some(now);
             let event = if f.resync || f.changed.len() != 1 {
                 Event::Resync

@@ -312,9 +312,14 @@ impl Drop for TempDir {
     }
 }
 
-/// target/<profile>/netshim, next to the test binary's deps directory.
+/// target/<profile>/netshim: next to the test binary's deps directory, or
+/// beside the running binary (netshim-bench uses this harness too).
 pub fn netshim_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
+    let beside = exe.with_file_name("netshim");
+    if beside.is_file() {
+        return beside;
+    }
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = dir.join("netshim");
     assert!(

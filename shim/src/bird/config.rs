@@ -111,7 +111,7 @@ pub fn render(sp: &BgpSpeaker, paths: &Paths) -> Result<String, BirdError> {
          \x20 local {} as {};\n\
          \x20 direct;\n\
          \x20 connect delay time 1;\n\
-         \x20 connect retry time 2;\n\
+         \x20 connect retry time 1;\n\
          \x20 error wait time 1, 10;\n\
          \x20 hold time 9;\n\
          \x20 keepalive time 3;\n\
