@@ -243,7 +243,7 @@ fn follow_datapaths(core: &Core, tunnels: &mut Datapaths, bird: &mut Supervisor)
         Ok(t) => tunnels.sync(t),
         Err(e) => tracing::warn!(error = %e, "agent: cannot read tunnel records"),
     }
-    match core.bgp_speakers() {
+    match core.runnable_bgp_speakers() {
         Ok(s) => bird.sync(&s),
         Err(e) => tracing::warn!(error = %e, "agent: cannot read BGP speaker records"),
     }

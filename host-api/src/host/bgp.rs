@@ -85,6 +85,12 @@ pub struct BgpSpeaker {
     pub export: Vec<Ipv4Net>,
     /// (prefix, min length, max length)
     pub import: Vec<(Ipv4Net, u8, u8)>,
+    /// The underlay's subnets when the speaker was set: a learned route's
+    /// next hop must lie in one (a peer cannot point this node's traffic
+    /// at another of its links), and a speaker whose underlay changed
+    /// since is not run.
+    #[serde(default)]
+    pub next_hops: Vec<Ipv4Net>,
 }
 
 fn v4(a: &IpAddress, what: &str) -> HostResult<Ipv4Addr> {
@@ -132,6 +138,16 @@ impl HostState {
     }
 
     fn put_speaker(&mut self, network: String, value: Option<Vec<u8>>) -> HostResult<()> {
+        // A record is a store write like any other: it counts against what
+        // one call may write.
+        let cost = network.len() + value.as_ref().map_or(0, Vec::len);
+        if cost > self.store_budget {
+            return Err(HostError::invalid(format!(
+                "bgp: the speaker exceeds what one call may write ({} bytes)",
+                crate::guard::limits::STORE_BYTES_PER_CALL
+            )));
+        }
+        self.store_budget -= cost;
         let old = self.store.get(SPACE, &network)?;
         if old.as_ref().map(|e| &e.value) == value.as_ref() {
             return Ok(());
@@ -217,6 +233,14 @@ impl Host for HostState {
                 )));
             }
             check_as(p.as_number, &format!("peer {a}'s"))?;
+            // Nodes of the cluster share its AS: a node "peer" in another AS
+            // would turn every session into eBGP and the node into a transit.
+            if !matches!(p.kind, PeerKind::Global) && p.as_number != sp.as_number {
+                return Err(HostError::invalid(format!(
+                    "bgp: peer {a} is a node of the cluster but in AS {}, not {}",
+                    p.as_number, sp.as_number
+                )));
+            }
             let kind = match p.kind {
                 PeerKind::Mesh => Kind::Mesh,
                 PeerKind::Reflector => Kind::Reflector,
@@ -304,6 +328,7 @@ impl Host for HostState {
             peers,
             export: export.into_iter().collect(),
             import,
+            next_hops: subnets.iter().map(|n| n.trunc()).collect(),
         };
         let value =
             serde_json::to_vec(&record).map_err(|e| HostError::Trap(wasmtime::Error::new(e)))?;
@@ -451,6 +476,8 @@ mod tests {
         assert!(e.contains("no route reflector"), "{e}");
         let e = bad(&|s| s.route_reflector_cluster_id = Some(ip("244.0.0.1")));
         assert!(e.contains("no route reflector"), "{e}");
+        let e = bad(&|s| s.peers[0].as_number = 64513);
+        assert!(e.contains("in AS 64513"), "{e}");
         let e = bad(&|s| s.as_number = 0);
         assert!(e.contains("reserved"), "{e}");
         let e = bad(&|s| {

@@ -24,6 +24,11 @@ use netshim_host_api::host::bgp::{BgpSpeaker, Kind};
 
 use super::BirdError;
 
+/// Routes one peer may have accepted at a time; more are held back
+/// (`import limit … action block`), so a peer cannot fill the node's
+/// table with the /32s of a whole pool.
+pub const MAX_LEARNED: usize = 4096;
+
 /// The file paths BIRD is told about.
 pub struct Paths<'a> {
     pub log: &'a Path,
@@ -83,9 +88,21 @@ pub fn render(sp: &BgpSpeaker, paths: &Paths) -> Result<String, BirdError> {
         let _ = writeln!(c, "define NETSHIM_ANNOUNCE = [ {} ];", announce.join(", "));
         "net ~ NETSHIM_ANNOUNCE".to_string()
     };
+    // A learned route's next hop must be on the underlay.
+    let hop = if sp.next_hops.is_empty() {
+        "false".to_string()
+    } else {
+        // BIRD matches an address against a prefix, not a prefix set.
+        let nets: Vec<String> = sp
+            .next_hops
+            .iter()
+            .map(|n| format!("bgp_next_hop ~ {n}"))
+            .collect();
+        format!("({})", nets.join(" || "))
+    };
     let _ = writeln!(
         c,
-        "\nfilter netshim_accept {{ if {accepted} then accept; reject; }}\n\
+        "\nfilter netshim_accept {{ if {accepted} && {hop} then accept; reject; }}\n\
          filter netshim_announce {{\n\
          \x20 if proto = \"netshim_blocks\" && {announced} then accept;\n\
          \x20 if source = RTS_BGP && {accepted} then accept;\n\
@@ -115,7 +132,7 @@ pub fn render(sp: &BgpSpeaker, paths: &Paths) -> Result<String, BirdError> {
          \x20 error wait time 1, 10;\n\
          \x20 hold time 9;\n\
          \x20 keepalive time 3;\n\
-         \x20 ipv4 {{ import filter netshim_accept; export filter netshim_announce; gateway direct; }};\n\
+         \x20 ipv4 {{ import filter netshim_accept; export filter netshim_announce; gateway direct; import limit {MAX_LEARNED} action block; }};\n\
          }}\n",
         sp.router_id, sp.as_number
     );
@@ -169,6 +186,7 @@ mod tests {
                 ("192.168.0.0/16".parse().unwrap(), 26, 26),
                 ("192.168.0.0/16".parse().unwrap(), 32, 32),
             ],
+            next_hops: vec!["192.0.2.0/24".parse().unwrap()],
         }
     }
 
@@ -195,6 +213,8 @@ mod tests {
             c.contains("define NETSHIM_ACCEPT = [ 192.168.0.0/16{26,26}, 192.168.0.0/16{32,32} ];")
         );
         assert!(c.contains("route 192.168.1.0/26 blackhole;"));
+        assert!(c.contains("(bgp_next_hop ~ 192.0.2.0/24)"));
+        assert!(c.contains("import limit 4096 action block"));
         assert!(c.contains("export filter netshim_to_kernel"));
         assert!(c.contains(
             "protocol bgp Mesh_192_0_2_12 from netshim_peer { neighbor 192.0.2.12 as 64512; }"
@@ -225,7 +245,9 @@ mod tests {
         )
         .unwrap();
         assert!(!c.contains("NETSHIM_ACCEPT"));
-        assert!(c.contains("filter netshim_accept { if false then accept; reject; }"));
+        assert!(c.contains(
+            "filter netshim_accept { if false && (bgp_next_hop ~ 192.0.2.0/24) then accept; reject; }"
+        ));
     }
 
     #[test]

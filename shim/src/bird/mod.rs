@@ -128,6 +128,8 @@ pub struct Supervisor {
     running_conf: Option<String>,
     /// What the speaker records ask for now.
     wanted: Option<String>,
+    /// A configuration BIRD refused: not tried again until it changes.
+    refused: Option<String>,
     next_start: Instant,
     backoff: Duration,
 }
@@ -148,6 +150,7 @@ impl Supervisor {
             process,
             running_conf,
             wanted: None,
+            refused: None,
             next_start: Instant::now(),
             backoff: RESTART_MIN,
         }
@@ -213,16 +216,21 @@ impl Supervisor {
             }
             return;
         }
-        if self.running_conf.as_deref() != Some(wanted.as_str()) {
+        if self.running_conf.as_deref() != Some(wanted.as_str())
+            && self.refused.as_deref() != Some(wanted.as_str())
+        {
             match self.reload(&wanted) {
                 Ok(()) => {
                     tracing::info!("BIRD reconfigured");
                     self.running_conf = Some(wanted);
+                    self.refused = None;
                 }
                 Err(e) => {
+                    // BIRD keeps what it ran, which is then not what is
+                    // wanted: tried again when the speaker changes, and a
+                    // restarted BIRD starts from the wanted file.
                     tracing::error!(error = %e, "BIRD reconfiguration failed; it keeps the last configuration");
-                    // Try again on the next change, not in a loop.
-                    self.running_conf = Some(wanted);
+                    self.refused = Some(wanted);
                 }
             }
         }

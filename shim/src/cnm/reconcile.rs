@@ -105,6 +105,44 @@ impl Core {
         Ok(out)
     }
 
+    /// The speakers the agent may run now: recorded under the operator's
+    /// current route-reflector flag and on the underlay as it is now. A
+    /// record that no longer holds (the flag was taken away, the underlay
+    /// renumbered) is not run until the driver states it again.
+    pub fn runnable_bgp_speakers(&self) -> CnmResult<BTreeMap<String, BgpSpeaker>> {
+        let mut subnets: Vec<ipnet::Ipv4Net> = match self.underlay() {
+            Some(u) => self
+                .kernel()
+                .addresses(u)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|a| match a {
+                    ipnet::IpNet::V4(n) => Some(n.trunc()),
+                    ipnet::IpNet::V6(_) => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        subnets.sort();
+        let mut out = self.bgp_speakers()?;
+        out.retain(|id, sp| {
+            let mut recorded = sp.next_hops.clone();
+            recorded.sort();
+            let why = if sp.rr_cluster_id.is_some() && sp.rr_cluster_id != self.route_reflector {
+                Some("the node is no longer a route reflector with that cluster id")
+            } else if recorded != subnets {
+                Some("the underlay's subnets changed since the driver set it")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(network = id, "BGP speaker not run: {why}");
+            }
+            why.is_none()
+        });
+        Ok(out)
+    }
+
     /// One reconcile of a network; the seconds until the driver wants the
     /// next one. A network removed meanwhile is `Ok(None)`.
     pub fn reconcile(&self, network_id: &str, event: Event) -> CnmResult<Option<u32>> {
