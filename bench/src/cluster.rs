@@ -24,7 +24,9 @@ use netshim::cnm::{Attach, Core, CreateNetwork, DetachTarget};
 use netshim_host_api::kernel::netlink::Netlink;
 use netshim_host_api::kernel::{Kernel, NsId, MAIN_TABLE};
 use netshim_host_api::store::EtcdStore;
-use netshim_tests::cluster::{have_bird, inside, ClusterNode, Site};
+use netshim_tests::cluster::{
+    calico_blocks, have_bird, inside, ClusterNode, Site, CALICO_BGP_CREATE,
+};
 use netshim_tests::Ns;
 
 use super::{line, other, ratio, stats};
@@ -82,17 +84,10 @@ struct Joined {
 }
 
 fn block_of(site: &Site, node: &str) -> Result<Ipv4Net, CliError> {
-    let keys = site.etcd.etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        &format!("/calico/ipam/v2/host/{node}/ipv4/block/"),
-    ]);
-    keys.lines()
-        .find(|l| !l.is_empty())
-        .and_then(|k| k.rsplit('/').next())
-        .and_then(|b| b.replace('-', "/").parse().ok())
-        .ok_or_else(|| CliError::Other(format!("{node} claimed no block: {keys:?}")))
+    calico_blocks(&site.etcd, node)
+        .first()
+        .and_then(|b| b.parse().ok())
+        .ok_or_else(|| CliError::Other(format!("{node} claimed no block")))
 }
 
 /// Whether `k`'s main table routes `block` via `via`, from BIRD.
@@ -122,15 +117,7 @@ pub fn run(g: &Global, args: BenchCluster) -> Result<(), CliError> {
         }
         // The join: the network, the first workload (its block), the agent.
         let t0 = Instant::now();
-        node.ok(&[
-            "network",
-            "create",
-            "pods",
-            "--driver",
-            "calico",
-            "-o",
-            "vxlan-mode=Never",
-        ]);
+        node.ok(&CALICO_BGP_CREATE);
         let workload = Ns::new(&format!("bench-w{i}"));
         node.ok(&[
             "attach",

@@ -242,6 +242,25 @@ impl ClusterNode {
         c
     }
 
+    /// After teardown: the node's links are `baseline` again, no netshim
+    /// table, no route into `pool` (a prefix such as "192.168.") in any
+    /// table, and no BIRD.
+    pub fn assert_left_nothing(&self, baseline: &[String], pool: &str) {
+        assert!(self.bird_pid().is_none(), "node {} kept BIRD", self.addr);
+        assert_eq!(self.ns.links(), baseline, "node {} kept links", self.addr);
+        assert!(
+            !self.ns.nft_ruleset().contains("netshim"),
+            "node {} kept a table",
+            self.addr
+        );
+        let routes = self.ns.ip(&["route", "show", "table", "all"]);
+        assert!(
+            !routes.contains(pool),
+            "node {} kept routes: {routes}",
+            self.addr
+        );
+    }
+
     /// The node's name as its commands give it.
     pub fn name(&self) -> String {
         format!("node-{}", self.addr)
@@ -503,4 +522,69 @@ pub fn addr_of(ip_output: &str) -> String {
         .and_then(|a| a.split('/').next())
         .unwrap_or_default()
         .to_string()
+}
+
+/// A new namespace attached to `network` on `node`; its IPv4 address on
+/// eth0, with the prefix length.
+pub fn attach_new(node: &ClusterNode, tag: &str, network: &str) -> (Ns, String) {
+    let c = Ns::new(tag);
+    node.ok(&[
+        "attach",
+        "--network",
+        network,
+        "--netns",
+        c.path.to_str().unwrap(),
+    ]);
+    let a = c
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_default()
+        .to_string();
+    (c, a)
+}
+
+/// The IPAM blocks (CIDR) Calico's affinities in etcd give `node`.
+pub fn calico_blocks(etcd: &Etcd, node: &str) -> Vec<String> {
+    etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("/calico/ipam/v2/host/{node}/ipv4/block/"),
+    ])
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|k| k.rsplit('/').next().unwrap_or_default().replace('-', "/"))
+    .collect()
+}
+
+/// Whether runc container `id` on `node` gets an answer from `to`.
+pub fn runc_pings(node: &ClusterNode, root: &TempDir, id: &str, to: &str) -> bool {
+    crate::Runtime::Runc
+        .cmd(&node.ns, &root.0, &["exec", id, "ping", "-c1", "-W2", to])
+        .status
+        .success()
+}
+
+/// `netshim network create` of the Calico network "pods" in BGP mode.
+pub const CALICO_BGP_CREATE: [&str; 7] = [
+    "network",
+    "create",
+    "pods",
+    "--driver",
+    "calico",
+    "-o",
+    "vxlan-mode=Never",
+];
+
+/// Stop and delete runc container `id` on `node` (poststop runs).
+pub fn runc_remove(node: &ClusterNode, root: &TempDir, id: &str) {
+    runc_ok(node, root, &["kill", id, "KILL"]);
+    assert!(
+        crate::cluster::eventually(10, || crate::Runtime::Runc
+            .cmd(&node.ns, &root.0, &["delete", id])
+            .status
+            .success()),
+        "runc delete {id}"
+    );
 }

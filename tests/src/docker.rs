@@ -92,6 +92,13 @@ impl Docker {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Whether container `c` gets an answer from `to` (one ping, 2 s).
+    pub fn pings(&self, c: &str, to: &str) -> bool {
+        self.docker(&["exec", c, "ping", "-c1", "-W2", to])
+            .status
+            .success()
+    }
+
     pub fn ip_of(&self, c: &str, net: &str) -> String {
         self.ok(&[
             "inspect",

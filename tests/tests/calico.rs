@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 
-use netshim_tests::cluster::{eventually, ClusterNode, Site, OUTSIDE};
+use netshim_tests::cluster::{attach_new, calico_blocks, eventually, ClusterNode, Site, OUTSIDE};
 use netshim_tests::{can_run, Ns};
 
 fn node(site: &Site, tag: &str, host: u8, opts: &[&str]) -> ClusterNode {
@@ -32,41 +32,13 @@ fn node(site: &Site, tag: &str, host: u8, opts: &[&str]) -> ClusterNode {
 }
 
 fn container(n: &ClusterNode, tag: &str) -> (Ns, String) {
-    let c = Ns::new(tag);
-    n.ok(&[
-        "attach",
-        "--network",
-        "pods",
-        "--netns",
-        c.path.to_str().unwrap(),
-    ]);
-    let a = c
-        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .to_string();
+    let (c, a) = attach_new(n, tag, "pods");
     assert!(a.ends_with("/32"), "a Calico workload holds a /32: {a}");
     (c, a.trim_end_matches("/32").to_string())
 }
 
-fn node_name(n: &ClusterNode) -> String {
-    format!("node-{}", n.addr)
-}
-
-/// Blocks (CIDR) of `node`, from its affinities in etcd.
 fn blocks_of(site: &Site, node: &str) -> Vec<String> {
-    site.etcd
-        .etcdctl(&[
-            "get",
-            "--prefix",
-            "--keys-only",
-            &format!("/calico/ipam/v2/host/{node}/ipv4/block/"),
-        ])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|k| k.rsplit('/').next().unwrap().replace('-', "/"))
-        .collect()
+    calico_blocks(&site.etcd, node)
 }
 
 #[test]
@@ -90,7 +62,7 @@ fn vxlan_mode_across_three_nodes() {
         "{keys}"
     );
     for n in &nodes {
-        let name = node_name(n);
+        let name = n.name();
         assert!(
             keys.contains(&format!(
                 "/calico/resources/v3/projectcalico.org/nodes/{name}"
@@ -129,7 +101,7 @@ fn vxlan_mode_across_three_nodes() {
     // Every node routes every other node's block through its VTEP.
     for n in &nodes {
         for other in nodes.iter().filter(|o| o.addr != n.addr) {
-            let block = &blocks_of(&site, &node_name(other))[0];
+            let block = &blocks_of(&site, &other.name())[0];
             assert!(
                 eventually(10, || {
                     let r = n.ns.ip(&["route", "show", block]);
@@ -280,7 +252,7 @@ fn vxlan_mode_across_three_nodes() {
 
     // Node 3 leaves: its blocks' routes go from the others.
     let leaving = nodes.pop().unwrap();
-    let gone_blocks = blocks_of(&site, &node_name(&leaving));
+    let gone_blocks = blocks_of(&site, &leaving.name());
     leaving.ok(&[
         "detach",
         "--network",
@@ -290,7 +262,7 @@ fn vxlan_mode_across_three_nodes() {
     ]);
     leaving.ok(&["network", "rm", "pods"]);
     assert!(
-        blocks_of(&site, &node_name(&leaving)).is_empty(),
+        blocks_of(&site, &leaving.name()).is_empty(),
         "its empty blocks are released"
     );
     for n in &nodes {
@@ -316,18 +288,7 @@ fn vxlan_mode_across_three_nodes() {
         ]);
         n.ok(&["network", "rm", "pods"]);
         n.stop_agent();
-        assert_eq!(n.ns.links(), baseline, "node {} kept links", n.addr);
-        assert!(
-            !n.ns.nft_ruleset().contains("netshim"),
-            "node {} kept a table",
-            n.addr
-        );
-        let routes = n.ns.ip(&["route", "show", "table", "all"]);
-        assert!(
-            !routes.contains("192.168."),
-            "node {} kept routes: {routes}",
-            n.addr
-        );
+        n.assert_left_nothing(&baseline, "192.168.");
     }
     let left = site
         .etcd
@@ -353,8 +314,8 @@ fn a_full_node_borrows_and_is_reached_there() {
     ];
     let a = node(&site, tag, 11, &opts);
     let b = node(&site, tag, 12, &opts);
-    let a_block = blocks_of(&site, &node_name(&a))[0].clone();
-    let b_block = blocks_of(&site, &node_name(&b))[0].clone();
+    let a_block = blocks_of(&site, &a.name())[0].clone();
+    let b_block = blocks_of(&site, &b.name())[0].clone();
     // a's block: its tunnel address and three containers fill it.
     let mut on_a: Vec<(Ns, String)> = (0..3)
         .map(|i| container(&a, &format!("{tag}-a{i}")))
@@ -488,7 +449,7 @@ fn cross_subnet_routes_directly_within_a_subnet_and_encapsulates_across() {
         13,
         &site.etcd.url,
     ));
-    let block = |n: &ClusterNode| blocks_of(&site, &node_name(n))[0].clone();
+    let block = |n: &ClusterNode| blocks_of(&site, &n.name())[0].clone();
     let (a2_block, b_block) = (block(&a2), block(&b));
     assert!(
         eventually(10, || a1

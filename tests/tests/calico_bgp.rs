@@ -16,7 +16,10 @@
 
 use std::collections::BTreeSet;
 
-use netshim_tests::cluster::{eventually, have_bird, ClusterNode, Router, Site, OUTSIDE};
+use netshim_tests::cluster::{
+    attach_new, calico_blocks, eventually, have_bird, ClusterNode, Router, Site, CALICO_BGP_CREATE,
+    OUTSIDE,
+};
 use netshim_tests::{can_run, Ns};
 
 const TOR: &str = "192.0.2.250";
@@ -38,49 +41,9 @@ fn bgp_node(site: &Site, tag: &str, host: u8, env: &[(&str, &str)]) -> ClusterNo
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    n.ok(&[
-        "network",
-        "create",
-        "pods",
-        "--driver",
-        "calico",
-        "-o",
-        "vxlan-mode=Never",
-    ]);
+    n.ok(&CALICO_BGP_CREATE);
     n.start_agent();
     n
-}
-
-fn container(n: &ClusterNode, tag: &str) -> (Ns, String) {
-    let c = Ns::new(tag);
-    n.ok(&[
-        "attach",
-        "--network",
-        "pods",
-        "--netns",
-        c.path.to_str().unwrap(),
-    ]);
-    let a = c
-        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .to_string();
-    (c, a.trim_end_matches("/32").to_string())
-}
-
-fn blocks_of(site: &Site, node: &str) -> Vec<String> {
-    site.etcd
-        .etcdctl(&[
-            "get",
-            "--prefix",
-            "--keys-only",
-            &format!("/calico/ipam/v2/host/{node}/ipv4/block/"),
-        ])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|k| k.rsplit('/').next().unwrap().replace('-', "/"))
-        .collect()
 }
 
 /// Peers of a node's `node status` as (address, type, established).
@@ -126,6 +89,15 @@ fn tor_conf(nodes: &[&ClusterNode]) -> String {
         ));
     }
     c
+}
+
+fn container(n: &ClusterNode, tag: &str) -> (Ns, String) {
+    let (c, a) = attach_new(n, tag, "pods");
+    (c, a.trim_end_matches("/32").to_string())
+}
+
+fn blocks_of(site: &Site, node: &str) -> Vec<String> {
+    calico_blocks(&site.etcd, node)
 }
 
 #[test]
@@ -343,18 +315,7 @@ fn full_mesh_a_tor_router_restarts_and_a_node_leaving() {
             );
         }
         n.stop_agent();
-        assert_eq!(n.ns.links(), baseline, "node {} kept links", n.addr);
-        assert!(
-            !n.ns.nft_ruleset().contains("netshim"),
-            "node {} kept a table",
-            n.addr
-        );
-        let routes = n.ns.ip(&["route", "show", "table", "all"]);
-        assert!(
-            !routes.contains("192.168."),
-            "node {} kept routes: {routes}",
-            n.addr
-        );
+        n.assert_left_nothing(&baseline, "192.168.");
     }
 }
 

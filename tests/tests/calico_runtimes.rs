@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use netshim_tests::cluster::{
-    addr_of, eventually, have_bird, runc_bundle, runc_ok, ClusterNode, Site, OUTSIDE,
+    addr_of, eventually, have_bird, runc_bundle, runc_ok, runc_pings, runc_remove, ClusterNode,
+    Site, CALICO_BGP_CREATE, OUTSIDE,
 };
 use netshim_tests::docker::Docker;
 use netshim_tests::{can_run, Runtime, TempDir};
@@ -86,15 +87,7 @@ fn docker_and_runc_containers_on_a_calico_network() {
 
     // Node B: runc, attached by netshim's OCI hook.
     let mut b = ClusterNode::join(&site.fabric, tag, 12, &site.etcd.url);
-    b.ok(&[
-        "network",
-        "create",
-        "pods",
-        "--driver",
-        "calico",
-        "-o",
-        "vxlan-mode=Never",
-    ]);
+    b.ok(&CALICO_BGP_CREATE);
     b.start_agent();
     let runc_root = TempDir::new(&format!("{tag}-runc"));
     let bundle_b = runc_bundle(&b, &format!("{tag}-r1"), "pods");
@@ -125,22 +118,8 @@ fn docker_and_runc_containers_on_a_calico_network() {
             n.node_status()
         );
     }
-    let docker_pings = |to: &str| {
-        docker
-            .docker(&["exec", "d1", "ping", "-c1", "-W2", to])
-            .status
-            .success()
-    };
-    let runc_pings = |to: &str| {
-        Runtime::Runc
-            .cmd(
-                &b.ns,
-                &runc_root.0,
-                &["exec", &id, "ping", "-c1", "-W2", to],
-            )
-            .status
-            .success()
-    };
+    let docker_pings = |to: &str| docker.pings("d1", to);
+    let runc_pings = |to: &str| runc_pings(&b, &runc_root, &id, to);
     assert!(
         eventually(15, || docker_pings(&r1)),
         "docker on A cannot reach runc on B: {}",
@@ -166,31 +145,12 @@ fn docker_and_runc_containers_on_a_calico_network() {
     // Teardown through each front-end.
     docker.ok(&["rm", "-f", "d1"]);
     docker.ok(&["network", "rm", "pods"]);
-    runc_ok(&b, &runc_root, &["kill", &id, "KILL"]);
-    assert!(
-        eventually(10, || Runtime::Runc
-            .cmd(&b.ns, &runc_root.0, &["delete", &id])
-            .status
-            .success()),
-        "runc delete"
-    );
+    runc_remove(&b, &runc_root, &id);
     b.ok(&["network", "rm", "pods"]);
     std::thread::sleep(Duration::from_millis(200));
     for n in [&mut a, &mut b] {
         n.stop_agent();
-        assert!(n.bird_pid().is_none(), "node {} kept BIRD", n.addr);
-        assert_eq!(n.ns.links(), baseline, "node {} kept links", n.addr);
-        assert!(
-            !n.ns.nft_ruleset().contains("netshim"),
-            "node {} kept a table",
-            n.addr
-        );
-        let routes = n.ns.ip(&["route", "show", "table", "all"]);
-        assert!(
-            !routes.contains("192.168."),
-            "node {} kept routes: {routes}",
-            n.addr
-        );
+        n.assert_left_nothing(&baseline, "192.168.");
     }
     let left = site
         .etcd

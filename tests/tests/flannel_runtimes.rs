@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use netshim_tests::cluster::{
-    addr_of, eventually, runc_bundle, runc_ok, ClusterNode, Site, FLANNEL_PREFIX as PREFIX, OUTSIDE,
+    addr_of, eventually, runc_bundle, runc_ok, runc_pings, runc_remove, ClusterNode, Site,
+    FLANNEL_PREFIX as PREFIX, OUTSIDE,
 };
 use netshim_tests::docker::Docker;
 use netshim_tests::{can_run, Ns, Runtime, TempDir};
@@ -94,22 +95,8 @@ fn docker_runc_and_cli_containers_across_nodes() {
     );
     assert!(subnet(&d1) != subnet(&r1) && subnet(&r1) != subnet(&c1) && subnet(&d1) != subnet(&c1));
 
-    let docker_pings = |to: &str| {
-        docker
-            .docker(&["exec", "d1", "ping", "-c1", "-W2", to])
-            .status
-            .success()
-    };
-    let runc_pings = |to: &str| {
-        Runtime::Runc
-            .cmd(
-                &b.ns,
-                &runc_root.0,
-                &["exec", &id, "ping", "-c1", "-W2", to],
-            )
-            .status
-            .success()
-    };
+    let docker_pings = |to: &str| docker.pings("d1", to);
+    let runc_pings = |to: &str| runc_pings(&b, &runc_root, &id, to);
     assert!(
         eventually(15, || docker_pings(&r1)),
         "docker on A cannot reach runc on B"
@@ -142,14 +129,7 @@ fn docker_runc_and_cli_containers_across_nodes() {
     // Teardown through each front-end.
     docker.ok(&["rm", "-f", "d1"]);
     docker.ok(&["network", "rm", "pods"]);
-    runc_ok(&b, &runc_root, &["kill", &id, "KILL"]);
-    assert!(
-        eventually(10, || Runtime::Runc
-            .cmd(&b.ns, &runc_root.0, &["delete", &id])
-            .status
-            .success()),
-        "runc delete"
-    );
+    runc_remove(&b, &runc_root, &id);
     c.ok(&[
         "detach",
         "--network",
