@@ -588,3 +588,12 @@ pub fn runc_remove(node: &ClusterNode, root: &TempDir, id: &str) {
         "runc delete {id}"
     );
 }
+
+/// A TCP connection from `from` to `to_addr:8080`, accepted in `to`: the
+/// source address `to` saw.
+pub fn tcp_source(from: &Ns, to: &Ns, to_addr: &str) -> String {
+    let listener = to.accept_one(&format!("{to_addr}:8080"));
+    from.connect(&format!("{to_addr}:8080"))
+        .unwrap_or_else(|e| panic!("TCP from {} to {to_addr}: {e}", from.name));
+    listener.join().unwrap().ip().to_string()
+}

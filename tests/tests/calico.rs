@@ -14,7 +14,7 @@
 //! - 64 attaches at once spread over three nodes get 64 distinct addresses.
 //! - A node that leaves takes its blocks' routes from every other node.
 //! - A node whose blocks are full borrows an address from another node's
-//!   block, and the other nodes reach it there.
+//!   block, and the other nodes reach it there (VXLAN, and BGP with BIRD).
 //! - IPIP pools are refused with the reason (BGP mode: calico_bgp.rs).
 
 use std::collections::BTreeSet;
@@ -298,13 +298,29 @@ fn vxlan_mode_across_three_nodes() {
 
 #[test]
 fn a_full_node_borrows_and_is_reached_there() {
+    if can_run() {
+        borrows("clbr", false);
+    }
+}
+
+/// The same with routes by BGP: the borrower announces the /32 and the
+/// block's owner learns it from BIRD.
+#[test]
+fn a_full_node_borrows_and_is_reached_there_by_bgp() {
     if !can_run() {
         return;
     }
-    let tag = "clbr";
+    if !netshim_tests::cluster::have_bird() {
+        eprintln!("SKIPPED: BIRD 2 is not installed (Debian: apt-get install bird2)");
+        return;
+    }
+    borrows("clbg", true);
+}
+
+fn borrows(tag: &str, bgp: bool) {
     let site = Site::new(tag);
     // Four blocks of four addresses; one block per node at most.
-    let opts = [
+    let mut opts = vec![
         "-o",
         "pool=10.99.0.0/28",
         "-o",
@@ -312,14 +328,21 @@ fn a_full_node_borrows_and_is_reached_there() {
         "-o",
         "max-blocks-per-host=1",
     ];
+    if bgp {
+        opts.extend(["-o", "vxlan-mode=Never"]);
+    }
     let a = node(&site, tag, 11, &opts);
     let b = node(&site, tag, 12, &opts);
-    let a_block = blocks_of(&site, &a.name())[0].clone();
-    let b_block = blocks_of(&site, &b.name())[0].clone();
-    // a's block: its tunnel address and three containers fill it.
-    let mut on_a: Vec<(Ns, String)> = (0..3)
+    // b's first workload (in BGP mode it claims b's block).
+    let (on_b, _) = container(&b, &format!("{tag}-b0"));
+    // a's block: three containers and (VXLAN) its tunnel address, or four
+    // containers (BGP), fill it.
+    let fill = if bgp { 4 } else { 3 };
+    let mut on_a: Vec<(Ns, String)> = (0..fill)
         .map(|i| container(&a, &format!("{tag}-a{i}")))
         .collect();
+    let a_block = blocks_of(&site, &a.name())[0].clone();
+    let b_block = blocks_of(&site, &b.name())[0].clone();
     let in_block = |addr: &str, block: &str| {
         let net: ipnet::Ipv4Net = block.parse().unwrap();
         net.contains(&addr.parse::<std::net::Ipv4Addr>().unwrap())
@@ -329,19 +352,25 @@ fn a_full_node_borrows_and_is_reached_there() {
         addrs.iter().all(|x| in_block(x, &a_block)),
         "{addrs:?} not all in {a_block}"
     );
-    let (borrowed_ns, borrowed) = container(&a, &format!("{tag}-a3"));
+    let (borrowed_ns, borrowed) = container(&a, &format!("{tag}-a{fill}"));
     assert!(
         in_block(&borrowed, &b_block),
         "{borrowed} should come from {b}'s block {b_block}",
         b = b.addr
     );
     // b reaches the borrowed address on a (a /32 route overrides its blackhole).
-    let (on_b, _) = container(&b, &format!("{tag}-b0"));
     assert!(
         eventually(10, || on_b.ping(&borrowed)),
         "b cannot reach the address a borrowed from it: {}",
         b.ns.ip(&["route"])
     );
+    if bgp {
+        let r = b.ns.ip(&["route", "show", &format!("{borrowed}/32")]);
+        assert!(
+            r.contains(&format!("via {}", a.addr)) && r.contains("proto bird"),
+            "{r}"
+        );
+    }
     on_a.push((borrowed_ns, borrowed));
 }
 

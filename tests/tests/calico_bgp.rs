@@ -17,8 +17,8 @@
 use std::collections::BTreeSet;
 
 use netshim_tests::cluster::{
-    attach_new, calico_blocks, eventually, have_bird, ClusterNode, Router, Site, CALICO_BGP_CREATE,
-    OUTSIDE,
+    attach_new, calico_blocks, eventually, have_bird, tcp_source, ClusterNode, Router, Site,
+    CALICO_BGP_CREATE, OUTSIDE,
 };
 use netshim_tests::{can_run, Ns};
 
@@ -233,22 +233,16 @@ fn full_mesh_a_tor_router_restarts_and_a_node_leaving() {
             }
         }
     }
-    let listener = ctrs[2].0.accept_one(&format!("{}:8080", ctrs[2].1));
-    ctrs[0]
-        .0
-        .connect(&format!("{}:8080", ctrs[2].1))
-        .expect("TCP across nodes");
     assert_eq!(
-        listener.join().unwrap().ip().to_string(),
+        tcp_source(&ctrs[0].0, &ctrs[2].0, &ctrs[2].1),
         ctrs[0].1,
-        "not NATed"
+        "pod to pod is not NATed"
     );
-    let listener = site.outside.accept_one(&format!("{OUTSIDE}:8080"));
-    ctrs[1]
-        .0
-        .connect(&format!("{OUTSIDE}:8080"))
-        .expect("TCP to the outside host");
-    assert_eq!(listener.join().unwrap().ip().to_string(), nodes[1].addr);
+    assert_eq!(
+        tcp_source(&ctrs[1].0, &site.outside, OUTSIDE),
+        nodes[1].addr,
+        "natOutgoing: the outside host sees the node"
+    );
 
     // BIRD dies: the agent starts a new one and the sessions come back.
     let old = nodes[0].bird_pid().expect("BIRD runs on node 1");
@@ -388,5 +382,15 @@ fn five_nodes_with_one_route_reflector() {
     assert!(
         eventually(10, || ctrs[1].0.ping(&ctrs[4].1)),
         "client pods cannot talk"
+    );
+    assert_eq!(
+        tcp_source(&ctrs[1].0, &ctrs[4].0, &ctrs[4].1),
+        ctrs[1].1,
+        "pod to pod is not NATed"
+    );
+    assert_eq!(
+        tcp_source(&ctrs[2].0, &site.outside, OUTSIDE),
+        all[2].addr,
+        "natOutgoing: the outside host sees the node"
     );
 }
