@@ -343,6 +343,14 @@ impl ClusterNode {
         }
     }
 
+    /// Kill the agent with SIGKILL (no cleanup of its own).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+        }
+    }
+
     /// What the daemon logged so far.
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -265,6 +265,30 @@ fn full_mesh_a_tor_router_restarts_and_a_node_leaving() {
         &nodes[1].addr
     )));
 
+    // The agent SIGKILLed and started again: it adopts the running BIRD,
+    // and no route of the node changes.
+    let bird = nodes[1].bird_pid().expect("BIRD runs on node 2");
+    let learned = nodes[1].ns.ip(&["route", "show", "proto", "bird"]);
+    nodes[1].kill_agent();
+    nodes[1].start_agent();
+    assert!(
+        eventually(10, || nodes[1].agent_log().contains("first pass done")
+            && nodes[1].agent_log().matches("first pass done").count() == 2),
+        "{}",
+        nodes[1].agent_log()
+    );
+    assert!(nodes[1]
+        .agent_log()
+        .contains("adopting the BIRD a previous daemon started"));
+    assert_eq!(
+        nodes[1].bird_pid(),
+        Some(bird),
+        "BIRD was replaced: {}",
+        nodes[1].agent_log()
+    );
+    assert_eq!(nodes[1].ns.ip(&["route", "show", "proto", "bird"]), learned);
+    assert!(all_established(&nodes[1], 3));
+
     // Node 3 stops: its BIRD goes with its agent, and its block's route
     // goes from every other node.
     let leaving_pid = nodes[2].bird_pid().expect("BIRD runs on node 3");

@@ -128,6 +128,9 @@ pub struct Supervisor {
     running_conf: Option<String>,
     /// What the speaker records ask for now.
     wanted: Option<String>,
+    /// The records have been read at least once: before that an adopted
+    /// BIRD is left alone, not stopped for want of a speaker.
+    synced: bool,
     /// A configuration BIRD refused: not tried again until it changes.
     refused: Option<String>,
     next_start: Instant,
@@ -150,6 +153,7 @@ impl Supervisor {
             process,
             running_conf,
             wanted: None,
+            synced: false,
             refused: None,
             next_start: Instant::now(),
             backoff: RESTART_MIN,
@@ -162,6 +166,7 @@ impl Supervisor {
 
     /// Follow the speaker records: render, then start, reload or stop.
     pub fn sync(&mut self, speakers: &BTreeMap<String, BgpSpeaker>) {
+        self.synced = true;
         // The host lets one network per node speak BGP.
         self.wanted = match speakers.values().next() {
             None => None,
@@ -185,6 +190,9 @@ impl Supervisor {
     /// Keep BIRD as wanted: called often (it only looks at the process
     /// unless something is to be done).
     pub fn tick(&mut self) {
+        if !self.synced {
+            return;
+        }
         if !self.alive() {
             if self.process.take().is_some() {
                 tracing::warn!(
