@@ -52,7 +52,7 @@ impl Table {
             .iter()
             .map(|(p, a)| (*p, SocketAddrV4::new(*a, port)))
             .collect();
-        routes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix_len()));
         let mut senders: HashMap<Ipv4Addr, Vec<Ipv4Net>> = HashMap::new();
         for (p, a) in &rec.peers {
             senders.entry(*a).or_default().push(*p);

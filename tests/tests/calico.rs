@@ -383,10 +383,16 @@ fn ipip_pools_are_refused_with_the_reason() {
     let site = Site::new(tag);
     let n = ClusterNode::join(&site.fabric, tag, 11, &site.etcd.url);
     let links = n.ns.links();
-    for (opts, why) in [(
-        vec!["-o", "ipip-mode=Always", "-o", "vxlan-mode=Never"],
-        "IPIP",
-    )] {
+    for (opts, why) in [
+        (
+            vec!["-o", "ipip-mode=Always", "-o", "vxlan-mode=Never"],
+            "IPIP",
+        ),
+        (
+            vec!["-o", "ipip-mode=CrossSubnet", "-o", "vxlan-mode=Never"],
+            "IPIP",
+        ),
+    ] {
         let mut args = vec!["network", "create", "pods", "--driver", "calico"];
         args.extend_from_slice(&opts);
         let out = n.netshim(&args);

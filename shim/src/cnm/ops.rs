@@ -254,7 +254,7 @@ impl Core {
                     &ownership_mark(&net.id),
                 )?,
             }
-            let ep = self.attach_steps(c, &net, &req, &netns, ns.ns, &intent.endpoint_id)?;
+            let ep = self.attach_steps(c, &net, req, &netns, ns.ns, &intent.endpoint_id)?;
             c.store().delete(SPACE, &intent_key, Condition::None)?;
             Ok(ep)
         });
