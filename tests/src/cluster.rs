@@ -605,3 +605,11 @@ pub fn tcp_source(from: &Ns, to: &Ns, to_addr: &str) -> String {
         .unwrap_or_else(|e| panic!("TCP from {} to {to_addr}: {e}", from.name));
     listener.join().unwrap().ip().to_string()
 }
+
+/// A Calico workload on `node`'s network "pods": its namespace and its
+/// address, which is a /32.
+pub fn calico_workload(node: &ClusterNode, tag: &str) -> (Ns, String) {
+    let (c, a) = attach_new(node, tag, "pods");
+    assert!(a.ends_with("/32"), "a Calico workload holds a /32: {a}");
+    (c, a.trim_end_matches("/32").to_string())
+}

@@ -19,7 +19,9 @@
 
 use std::collections::BTreeSet;
 
-use netshim_tests::cluster::{attach_new, calico_blocks, eventually, ClusterNode, Site, OUTSIDE};
+use netshim_tests::cluster::{
+    calico_blocks, calico_workload, eventually, ClusterNode, Site, OUTSIDE,
+};
 use netshim_tests::{can_run, Ns};
 
 fn node(site: &Site, tag: &str, host: u8, opts: &[&str]) -> ClusterNode {
@@ -29,16 +31,6 @@ fn node(site: &Site, tag: &str, host: u8, opts: &[&str]) -> ClusterNode {
     n.ok(&args);
     n.start_agent();
     n
-}
-
-fn container(n: &ClusterNode, tag: &str) -> (Ns, String) {
-    let (c, a) = attach_new(n, tag, "pods");
-    assert!(a.ends_with("/32"), "a Calico workload holds a /32: {a}");
-    (c, a.trim_end_matches("/32").to_string())
-}
-
-fn blocks_of(site: &Site, node: &str) -> Vec<String> {
-    calico_blocks(&site.etcd, node)
 }
 
 #[test]
@@ -73,7 +65,7 @@ fn vxlan_mode_across_three_nodes() {
             keys.contains(&format!("/calico/ipam/v2/handle/vxlan-tunnel-addr-{name}")),
             "{keys}"
         );
-        let blocks = blocks_of(&site, &name);
+        let blocks = calico_blocks(&site.etcd, &name);
         assert_eq!(blocks.len(), 1, "{name}: {blocks:?}");
         assert!(blocks[0].starts_with("192.168.") && blocks[0].ends_with("/26"));
         let block = site.etcd.etcdctl(&[
@@ -101,7 +93,7 @@ fn vxlan_mode_across_three_nodes() {
     // Every node routes every other node's block through its VTEP.
     for n in &nodes {
         for other in nodes.iter().filter(|o| o.addr != n.addr) {
-            let block = &blocks_of(&site, &other.name())[0];
+            let block = &calico_blocks(&site.etcd, &other.name())[0];
             assert!(
                 eventually(10, || {
                     let r = n.ns.ip(&["route", "show", block]);
@@ -134,7 +126,7 @@ fn vxlan_mode_across_three_nodes() {
     let ctrs: Vec<(Ns, String)> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| container(n, &format!("{tag}-c{i}")))
+        .map(|(i, n)| calico_workload(n, &format!("{tag}-c{i}")))
         .collect();
     let (c0, a0) = &ctrs[0];
     let routes = c0.ip(&["route"]);
@@ -252,7 +244,7 @@ fn vxlan_mode_across_three_nodes() {
 
     // Node 3 leaves: its blocks' routes go from the others.
     let leaving = nodes.pop().unwrap();
-    let gone_blocks = blocks_of(&site, &leaving.name());
+    let gone_blocks = calico_blocks(&site.etcd, &leaving.name());
     leaving.ok(&[
         "detach",
         "--network",
@@ -262,7 +254,7 @@ fn vxlan_mode_across_three_nodes() {
     ]);
     leaving.ok(&["network", "rm", "pods"]);
     assert!(
-        blocks_of(&site, &leaving.name()).is_empty(),
+        calico_blocks(&site.etcd, &leaving.name()).is_empty(),
         "its empty blocks are released"
     );
     for n in &nodes {
@@ -334,15 +326,15 @@ fn borrows(tag: &str, bgp: bool) {
     let a = node(&site, tag, 11, &opts);
     let b = node(&site, tag, 12, &opts);
     // b's first workload (in BGP mode it claims b's block).
-    let (on_b, _) = container(&b, &format!("{tag}-b0"));
+    let (on_b, _) = calico_workload(&b, &format!("{tag}-b0"));
     // a's block: three containers and (VXLAN) its tunnel address, or four
     // containers (BGP), fill it.
     let fill = if bgp { 4 } else { 3 };
     let mut on_a: Vec<(Ns, String)> = (0..fill)
-        .map(|i| container(&a, &format!("{tag}-a{i}")))
+        .map(|i| calico_workload(&a, &format!("{tag}-a{i}")))
         .collect();
-    let a_block = blocks_of(&site, &a.name())[0].clone();
-    let b_block = blocks_of(&site, &b.name())[0].clone();
+    let a_block = calico_blocks(&site.etcd, &a.name())[0].clone();
+    let b_block = calico_blocks(&site.etcd, &b.name())[0].clone();
     let in_block = |addr: &str, block: &str| {
         let net: ipnet::Ipv4Net = block.parse().unwrap();
         net.contains(&addr.parse::<std::net::Ipv4Addr>().unwrap())
@@ -352,7 +344,7 @@ fn borrows(tag: &str, bgp: bool) {
         addrs.iter().all(|x| in_block(x, &a_block)),
         "{addrs:?} not all in {a_block}"
     );
-    let (borrowed_ns, borrowed) = container(&a, &format!("{tag}-a{fill}"));
+    let (borrowed_ns, borrowed) = calico_workload(&a, &format!("{tag}-a{fill}"));
     assert!(
         in_block(&borrowed, &b_block),
         "{borrowed} should come from {b}'s block {b_block}",
@@ -418,7 +410,7 @@ fn a_moved_subtree_holds_everything_of_the_network() {
     let tag = "clpx";
     let site = Site::new(tag);
     let n = node(&site, tag, 11, &["-o", "etcd-prefix=/calico-b"]);
-    let (c, a) = container(&n, &format!("{tag}-c"));
+    let (c, a) = calico_workload(&n, &format!("{tag}-c"));
     let moved = site
         .etcd
         .etcdctl(&["get", "--prefix", "--keys-only", "/calico-b/"]);
@@ -484,7 +476,7 @@ fn cross_subnet_routes_directly_within_a_subnet_and_encapsulates_across() {
         13,
         &site.etcd.url,
     ));
-    let block = |n: &ClusterNode| blocks_of(&site, &n.name())[0].clone();
+    let block = |n: &ClusterNode| calico_blocks(&site.etcd, &n.name())[0].clone();
     let (a2_block, b_block) = (block(&a2), block(&b));
     assert!(
         eventually(10, || a1
@@ -510,9 +502,9 @@ fn cross_subnet_routes_directly_within_a_subnet_and_encapsulates_across() {
         "across subnets, from the other side: {}",
         b.ns.ip(&["route"])
     );
-    let (c1, x1) = container(&a1, &format!("{tag}-c1"));
-    let (c2, x2) = container(&a2, &format!("{tag}-c2"));
-    let (c3, x3) = container(&b, &format!("{tag}-c3"));
+    let (c1, x1) = calico_workload(&a1, &format!("{tag}-c1"));
+    let (c2, x2) = calico_workload(&a2, &format!("{tag}-c2"));
+    let (c3, x3) = calico_workload(&b, &format!("{tag}-c3"));
     assert!(eventually(10, || c1.ping(&x2)), "direct within the subnet");
     assert!(eventually(10, || c1.ping(&x3)), "VXLAN across subnets");
     assert!(

@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 
 use netshim_tests::cluster::{
-    attach_new, calico_blocks, eventually, have_bird, tcp_source, ClusterNode, Router, Site,
+    calico_blocks, calico_workload, eventually, have_bird, tcp_source, ClusterNode, Router, Site,
     CALICO_BGP_CREATE, OUTSIDE,
 };
 use netshim_tests::{can_run, Ns};
@@ -91,15 +91,6 @@ fn tor_conf(nodes: &[&ClusterNode]) -> String {
     c
 }
 
-fn container(n: &ClusterNode, tag: &str) -> (Ns, String) {
-    let (c, a) = attach_new(n, tag, "pods");
-    (c, a.trim_end_matches("/32").to_string())
-}
-
-fn blocks_of(site: &Site, node: &str) -> Vec<String> {
-    calico_blocks(&site.etcd, node)
-}
-
 #[test]
 fn full_mesh_a_tor_router_restarts_and_a_node_leaving() {
     if !runnable() {
@@ -162,14 +153,14 @@ fn full_mesh_a_tor_router_restarts_and_a_node_leaving() {
     let ctrs: Vec<(Ns, String)> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| container(n, &format!("{tag}-c{i}")))
+        .map(|(i, n)| calico_workload(n, &format!("{tag}-c{i}")))
         .collect();
 
     // Every node routes every other node's block through it, by BIRD.
     let blocks: Vec<String> = nodes
         .iter()
         .map(|n| {
-            let b = blocks_of(&site, &n.name());
+            let b = calico_blocks(&site.etcd, &n.name());
             assert_eq!(b.len(), 1, "{}: {b:?}", n.name());
             b[0].clone()
         })
@@ -381,13 +372,13 @@ fn five_nodes_with_one_route_reflector() {
     let ctrs: Vec<(Ns, String)> = all
         .iter()
         .enumerate()
-        .map(|(i, n)| container(n, &format!("{tag}-c{i}")))
+        .map(|(i, n)| calico_workload(n, &format!("{tag}-c{i}")))
         .collect();
     // Every node has every other node's block, next hop the owner itself
     // (the reflector passes routes on unchanged).
     let blocks: Vec<String> = all
         .iter()
-        .map(|n| blocks_of(&site, &n.name())[0].clone())
+        .map(|n| calico_blocks(&site.etcd, &n.name())[0].clone())
         .collect();
     for n in &all {
         for (other, block) in all.iter().zip(&blocks) {
