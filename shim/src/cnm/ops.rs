@@ -547,7 +547,7 @@ impl Core {
 /// Run `once` again when another node's write came between its reads and
 /// its commit (two nodes leasing or claiming at once): the attempt was
 /// undone entirely, so the next one starts from what the cluster holds now.
-fn retry_raced<T>(what: &str, mut once: impl FnMut() -> CnmResult<T>) -> CnmResult<T> {
+pub(super) fn retry_raced<T>(what: &str, mut once: impl FnMut() -> CnmResult<T>) -> CnmResult<T> {
     let mut attempt = 0;
     loop {
         match once() {

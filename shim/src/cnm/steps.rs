@@ -15,6 +15,7 @@ use super::calls::{is_not_found, Calls};
 use super::driver::{EndpointSpec, Join, Mac, PoolAsk, Scope};
 use super::lifecycle::{forget_endpoint, save_endpoint, spec_of, PoolGrant};
 use super::model::{self, Endpoint, Network, Pending, PortMapping, SPACE};
+use super::ops::retry_raced;
 use super::{get_json, ipam_check, now, release_netfilter, CnmError, CnmResult, Core};
 
 /// Entries of a driver's endpoint-oper-info that reach dockerd.
@@ -45,8 +46,12 @@ impl Core {
             options,
             v6,
         };
+        retry_raced("RequestPool", || self.request_pool_once(driver, &ask))
+    }
+
+    fn request_pool_once(&self, driver: &str, ask: &PoolAsk) -> CnmResult<PoolGrant> {
         self.transaction(driver, "RequestPool", |c| {
-            let grant = self.take_pool(c, &ask)?;
+            let grant = self.take_pool(c, ask)?;
             if let Some((_, prefix)) = ask
                 .options
                 .iter()
@@ -76,6 +81,10 @@ impl Core {
     }
 
     pub fn ipam_release_pool(&self, driver: &str, pool_id: &str) -> CnmResult<()> {
+        retry_raced(pool_id, || self.release_pool_once(driver, pool_id))
+    }
+
+    fn release_pool_once(&self, driver: &str, pool_id: &str) -> CnmResult<()> {
         self.transaction(driver, "ReleasePool", |c| {
             let options: Vec<(String, String)> = c
                 .store()
@@ -99,6 +108,19 @@ impl Core {
         gateway: bool,
         options: Vec<(String, String)>,
     ) -> CnmResult<IpNet> {
+        retry_raced(pool_id, || {
+            self.request_address_once(driver, pool_id, address, gateway, &options)
+        })
+    }
+
+    fn request_address_once(
+        &self,
+        driver: &str,
+        pool_id: &str,
+        address: Option<IpAddr>,
+        gateway: bool,
+        options: &[(String, String)],
+    ) -> CnmResult<IpNet> {
         self.transaction(driver, "RequestAddress", |c| {
             let pool = ipam_check::recorded_pool(c.store(), driver, pool_id)?.ok_or_else(|| {
                 CnmError::NotFound(format!(
@@ -106,7 +128,7 @@ impl Core {
                 ))
             })?;
             self.place_pool_subtree(c, driver, pool_id)?;
-            self.take_address(c, pool_id, pool, address, gateway, &options)
+            self.take_address(c, pool_id, pool, address, gateway, options)
         })
     }
 
@@ -116,9 +138,11 @@ impl Core {
         pool_id: &str,
         address: IpAddr,
     ) -> CnmResult<()> {
-        self.transaction(driver, "ReleaseAddress", |c| {
-            self.place_pool_subtree(c, driver, pool_id)?;
-            c.release_address(pool_id, address)
+        retry_raced(pool_id, || {
+            self.transaction(driver, "ReleaseAddress", |c| {
+                self.place_pool_subtree(c, driver, pool_id)?;
+                c.release_address(pool_id, address)
+            })
         })
     }
 
@@ -136,8 +160,14 @@ impl Core {
     }
 
     /// A network whose IPAM the caller already did (Docker's CreateNetwork).
-    /// Creating the same id again is a no-op.
-    pub fn network_register(&self, mut net: Network) -> CnmResult<Network> {
+    /// Creating the same id again is a no-op. Like every Docker step that
+    /// decides cluster state, it is tried again (up to 8 times) when another
+    /// node's write raced it, after a complete undo.
+    pub fn network_register(&self, net: Network) -> CnmResult<Network> {
+        retry_raced(&net.id, || self.network_register_once(net.clone()))
+    }
+
+    fn network_register_once(&self, mut net: Network) -> CnmResult<Network> {
         let mut s = self.store.session()?;
         if let Some(existing) = get_json::<Network>(&mut s, &model::network_key(&net.id))? {
             return Ok(existing);
@@ -180,6 +210,10 @@ impl Core {
     /// Forget a network without touching IPAM (Docker released it already).
     /// Unknown ids are fine: deletes are idempotent.
     pub fn network_unregister(&self, id: &str) -> CnmResult<()> {
+        retry_raced(id, || self.network_unregister_once(id))
+    }
+
+    fn network_unregister_once(&self, id: &str) -> CnmResult<()> {
         let mut s = self.store.session()?;
         let Some(net) = get_json::<Network>(&mut s, &model::network_key(id))? else {
             return Ok(());
