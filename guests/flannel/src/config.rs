@@ -116,7 +116,8 @@ pub fn config_example(root: &str) -> String {
 use netshim_guest_sdk::options::get as opt;
 
 /// The options a flannel network accepts (`-o key=value`).
-pub const OPTIONS: [&str; 6] = [
+pub const OPTIONS: [&str; 7] = [
+    "bridge",
     "network",
     "backend",
     "subnet-len",
