@@ -4,8 +4,9 @@
 # namespace of its own, three node namespaces each with its own state
 # directory and node agent (`netshim daemon`), a container on each node,
 # and an outside host. The containers ping each other across nodes and the
-# outside host; then everything is removed again. Run as root. Touches
-# nothing outside the namespaces it makes.
+# outside host; then everything is removed again. Run as root. Its
+# networking stays inside the namespaces it makes (it also installs what
+# it needs, builds netshim, and keeps its files under /tmp).
 #
 #   bash scripts/demo-cluster.sh [vxlan|host-gw|udp]     (flannel; default vxlan)
 #   bash scripts/demo-cluster.sh --driver calico [vxlan|bgp]
@@ -37,7 +38,12 @@ cleanup() {
     ns "$i" network rm pods >/dev/null 2>&1
   done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-  for n in "${NODES[@]}"; do ip netns del "$P-n$n" 2>/dev/null; ip netns del "$P-c$n" 2>/dev/null; done
+  # Whatever still runs in a node's namespace (a BIRD whose agent died)
+  # would keep it alive unnamed: stopped by PID first.
+  for n in "${NODES[@]}"; do
+    for p in $(ip netns pids "$P-n$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    ip netns del "$P-n$n" 2>/dev/null; ip netns del "$P-c$n" 2>/dev/null
+  done
   for n in "$ETCD" "$OUT" "$FAB"; do ip netns del "$n" 2>/dev/null; done
   rm -rf "$WORK"
 }
@@ -53,11 +59,14 @@ start_agent() {
     > "$WORK/n$i/agent.log" 2>&1 &
   echo $! > "$WORK/n$i/agent.pid"
 }
-stop_agent() {
-  local f="$WORK/n$1/agent.pid"
+stop_agent() { # SIGTERM (it stops its BIRD too), SIGKILL after 5 s
+  local f="$WORK/n$1/agent.pid" pid
   [ -f "$f" ] || return 0
-  kill "$(cat "$f")" 2>/dev/null
-  wait "$(cat "$f")" 2>/dev/null
+  pid="$(cat "$f")"
+  kill "$pid" 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
   rm -f "$f"
 }
 # netshim as node $1 sees it: inside its namespace, with its own state.

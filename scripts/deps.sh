@@ -6,9 +6,9 @@
 # target the drivers are built for. `deps.sh test` adds what the
 # tests drive: real OCI runtimes (runc, crun from Debian; youki from
 # crates.io, kept in ~/.cargo/bin between runs), busybox for container
-# images, strace, and Debian's etcd for the cluster store's tests (started
-# by the tests themselves, never as a service). `deps.sh cluster` adds
-# only etcd, for the cluster demo.
+# images, strace, and Debian's etcd and BIRD 2 for the cluster tests
+# (started by the tests themselves, never as services). `deps.sh cluster`
+# adds only etcd (server and etcdctl) and BIRD 2, for the cluster demo.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nftables iproute2 iputils-ping python3 gcc libc6-dev protobuf-compiler)
@@ -28,6 +28,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
   fi
+  # Their services would also be enabled for the next boot, where they
+  # would run in this machine's own namespace: the units of daemons
+  # installed here are masked (only those this script installs).
+  for p in "${missing[@]}"; do
+    case "$p" in
+      etcd-server) units=(etcd.service) ;;
+      bird2) units=(bird.service) ;;
+      docker.io) units=(docker.service docker.socket containerd.service) ;;
+      *) units=() ;;
+    esac
+    for u in "${units[@]}"; do
+      [ -e "/etc/systemd/system/$u" ] || ln -s /dev/null "/etc/systemd/system/$u"
+    done
+  done
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
