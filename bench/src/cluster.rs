@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use ipnet::{IpNet, Ipv4Net};
-use netshim::bird::control;
+use netshim::bird::{control, Files};
 use netshim::cli::{CliError, Global};
 use netshim::cnm::{Attach, Core, CreateNetwork, DetachTarget};
 use netshim_host_api::kernel::netlink::Netlink;
@@ -139,7 +139,7 @@ pub fn run(g: &Global, args: BenchCluster) -> Result<(), CliError> {
             .filter(|(k, _)| args.reflectors == 0 || i < args.reflectors || *k < args.reflectors)
             .map(|(_, j)| j)
             .collect();
-        let own_ctl = node.state.0.join("bird/bird.ctl");
+        let own_ctl = Files::new(&node.state.0).ctl;
         while !(control::protocols(&own_ctl).is_ok()
             && peers.iter().all(|j| has_session(j, &suffix)))
         {
@@ -184,9 +184,9 @@ pub fn run(g: &Global, args: BenchCluster) -> Result<(), CliError> {
         format!("{} route reflector(s)", args.reflectors)
     };
     println!(
-        "calico BGP, {} nodes, {topology}; BIRD {}",
+        "calico BGP, {} nodes, {topology}; {}",
         args.nodes,
-        bird_version()
+        control::version(&Files::new(&joined[0].node.state.0).ctl).unwrap_or_default()
     );
     line(
         "convergence: join to route on every node",
@@ -250,21 +250,8 @@ pub fn run(g: &Global, args: BenchCluster) -> Result<(), CliError> {
 /// Whether the node's BIRD has a BGP session (in any state) with the
 /// peer whose protocol names end in `suffix`.
 fn has_session(j: &Joined, suffix: &str) -> bool {
-    control::protocols(&j.node.state.0.join("bird/bird.ctl"))
+    control::protocols(&Files::new(&j.node.state.0).ctl)
         .is_ok_and(|ps| ps.iter().any(|p| p.protocol.name.ends_with(suffix)))
-}
-
-fn bird_version() -> String {
-    std::process::Command::new("bird")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .trim()
-                .trim_start_matches("BIRD version ")
-                .to_string()
-        })
-        .unwrap_or_default()
 }
 
 fn bird_routes(k: &Netlink) -> usize {

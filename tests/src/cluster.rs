@@ -425,7 +425,8 @@ impl Site {
 /// managed by netshim), in its own namespace, stopped on drop.
 pub struct Router {
     pub dir: TempDir,
-    daemon: Daemon,
+    /// Stopped on drop.
+    _daemon: Daemon,
 }
 
 impl Router {
@@ -447,7 +448,10 @@ impl Router {
             name: "bird (router)",
         };
         crate::wait_for(&dir.0.join("bird.ctl"), "the router's BIRD socket");
-        Router { dir, daemon }
+        Router {
+            dir,
+            _daemon: daemon,
+        }
     }
 
     /// `birdc` on the router's control socket.
@@ -459,10 +463,6 @@ impl Router {
             .output()
             .expect("birdc");
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn stop(&mut self) {
-        self.daemon.stop();
     }
 }
 

@@ -499,18 +499,7 @@ fn scenario(tag: &'static str, backend: &str) {
             n.ok(&["detach", "--endpoint", ep["id"].as_str().unwrap()]);
         }
         n.ok(&["network", "rm", "pods"]);
-        assert_eq!(n.ns.links(), baseline_links, "node {} kept links", n.addr);
-        assert!(
-            !n.ns.nft_ruleset().contains("netshim"),
-            "node {} kept a table",
-            n.addr
-        );
-        let routes = n.ns.ip(&["route"]);
-        assert!(
-            !routes.contains("10.244."),
-            "node {} kept routes: {routes}",
-            n.addr
-        );
+        n.assert_left_nothing(&baseline_links, "10.244.");
     }
     assert!(c.leases().is_empty(), "leases stayed: {:?}", c.leases());
 }

@@ -180,14 +180,6 @@ pub fn speaker(
     })
 }
 
-pub fn configure(s: &Speaker) -> Result<(), Error> {
-    bgp::configure(s)
-}
-
-pub fn clear() -> Result<(), Error> {
-    bgp::clear()
-}
-
 /// The reflector cluster id this node's operator gave it.
 pub fn own_cluster_id() -> Option<Ipv4Addr> {
     bgp::route_reflector_cluster_id().and_then(|a| addr::v4_of(&a))

@@ -279,15 +279,17 @@ pub fn free_block(pool: &Ipv4Net, block_len: u8, taken: &[Ipv4Net], seed: &str) 
     let base = u64::from(u32::from(pool.network()));
     let free: Vec<Ipv4Net> = (0..count)
         .filter_map(|i| Ipv4Net::new(Ipv4Addr::from((base + i * step) as u32), block_len).ok())
-        .filter(|b| !taken.iter().any(|t| t.contains(b) || b.contains(t)))
+        .filter(|b| {
+            !taken
+                .iter()
+                .any(|t| netshim_guest_sdk::addr::overlaps(t, b))
+        })
         .take(100)
         .collect();
     if free.is_empty() {
         return None;
     }
-    let h = seed.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
+    let h = netshim_guest_sdk::names::fnv1a32(seed);
     Some(free[h as usize % free.len()])
 }
 

@@ -45,7 +45,6 @@ pub fn create(
         ));
     };
     let a = addr::v4_prefix(a, "endpoint address")?;
-    let _ = network::pool_of(net)?;
     let host = host_name(&ep.id)?;
     let peer = names::container_end(ep, sb.is_some());
     let mac = names::endpoint_mac(ep)?;

@@ -3,12 +3,13 @@
 //! with no bridge (proxy ARP for 169.254.1.1), IPAM blocks with node
 //! affinity in the cluster store in Calico's own key layout and JSON, and
 //! routes between nodes through VXLAN (`vxlan.calico`, VNI 4096, port
-//! 4789) as Felix programs them. BGP through BIRD is not here yet (a pool
-//! in `vxlanMode: Never` is refused with that reason).
+//! 4789) as Felix programs them, or by BGP through the node's BIRD (a
+//! pool with encapsulation Never).
 //!
 //! - [`pool`]: the IP pool resource and its checks.
 //! - [`block`], [`keys`], [`ipam`]: blocks, affinities, handles, borrowing.
-//! - [`node`]: this node's record (address, VTEP).
+//! - [`node`]: this node's record (address, VTEP, reflector cluster id).
+//! - [`bgp`]: this node's BGP speaker (peers, what it announces).
 //! - [`network`], [`endpoint`]: the node's side.
 
 pub mod bgp;
@@ -153,12 +154,8 @@ impl Ipam for Calico {
                 "node name {node:?} cannot stand in Calico's keys; give --node-name"
             )));
         }
-        let max_blocks = req
-            .options
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "max-blocks-per-host")
-            .map(|(_, v)| {
+        let max_blocks = netshim_guest_sdk::options::get(&req.options, "max-blocks-per-host")
+            .map(|v| {
                 v.parse::<usize>()
                     .map_err(|_| Error::Invalid(format!("max-blocks-per-host: {v:?}")))
             })

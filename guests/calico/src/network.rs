@@ -118,18 +118,24 @@ pub fn bgp_mode(spec: &PoolSpec) -> bool {
     spec.vxlan_mode == Mode::Never && spec.ipip_mode == Mode::Never
 }
 
-/// The endpoints' MTU: the VXLAN device's (the underlay's minus 50), or
-/// the underlay's when routes are BGP's.
+/// The endpoints' MTU, as create-network noted it (an attach is lent no
+/// underlay): the VXLAN device's (the underlay's minus 50), or the
+/// underlay's when routes are BGP's.
 pub fn mtu(net: &Network) -> Result<u32, Error> {
     let pool = pool_of(net)?;
-    let s = load_settings(&pool)?;
-    if bgp_mode(&s.spec) {
-        // An attach is lent no underlay: create-network noted its MTU.
-        return store::get(&mtu_key(&pool))?
-            .and_then(|e| String::from_utf8_lossy(&e.value).parse().ok())
-            .ok_or_else(|| Error::NotFound(format!("no MTU noted for pool {pool}")));
-    }
-    Ok(link::open_owned(VXLAN)?.state()?.mtu)
+    store::get(&mtu_key(&pool))?
+        .and_then(|e| String::from_utf8_lossy(&e.value).parse().ok())
+        .ok_or_else(|| Error::NotFound(format!("no MTU noted for pool {pool}")))
+}
+
+fn note_mtu(pool: &Ipv4Net, mtu: u32) -> Result<(), Error> {
+    store::put(
+        &mtu_key(pool),
+        mtu.to_string().as_bytes(),
+        Condition::None,
+        None,
+    )?;
+    Ok(())
 }
 
 fn mtu_key(pool: &Ipv4Net) -> String {
@@ -168,9 +174,9 @@ pub fn create(net: &Network) -> Result<(), Error> {
     store::put(&in_use_key(&pool), net.id.as_bytes(), Condition::None, None)?;
     let (ul, ul_addr) = underlay()?;
     sysctl::enable_ipv4_forwarding()?;
+    let ul_mtu = ul.state()?.mtu;
     if bgp_mode(&s.spec) {
-        let mtu = ul.state()?.mtu.to_string();
-        store::put(&mtu_key(&pool), mtu.as_bytes(), Condition::None, None)?;
+        note_mtu(&pool, ul_mtu)?;
         node::publish(&bgp_node(&s, ul_addr))?;
         if s.spec.nat_outgoing {
             netfilter::apply(&nat_ops(&s.spec))?;
@@ -191,9 +197,10 @@ pub fn create(net: &Network) -> Result<(), Error> {
         port: Some(PORT),
         underlay: Some(&ul),
         learning: false,
-        mtu: Some(ul.state()?.mtu.saturating_sub(50)),
+        mtu: Some(ul_mtu.saturating_sub(50)),
         mac: Some((a, b, c, d, e, f)),
     })?;
+    note_mtu(&pool, vx.state()?.mtu)?;
     let tunnel = ipam::assign(
         &s.spec,
         &s.node,
@@ -329,16 +336,13 @@ fn plausible(
     Ok(())
 }
 
-fn local_key(a: Ipv4Addr) -> String {
-    format!("local/{a}")
-}
+const LOCAL: &str = "endpoint/";
 
 /// Record one of this node's endpoints' addresses: no route to another
 /// node may take it over, whatever a block record says.
 pub fn note_local(a: Ipv4Addr, endpoint_id: &str) -> Result<(), Error> {
-    store::put(&local_key(a), endpoint_id.as_bytes(), Condition::None, None)?;
     store::put(
-        &format!("endpoint/{endpoint_id}"),
+        &format!("{LOCAL}{endpoint_id}"),
         a.to_string().as_bytes(),
         Condition::None,
         None,
@@ -347,14 +351,16 @@ pub fn note_local(a: Ipv4Addr, endpoint_id: &str) -> Result<(), Error> {
 }
 
 pub fn forget_local(endpoint_id: &str) -> Result<(), Error> {
-    let key = format!("endpoint/{endpoint_id}");
-    if let Some(e) = store::get(&key)? {
-        if let Ok(a) = String::from_utf8_lossy(&e.value).parse::<Ipv4Addr>() {
-            store::delete(&local_key(a), Condition::None)?;
-        }
-        store::delete(&key, Condition::None)?;
-    }
+    store::delete(&format!("{LOCAL}{endpoint_id}"), Condition::None)?;
     Ok(())
+}
+
+/// The addresses of this node's endpoints.
+fn locals() -> Result<BTreeSet<Ipv4Addr>, Error> {
+    Ok(store::list_prefix(LOCAL)?
+        .iter()
+        .filter_map(|e| String::from_utf8_lossy(&e.value).parse().ok())
+        .collect())
 }
 
 fn sync_routes(
@@ -378,6 +384,7 @@ fn sync_routes(
             .map(|n| n.addr()),
         None => None,
     };
+    let locals = locals()?;
     for (prefix, owner) in ipam::placement(&s.spec)? {
         if owner == s.node {
             own.push(prefix);
@@ -386,7 +393,7 @@ fn sync_routes(
             }
             continue;
         }
-        if prefix.prefix_len() == 32 && store::get(&local_key(prefix.addr()))?.is_some() {
+        if prefix.prefix_len() == 32 && locals.contains(&prefix.addr()) {
             warn(&format!(
                 "{prefix} is an endpoint of this node; a block record says node {owner}: ignored"
             ));
@@ -506,7 +513,7 @@ fn sync_routes(
                 }
             })
             .collect();
-        crate::bgp::configure(&crate::bgp::speaker(&s.spec, &me, &peers, &own)?)?;
+        netshim_guest_sdk::host::bgp::configure(&crate::bgp::speaker(&s.spec, &me, &peers, &own)?)?;
     }
     write_status(net, s, ul_addr, &want, &done, &nodes)
 }
@@ -629,7 +636,7 @@ pub fn delete(net: &Network) -> Result<(), Error> {
         }
     }
     if s.as_ref().is_some_and(|s| bgp_mode(&s.spec)) {
-        td.check("stopping BGP", crate::bgp::clear());
+        td.check("stopping BGP", netshim_guest_sdk::host::bgp::clear());
     }
     td.check(
         "forgetting that the pool is in use",
@@ -652,12 +659,7 @@ pub fn delete(net: &Network) -> Result<(), Error> {
     if let Some(ids) = td.check("listing nat rules", rule_ids(POSTROUTING)) {
         let mut ops = vec![detach(POSTROUTING, AttachPoint::NatLeavingNetwork)];
         if ids.iter().any(|i| i == MASQ) {
-            ops.push(Op::DeleteRule(
-                netshim_guest_sdk::host::netfilter::RuleRef {
-                    chain: POSTROUTING.into(),
-                    id: MASQ.into(),
-                },
-            ));
+            ops.push(netshim_guest_sdk::rules::delete_rule(POSTROUTING, MASQ));
         }
         if ids.iter().all(|i| i == MASQ) {
             ops.push(Op::DeleteTable);

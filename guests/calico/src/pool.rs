@@ -127,7 +127,7 @@ pub fn check(p: &PoolSpec) -> Result<(), Error> {
         )));
     }
     let link_local: Ipv4Net = "169.254.0.0/16".parse().expect("literal");
-    if p.cidr.contains(&link_local) || link_local.contains(&p.cidr) {
+    if netshim_guest_sdk::addr::overlaps(&p.cidr, &link_local) {
         return Err(Error::Invalid(format!(
             "pool {} overlaps 169.254.0.0/16",
             p.cidr

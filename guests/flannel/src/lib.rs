@@ -110,12 +110,8 @@ impl Ipam for Flannel {
                 "flannel networks are IPv4 only here".into(),
             ));
         }
-        let root = req
-            .options
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "etcd-prefix")
-            .map(|(_, v)| v.trim_end_matches('/').to_string())
+        let root = netshim_guest_sdk::options::get(&req.options, "etcd-prefix")
+            .map(|v| v.trim_end_matches('/').to_string())
             .unwrap_or_else(|| "/coreos.com/network".into());
         let config = cluster::get(config::CONFIG_KEY)?.map(|e| e.value);
         let public_ip = node::identity()

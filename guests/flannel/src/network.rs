@@ -85,13 +85,9 @@ pub fn subnet_of(net: &Network) -> Result<(Ipv4Net, IpPrefix), Error> {
 }
 
 pub fn bridge_name(net: &Network) -> Result<String, Error> {
-    let name = net
-        .options
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "bridge")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+    let name = netshim_guest_sdk::options::get(&net.options, "bridge")
+        .unwrap_or(DEFAULT_BRIDGE)
+        .to_string();
     if !names::valid_ifname(&name) {
         return Err(Error::Invalid(format!(
             "option bridge: {name:?} is not an interface name"

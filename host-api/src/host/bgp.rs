@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::{from_ip, to_ip, to_prefix, HostError, HostResult, HostState};
 use crate::bindings::netshim::plugin::types::IpAddress;
 use crate::bindings::v0_2::netshim::plugin0_2_0::bgp::{Host, PeerKind, Speaker};
-use crate::journal::Undo;
-use crate::store::Condition;
 
 /// The host's space for speakers, one per network (key: its id).
 pub const SPACE: &str = "host/bgp";
@@ -136,48 +134,13 @@ impl HostState {
         }
         Ok(network)
     }
-
-    fn put_speaker(&mut self, network: String, value: Option<Vec<u8>>) -> HostResult<()> {
-        // A record is a store write like any other: it counts against what
-        // one call may write.
-        let cost = network.len() + value.as_ref().map_or(0, Vec::len);
-        if cost > self.store_budget {
-            return Err(HostError::invalid(format!(
-                "bgp: the speaker exceeds what one call may write ({} bytes)",
-                crate::guard::limits::STORE_BYTES_PER_CALL
-            )));
-        }
-        self.store_budget -= cost;
-        let old = self.store.get(SPACE, &network)?;
-        if old.as_ref().map(|e| &e.value) == value.as_ref() {
-            return Ok(());
-        }
-        match &value {
-            Some(v) => self.store.put(SPACE, &network, v, Condition::None, None)?,
-            None => {
-                self.store.delete(SPACE, &network, Condition::None)?;
-                0
-            }
-        };
-        self.journal.record(Undo::Kv {
-            space: SPACE.into(),
-            key: network,
-            old,
-        });
-        Ok(())
-    }
 }
 
 impl Host for HostState {
     fn configure(&mut self, sp: Speaker) -> HostResult<()> {
         let network = self.bgp_network("bgp configure")?;
         let router_id = v4(&sp.router_id, "router id")?;
-        // The underlay as `node.identity` gives it: lent, else detected.
-        let underlay = self
-            .grant
-            .underlay
-            .or_else(|| crate::kernel::default_route_link(self.kernel.as_ref()));
-        let subnets: Vec<Ipv4Net> = match underlay {
+        let subnets: Vec<Ipv4Net> = match self.underlay() {
             Some(u) => self
                 .kernel
                 .addresses(u)?
@@ -328,16 +291,21 @@ impl Host for HostState {
             peers,
             export: export.into_iter().collect(),
             import,
-            next_hops: subnets.iter().map(|n| n.trunc()).collect(),
+            // Sorted, as the agent compares them with the underlay's now.
+            next_hops: {
+                let mut n: Vec<Ipv4Net> = subnets.iter().map(|n| n.trunc()).collect();
+                n.sort();
+                n
+            },
         };
         let value =
             serde_json::to_vec(&record).map_err(|e| HostError::Trap(wasmtime::Error::new(e)))?;
-        self.put_speaker(network, Some(value))
+        self.put_host_record(SPACE, network, Some(value))
     }
 
     fn clear(&mut self) -> HostResult<()> {
         let network = self.bgp_network("bgp clear")?;
-        self.put_speaker(network, None)
+        self.put_host_record(SPACE, network, None)
     }
 
     fn route_reflector_cluster_id(&mut self) -> wasmtime::Result<Option<IpAddress>> {

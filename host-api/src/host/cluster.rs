@@ -5,11 +5,12 @@
 
 use ipnet::IpNet;
 
+use super::kv::{condition, wit_entry};
 use super::{to_prefix, HostError, HostResult, HostState};
 use crate::bindings::netshim::plugin::store::{Condition as WitCondition, Entry as WitEntry};
 use crate::bindings::netshim::plugin::types::IpPrefix;
 use crate::bindings::v0_2::netshim::plugin0_2_0::cluster::Host;
-use crate::store::{Condition, EtcdSession, Store};
+use crate::store::{EtcdSession, Store};
 
 const MAX_KEY: usize = 1024;
 /// Route prefixes one call may claim.
@@ -55,14 +56,6 @@ fn check_key(key: &str) -> HostResult<()> {
     Ok(())
 }
 
-fn condition(c: WitCondition) -> Condition {
-    match c {
-        WitCondition::None => Condition::None,
-        WitCondition::Absent => Condition::Absent,
-        WitCondition::Revision(r) => Condition::Revision(r),
-    }
-}
-
 impl HostState {
     fn cluster(&mut self, what: &str) -> HostResult<(&mut EtcdSession, String)> {
         match &mut self.cluster {
@@ -72,7 +65,7 @@ impl HostState {
                 )),
             )),
             ClusterAccess::Denied => Err(HostError::denied(format!(
-                "{what}: call {} may not use the cluster store (only create-network, delete-network, reconcile, request-pool and release-pool may)",
+                "{what}: call {} may not use the cluster store (only create-network, delete-network, reconcile and IPAM's request/release-pool and request/release-address may)",
                 self.call
             ))),
             ClusterAccess::Granted { session, root, .. } => Ok((session.as_mut(), root.clone())),
@@ -84,11 +77,7 @@ impl Host for HostState {
     fn get(&mut self, key: String) -> HostResult<Option<WitEntry>> {
         check_key(&key)?;
         let (s, root) = self.cluster("cluster get")?;
-        Ok(s.get(&root, &key)?.map(|e| WitEntry {
-            key: e.key,
-            value: e.value,
-            revision: e.revision,
-        }))
+        Ok(s.get(&root, &key)?.map(wit_entry))
     }
 
     fn put(
@@ -131,14 +120,7 @@ impl Host for HostState {
             return Err(HostError::invalid("cluster prefix longer than 1 KiB"));
         }
         let (s, root) = self.cluster("cluster list-prefix")?;
-        Ok(s.list(&root, &prefix)?
-            .into_iter()
-            .map(|e| WitEntry {
-                key: e.key,
-                value: e.value,
-                revision: e.revision,
-            })
-            .collect())
+        Ok(s.list(&root, &prefix)?.into_iter().map(wit_entry).collect())
     }
 
     fn expires_in(&mut self, key: String) -> HostResult<Option<u32>> {

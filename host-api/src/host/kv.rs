@@ -9,7 +9,7 @@ use crate::store::{Condition, Entry};
 const MAX_KEY: usize = 1024;
 const MAX_VALUE: usize = 1 << 20;
 
-fn condition(c: WitCondition) -> Condition {
+pub(super) fn condition(c: WitCondition) -> Condition {
     match c {
         WitCondition::None => Condition::None,
         WitCondition::Absent => Condition::Absent,
@@ -17,7 +17,7 @@ fn condition(c: WitCondition) -> Condition {
     }
 }
 
-fn wit_entry(e: Entry) -> WitEntry {
+pub(super) fn wit_entry(e: Entry) -> WitEntry {
     WitEntry {
         key: e.key,
         value: e.value,

@@ -268,6 +268,54 @@ impl HostState {
         })
     }
 
+    /// The node's underlay: the one lent to the call, else the default
+    /// route's (read only when a driver asks, not on every attach).
+    fn underlay(&self) -> Option<LinkRef> {
+        self.grant
+            .underlay
+            .or_else(|| crate::kernel::default_route_link(self.kernel.as_ref()))
+    }
+
+    /// Set (or, with `None`, remove) a record the host keeps for a
+    /// network in its own space (a UDP tunnel, a BGP speaker): counted
+    /// against what one call may write, and journalled like a driver's
+    /// own store write.
+    fn put_host_record(
+        &mut self,
+        space: &str,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> HostResult<()> {
+        let cost = key.len() + value.as_ref().map_or(0, Vec::len);
+        if cost > self.store_budget {
+            return Err(HostError::invalid(format!(
+                "{space}: the record exceeds what one call may write ({} bytes)",
+                crate::guard::limits::STORE_BYTES_PER_CALL
+            )));
+        }
+        self.store_budget -= cost;
+        let old = self.store.get(space, &key)?;
+        if old.as_ref().map(|e| &e.value) == value.as_ref() {
+            return Ok(());
+        }
+        match &value {
+            Some(v) => {
+                self.store
+                    .put(space, &key, v, crate::store::Condition::None, None)?;
+            }
+            None => {
+                self.store
+                    .delete(space, &key, crate::store::Condition::None)?;
+            }
+        }
+        self.journal.record(crate::journal::Undo::Kv {
+            space: space.into(),
+            key,
+            old,
+        });
+        Ok(())
+    }
+
     fn mark(&self, what: &str) -> HostResult<String> {
         Ok(ownership_mark(self.network(what)?))
     }

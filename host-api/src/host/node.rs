@@ -8,12 +8,7 @@ use crate::bindings::v0_2::netshim::plugin0_2_0::node::{Host, NodeIdentity};
 
 impl Host for HostState {
     fn identity(&mut self) -> wasmtime::Result<NodeIdentity> {
-        // The lent underlay, else the detected one: read only when a driver
-        // asks, not on every attach.
-        let link = self
-            .grant
-            .underlay
-            .or_else(|| crate::kernel::default_route_link(self.kernel.as_ref()));
+        let link = self.underlay();
         let name = link
             .and_then(|l| self.kernel.link_by_index(l).ok().flatten())
             .map(|i| i.name);

@@ -12,8 +12,6 @@ use wasmtime::component::Resource;
 use super::{to_ip, to_prefix, HostError, HostResult, HostState, LinkHandle};
 use crate::bindings::netshim::plugin::types::IpAddress;
 use crate::bindings::v0_2::netshim::plugin0_2_0::udp_tunnel::{Host, Peer};
-use crate::journal::Undo;
-use crate::store::Condition;
 
 /// The host's space for tunnel records, one per network (key: its id).
 pub const SPACE: &str = "host/udp-tunnel";
@@ -168,18 +166,7 @@ impl Host for HostState {
         };
         let value =
             serde_json::to_vec(&record).map_err(|e| HostError::Trap(wasmtime::Error::new(e)))?;
-        let old = self.store.get(SPACE, &network)?;
-        if old.as_ref().map(|e| &e.value) == Some(&value) {
-            return Ok(());
-        }
-        self.store
-            .put(SPACE, &network, &value, Condition::None, None)?;
-        self.journal.record(Undo::Kv {
-            space: SPACE.into(),
-            key: network,
-            old,
-        });
-        Ok(())
+        self.put_host_record(SPACE, network, Some(value))
     }
 }
 

@@ -160,10 +160,6 @@ impl Supervisor {
         }
     }
 
-    pub fn files(&self) -> &Files {
-        &self.files
-    }
-
     /// Follow the speaker records: render, then start, reload or stop.
     pub fn sync(&mut self, speakers: &BTreeMap<String, BgpSpeaker>) {
         self.synced = true;

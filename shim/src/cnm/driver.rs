@@ -466,9 +466,17 @@ impl Calls<'_> {
             .any(|(k, _)| k == super::cluster_root::ETCD_PREFIX_OPTION);
         let options = if placed { options } else { self.subtree() };
         netshim_host_api::host::Grant {
-            cluster_root: super::cluster_root::root(&self.guest.name, options).ok(),
-            // Read-only, for `node.identity` (the node's name and address).
-            underlay: self.core.underlay(),
+            // Only where there is a cluster store, as in `Core::grant`.
+            cluster_root: self
+                .core
+                .cluster
+                .as_ref()
+                .and_then(|_| super::cluster_root::root(&self.guest.name, options).ok()),
+            // Read-only, for `node.identity`: only the link the operator
+            // named; otherwise `node.identity` finds the default route's
+            // itself when a driver asks, so an attach of a driver that never
+            // asks (the bridge's address calls) dumps no route table.
+            underlay: self.core.underlay.get().copied().flatten(),
             node_name: self.core.node_name(),
             ..self.ipam_grant()
         }

@@ -224,6 +224,27 @@ impl Core {
         Ok(got)
     }
 
+    /// The pool's gateway: the one asked for, or the driver's pick; `None`
+    /// when the driver routes without a gateway in the pool (Calico:
+    /// 169.254.1.1 on-link) and none was asked for.
+    pub(super) fn take_gateway(
+        &self,
+        c: &mut Calls,
+        pool_id: &str,
+        pool: IpNet,
+        want: Option<IpAddr>,
+        options: &[(String, String)],
+    ) -> CnmResult<Option<IpNet>> {
+        match self.take_address(c, pool_id, pool, want, true, options) {
+            Ok(g) => Ok(Some(g)),
+            Err(CnmError::Driver {
+                kind: super::DriverErrorKind::Unsupported,
+                ..
+            }) if want.is_none() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The driver's create-network, then the network's records.
     pub(super) fn create_network_step(&self, c: &mut Calls, net: &Network) -> CnmResult<()> {
         if net

@@ -84,16 +84,7 @@ impl Core {
                     ipam_check::check_address(&req.driver, pool.pool, req.gateway, g)?;
                     Some(g)
                 }
-                None => match self.take_address(c, &pool.id, pool.pool, req.gateway, true, &[]) {
-                    Ok(g) => Some(g),
-                    // A driver that routes without a gateway in the pool
-                    // (Calico: 169.254.1.1 on-link) has none to give.
-                    Err(CnmError::Driver {
-                        kind: super::DriverErrorKind::Unsupported,
-                        ..
-                    }) if req.gateway.is_none() => None,
-                    Err(e) => return Err(e),
-                },
+                None => self.take_gateway(c, &pool.id, pool.pool, req.gateway, &[])?,
             };
             net.ipv4 = vec![Pool {
                 id: pool.id,

@@ -60,45 +60,38 @@ impl Core {
     }
 
     /// The UDP tunnels drivers configured, by network id, for the node
-    /// agent's data path; a record that does not parse is skipped.
+    /// agent's data path.
     pub fn udp_tunnels(&self) -> CnmResult<BTreeMap<String, UdpTunnel>> {
-        let mut s = self.store.session()?;
-        let mut out = BTreeMap::new();
-        for e in s.list(udp_tunnel::SPACE, "")? {
-            if s.get(super::model::SPACE, &super::model::network_key(&e.key))?
-                .is_none()
-            {
-                continue;
-            }
-            match serde_json::from_slice::<UdpTunnel>(&e.value) {
-                Ok(t) => {
-                    out.insert(e.key, t);
-                }
-                Err(err) => {
-                    tracing::warn!(network = e.key, error = %err, "unreadable tunnel record")
-                }
-            }
-        }
-        Ok(out)
+        self.host_records(udp_tunnel::SPACE, "tunnel")
     }
 
     /// The BGP speakers drivers configured, by network id, for the node
-    /// agent's BIRD; a record that does not parse is skipped.
+    /// agent's BIRD.
     pub fn bgp_speakers(&self) -> CnmResult<BTreeMap<String, BgpSpeaker>> {
+        self.host_records(bgp::SPACE, "BGP speaker")
+    }
+
+    /// The records the host keeps per network in `space`, of networks that
+    /// still exist; a record that does not parse is skipped.
+    fn host_records<T: serde::de::DeserializeOwned>(
+        &self,
+        space: &str,
+        what: &str,
+    ) -> CnmResult<BTreeMap<String, T>> {
         let mut s = self.store.session()?;
         let mut out = BTreeMap::new();
-        for e in s.list(bgp::SPACE, "")? {
+        for e in s.list(space, "")? {
             if s.get(super::model::SPACE, &super::model::network_key(&e.key))?
                 .is_none()
             {
                 continue;
             }
-            match serde_json::from_slice::<BgpSpeaker>(&e.value) {
+            match serde_json::from_slice::<T>(&e.value) {
                 Ok(t) => {
                     out.insert(e.key, t);
                 }
                 Err(err) => {
-                    tracing::warn!(network = e.key, error = %err, "unreadable BGP speaker record")
+                    tracing::warn!(network = e.key, error = %err, "unreadable {what} record")
                 }
             }
         }
@@ -110,11 +103,15 @@ impl Core {
     /// record that no longer holds (the flag was taken away, the underlay
     /// renumbered) is not run until the driver states it again.
     pub fn runnable_bgp_speakers(&self) -> CnmResult<BTreeMap<String, BgpSpeaker>> {
+        let mut out = self.bgp_speakers()?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        // A failed read is an error, not "no subnets": it must not stop BIRD.
         let mut subnets: Vec<ipnet::Ipv4Net> = match self.underlay() {
             Some(u) => self
                 .kernel()
-                .addresses(u)
-                .unwrap_or_default()
+                .addresses(u)?
                 .into_iter()
                 .filter_map(|a| match a {
                     ipnet::IpNet::V4(n) => Some(n.trunc()),
@@ -124,13 +121,10 @@ impl Core {
             None => Vec::new(),
         };
         subnets.sort();
-        let mut out = self.bgp_speakers()?;
         out.retain(|id, sp| {
-            let mut recorded = sp.next_hops.clone();
-            recorded.sort();
             let why = if sp.rr_cluster_id.is_some() && sp.rr_cluster_id != self.route_reflector {
                 Some("the node is no longer a route reflector with that cluster id")
-            } else if recorded != subnets {
+            } else if sp.next_hops != subnets {
                 Some("the underlay's subnets changed since the driver set it")
             } else {
                 None

@@ -107,7 +107,7 @@ impl Core {
         address: Option<IpAddr>,
         gateway: bool,
         options: Vec<(String, String)>,
-    ) -> CnmResult<IpNet> {
+    ) -> CnmResult<Option<IpNet>> {
         retry_raced(pool_id, || {
             self.request_address_once(driver, pool_id, address, gateway, &options)
         })
@@ -120,7 +120,7 @@ impl Core {
         address: Option<IpAddr>,
         gateway: bool,
         options: &[(String, String)],
-    ) -> CnmResult<IpNet> {
+    ) -> CnmResult<Option<IpNet>> {
         self.transaction(driver, "RequestAddress", |c| {
             let pool = ipam_check::recorded_pool(c.store(), driver, pool_id)?.ok_or_else(|| {
                 CnmError::NotFound(format!(
@@ -128,7 +128,12 @@ impl Core {
                 ))
             })?;
             self.place_pool_subtree(c, driver, pool_id)?;
-            self.take_address(c, pool_id, pool, address, gateway, options)
+            if gateway {
+                self.take_gateway(c, pool_id, pool, address, options)
+            } else {
+                self.take_address(c, pool_id, pool, address, false, options)
+                    .map(Some)
+            }
         })
     }
 

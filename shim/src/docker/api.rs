@@ -284,27 +284,18 @@ fn request_address(core: &Core, driver: &str, method: &str, raw: &[u8]) -> ApiRe
     let gateway = options
         .get("RequestAddressType")
         .is_some_and(|t| t == "com.docker.network.gateway");
-    let a = match core.ipam_request_address(
+    let a = core.ipam_request_address(
         driver,
         &r.pool_id,
         address,
         gateway,
         options.into_iter().collect(),
-    ) {
-        Ok(a) => a,
-        // A driver that routes without a gateway in the pool (Calico:
-        // 169.254.1.1 on-link) has none to give: Docker gets 0.0.0.0/0,
-        // the "no gateway" Calico's own IPAM plugin gave it, and passes
-        // it back in CreateNetwork and ReleaseAddress.
-        Err(crate::cnm::CnmError::Driver {
-            kind: crate::cnm::DriverErrorKind::Unsupported,
-            ..
-        }) if gateway && address.is_none() => {
-            return Ok(json!({ "Address": NO_GATEWAY, "Data": {} }))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(json!({ "Address": a.to_string(), "Data": {} }))
+    )?;
+    // No gateway (a driver that routes without one in the pool): Docker
+    // gets 0.0.0.0/0, the "no gateway" Calico's own IPAM plugin gave it,
+    // and passes it back in CreateNetwork and ReleaseAddress.
+    let a = a.map_or_else(|| NO_GATEWAY.to_string(), |a| a.to_string());
+    Ok(json!({ "Address": a, "Data": {} }))
 }
 
 fn release_address(core: &Core, driver: &str, method: &str, raw: &[u8]) -> ApiResult {
