@@ -63,10 +63,10 @@ stop_agent() { # SIGTERM (it stops its BIRD too), SIGKILL after 5 s
   local f="$WORK/n$1/agent.pid" pid
   [ -f "$f" ] || return 0
   pid="$(cat "$f")"
-  kill "$pid" 2>/dev/null
+  kill "$pid" 2>/dev/null || true
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
+  if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+  wait "$pid" 2>/dev/null || true
   rm -f "$f"
 }
 # netshim as node $1 sees it: inside its namespace, with its own state.
