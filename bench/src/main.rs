@@ -88,8 +88,23 @@ struct BenchAttach {
     /// Operations measured as separate processes (netshim and peers).
     #[arg(long, default_value_t = 30)]
     pub process_count: usize,
+    /// With more than 10 namespaces: rounds of 10 attaches and 10 detaches
+    /// run first on the same network, the baseline the growth to `count`
+    /// endpoints is measured against.
+    #[arg(long, default_value_t = 10)]
+    pub baseline_rounds: usize,
+    /// An option of the benchmark's network, KEY=VALUE (repeatable), e.g.
+    /// `mcast_snooping=1`.
+    #[arg(long = "option", short = 'o', value_parser = key_value)]
+    pub options: Vec<(String, String)>,
     #[command(flatten)]
     pub peers: Peers,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +198,12 @@ impl Drop for Bench {
 }
 
 impl Bench {
-    fn new(g: &Global, exe: &Path, sandboxes: usize) -> Result<Bench, CliError> {
+    fn new(
+        g: &Global,
+        exe: &Path,
+        sandboxes: usize,
+        options: Vec<(String, String)>,
+    ) -> Result<Bench, CliError> {
         let pid = std::process::id();
         let tmp = std::env::temp_dir().join(format!("netshim-bench-{pid}"));
         std::fs::create_dir_all(&tmp).map_err(other)?;
@@ -216,12 +236,14 @@ impl Bench {
             subnet: Some("10.200.0.0/16".parse().unwrap()),
             gateway: None,
             internal: false,
-            options: Vec::new(),
+            options: options.clone(),
         })?;
+        let options: Vec<String> = options.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         println!(
-            "kernel {}, {} namespaces, bridge network with NAT",
+            "kernel {}, {} namespaces, bridge network with NAT{}",
             kernel_release(),
-            sandboxes
+            sandboxes,
+            options.concat()
         );
         Ok(bench)
     }
@@ -301,7 +323,29 @@ fn run(g: &Global, exe: &Path, cmd: BenchCmd) -> Result<(), CliError> {
 }
 
 fn attach(g: &Global, exe: &Path, args: BenchAttach) -> Result<(), CliError> {
-    let b = Bench::new(g, exe, args.count + 2 * args.process_count)?;
+    let b = Bench::new(
+        g,
+        exe,
+        args.count + 2 * args.process_count,
+        args.options.clone(),
+    )?;
+    // The same network and namespaces with at most 10 endpoints on it.
+    let mut small = Vec::new();
+    if args.count > 10 {
+        for _ in 0..args.baseline_rounds {
+            for sb in &b.sandboxes[..10] {
+                let t = Instant::now();
+                b.core.attach(Attach::new("bench", sb.clone()))?;
+                small.push(t.elapsed());
+            }
+            for sb in &b.sandboxes[..10] {
+                b.core.detach(DetachTarget::Sandbox {
+                    network: "bench".into(),
+                    netns: sb.clone(),
+                })?;
+            }
+        }
+    }
     let (mut attach, mut detach, mut inst) = (Vec::new(), Vec::new(), Vec::new());
     let mut timings = Vec::new();
     for sb in &b.sandboxes[..args.count] {
@@ -342,6 +386,13 @@ fn attach(g: &Global, exe: &Path, args: BenchAttach) -> Result<(), CliError> {
     }
     let tenth = (args.count / 10).max(1);
     let a = stats(attach.clone());
+    if !small.is_empty() {
+        line(
+            "attach with ≤ 10 endpoints",
+            small.len(),
+            &stats(small.clone()),
+        );
+    }
     line("attach (in-process)", args.count, &a);
     line("  first tenth", tenth, &stats(attach[..tenth].to_vec()));
     line(
@@ -349,20 +400,38 @@ fn attach(g: &Global, exe: &Path, args: BenchAttach) -> Result<(), CliError> {
         tenth,
         &stats(attach[attach.len() - tenth..].to_vec()),
     );
+    if !small.is_empty() {
+        let base = stats(small).p50.as_secs_f64();
+        println!(
+            "growth to {} endpoints            p50 {:.2}× and p99 {:.2}× the p50 with ≤ 10",
+            args.count,
+            a.p50.as_secs_f64() / base,
+            a.p99.as_secs_f64() / base
+        );
+    }
     line("detach (in-process)", args.count, &stats(detach));
+    // Shares, and the mean time per attach of each part: what grows with
+    // the node is told apart from what netshim adds.
     let share = |ts: &[netshim::cnm::Timing]| {
-        let total: Duration = ts.iter().map(|t| t.total).sum();
+        let total = ts.iter().map(|t| t.total).sum::<Duration>().as_secs_f64();
         let part = |f: fn(&netshim::cnm::Timing) -> Duration| {
-            100.0 * ts.iter().map(f).sum::<Duration>().as_secs_f64() / total.as_secs_f64().max(1e-9)
+            ts.iter().map(f).sum::<Duration>().as_secs_f64()
         };
         let (k, w) = (part(|t| t.kernel), part(|t| t.wasm));
+        let each = |s: f64| s * 1e3 / ts.len().max(1) as f64;
+        let pct = |s: f64| 100.0 * s / total.max(1e-9);
         format!(
-            "kernel {k:.0} %, wasm {w:.0} %, the rest (store, netshim) {:.0} %",
-            100.0 - k - w
+            "kernel {:.2} ms ({:.0} %), wasm {:.2} ms ({:.0} %), the rest (store, netshim) {:.2} ms ({:.0} %)",
+            each(k),
+            pct(k),
+            each(w),
+            pct(w),
+            each(total - k - w),
+            pct(total - k - w)
         )
     };
     println!(
-        "where attach time goes: first tenth {}; last tenth {}",
+        "where attach time goes (mean per attach): first tenth {}; last tenth {}",
         share(&timings[..tenth]),
         share(&timings[timings.len() - tenth..])
     );
@@ -389,7 +458,7 @@ fn attach(g: &Global, exe: &Path, args: BenchAttach) -> Result<(), CliError> {
 
 fn hook(g: &Global, exe: &Path, args: BenchHook) -> Result<(), CliError> {
     let n = args.count;
-    let b = Bench::new(g, exe, 3 * n)?;
+    let b = Bench::new(g, exe, 3 * n, Vec::new())?;
     // One bundle per container: the network by annotation, the namespace by path.
     let mut bundles = Vec::new();
     for (i, sb) in b.sandboxes[..n].iter().enumerate() {

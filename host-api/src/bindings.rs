@@ -3,10 +3,11 @@
 //! values, host invariants a guest violates become traps (see
 //! [`crate::host::HostError`]).
 //!
-//! The 0.1 world's bindings sit at the root of this module. 0.2 shares
-//! every interface but two with 0.1 (it imports them at @0.1.0), so its
-//! bindings reuse the 0.1 modules for those and generate only its own
-//! `netfilter` and `node`; the host implements each interface once.
+//! The 0.1 world's bindings sit at the root of this module. 0.2 imports
+//! 0.1's interfaces at @0.1.0 except `netfilter`, so its bindings reuse the
+//! 0.1 modules for those and generate only its own (`netfilter`, `node`,
+//! `cluster`, `bridge`, `udp-tunnel`, `bgp`); the host implements each
+//! interface once.
 
 wasmtime::component::bindgen!({
     path: "../wit/v0.1.0",

@@ -583,3 +583,114 @@ fn one_sandbox_on_two_networks() {
     ]);
     node.ok(&["network", "rm", "a", "b"]);
 }
+
+/// `mcast_snooping N` of the node's bridge named in `ip -d link` of `dev`.
+fn mcast_snooping(node: &Node, dev: &str) -> String {
+    let d = node.node.ip(&["-d", "link", "show", "dev", dev]);
+    let at = d.find("mcast_snooping ").expect("mcast_snooping shown") + 15;
+    d[at..].split_whitespace().next().unwrap().to_string()
+}
+
+/// Whether a datagram `from` sends to 239.1.2.3:7400 reaches `to`, which
+/// joined the group on its address `to_addr`.
+fn multicast_arrives(from: &Ns, to: &Ns, to_addr: &str) -> bool {
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::time::Duration;
+    let group: Ipv4Addr = "239.1.2.3".parse().unwrap();
+    let iface: Ipv4Addr = to_addr.parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let to_path = to.path.clone();
+    let receiver = std::thread::spawn(move || {
+        let f = std::fs::File::open(&to_path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = UdpSocket::bind("0.0.0.0:7400").unwrap();
+        s.join_multicast_v4(&group, &iface).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        matches!(s.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"netshim")
+    });
+    ready_rx.recv().unwrap();
+    let from_path = from.path.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&from_path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        // A few tries: the receiver's membership report goes out first.
+        for _ in 0..10 {
+            let _ = s.send_to(b"netshim", (group, 7400));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    receiver.join().unwrap()
+}
+
+#[test]
+fn multicast_reaches_containers_with_or_without_snooping() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("mcast");
+    // Off by default: with it on, every new port costs the kernel a walk
+    // of every port (README, "A thousand endpoints").
+    node.ok(&[
+        "network",
+        "create",
+        "quiet",
+        "--subnet",
+        "10.89.1.0/24",
+        "-o",
+        "bridge.name=br-quiet",
+    ]);
+    node.ok(&[
+        "network",
+        "create",
+        "snoop",
+        "--subnet",
+        "10.89.2.0/24",
+        "-o",
+        "bridge.name=br-snoop",
+        "-o",
+        "mcast_snooping=true",
+    ]);
+    assert_eq!(mcast_snooping(&node, "br-quiet"), "0");
+    assert_eq!(mcast_snooping(&node, "br-snoop"), "1");
+    // A bad value names the option and leaves no bridge behind.
+    let bad = node.netshim(&[
+        "network",
+        "create",
+        "bad",
+        "--subnet",
+        "10.89.3.0/24",
+        "-o",
+        "bridge.name=br-bad",
+        "-o",
+        "mcast_snooping=maybe",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("mcast_snooping"), "{err}");
+    assert!(!node.node.links().contains(&"br-bad".to_string()));
+
+    for (net, subnet) in [("quiet", "10.89.1"), ("snoop", "10.89.2")] {
+        let (c1, c2) = (Ns::new("mcast-c1"), Ns::new("mcast-c2"));
+        attach(&node, net, &c1);
+        let e2 = attach(&node, net, &c2);
+        let to = ipv4_of(&e2);
+        assert_eq!(to, format!("{subnet}.3"));
+        assert!(
+            multicast_arrives(&c1, &c2, &to),
+            "multicast from c1 did not reach c2 on network {net}"
+        );
+        for c in [&c1, &c2] {
+            node.ok(&[
+                "detach",
+                "--network",
+                net,
+                "--netns",
+                c.path.to_str().unwrap(),
+            ]);
+        }
+    }
+    node.ok(&["network", "rm", "quiet", "snoop"]);
+}

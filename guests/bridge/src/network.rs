@@ -17,6 +17,11 @@ pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const OPT_BRIDGE_NAME_SHORT: &str = "bridge.name";
 pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
 pub const OPT_MTU_SHORT: &str = "mtu";
+/// IGMP/MLD snooping on the bridge, named as iproute2 names it. Off unless
+/// asked for: a container bridge has no querier, so snooping would flood
+/// multicast anyway, and with it on every new port costs the kernel a walk
+/// of all ports under its rtnl lock (README, "A thousand endpoints").
+pub const OPT_MCAST_SNOOPING: &str = "mcast_snooping";
 /// Docker sends options under this prefix (e.g. `com.docker.network.enable_ipv6`);
 /// they are accepted and ignored.
 pub const DOCKER_PREFIX: &str = "com.docker.";
@@ -26,6 +31,7 @@ pub const DOCKER_PREFIX: &str = "com.docker.";
 pub struct BridgeConfig {
     pub bridge: String,
     pub mtu: Option<u32>,
+    pub mcast_snooping: bool,
 }
 
 impl BridgeConfig {
@@ -39,16 +45,19 @@ impl BridgeConfig {
     ) -> Result<BridgeConfig, Error> {
         let mut bridge = None;
         let mut mtu = None;
+        let mut mcast_snooping = false;
         for (k, v) in options {
             match k.as_str() {
                 OPT_BRIDGE_NAME | OPT_BRIDGE_NAME_SHORT => bridge = Some((k, v)),
                 OPT_MTU | OPT_MTU_SHORT => mtu = Some(parse_mtu(k, v)?),
+                OPT_MCAST_SNOOPING => mcast_snooping = parse_switch(k, v)?,
                 _ if k.starts_with(DOCKER_PREFIX) => {}
                 _ if strict => {
                     return Err(Error::Invalid(format!(
                         "unknown option {k:?} for a bridge network; valid options: \
                          {OPT_BRIDGE_NAME} (or {OPT_BRIDGE_NAME_SHORT}), \
-                         {OPT_MTU} (or {OPT_MTU_SHORT}), and Docker's own com.docker.* options"
+                         {OPT_MTU} (or {OPT_MTU_SHORT}), {OPT_MCAST_SNOOPING}, \
+                         and Docker's own com.docker.* options"
                     )))
                 }
                 _ => {}
@@ -67,7 +76,11 @@ impl BridgeConfig {
             }
             None => default_bridge_name(net_id)?,
         };
-        Ok(BridgeConfig { bridge, mtu })
+        Ok(BridgeConfig {
+            bridge,
+            mtu,
+            mcast_snooping,
+        })
     }
 }
 
@@ -88,6 +101,17 @@ pub fn parse_mtu(key: &str, value: &str) -> Result<u32, Error> {
         Ok(m) if (68..=65535).contains(&m) => Ok(m),
         _ => Err(Error::Invalid(format!(
             "option {key}: {value:?} is not a valid MTU (a number from 68 to 65535)"
+        ))),
+    }
+}
+
+/// An on/off option, in Docker's words (`true`) or iproute2's (`1`).
+fn parse_switch(key: &str, value: &str) -> Result<bool, Error> {
+    match value.trim() {
+        "1" | "true" | "on" => Ok(true),
+        "0" | "false" | "off" => Ok(false),
+        _ => Err(Error::Invalid(format!(
+            "option {key}: {value:?} is not on or off (true, false, 1 or 0)"
         ))),
     }
 }
@@ -246,20 +270,21 @@ pub fn create(net: &Network) -> Result<(), Error> {
     let cfg = BridgeConfig::from_options(&net.id, &net.options, true)?;
     let (pool, gateway) = subnet_of(net)?;
     debug(&format!(
-        "create-network {} ({}): bridge {} pool {pool} gateway {} mtu {:?} internal {}",
+        "create-network {} ({}): bridge {} pool {pool} gateway {} mtu {:?} internal {} mcast_snooping {}",
         net.name,
         net.id,
         cfg.bridge,
         addr::show_prefix(&gateway),
         cfg.mtu,
-        net.internal
+        net.internal,
+        cfg.mcast_snooping
     ));
     let spec = BridgeSpec {
         name: cfg.bridge.clone(),
         mtu: cfg.mtu,
         mac: Some(names::bridge_mac(&net.id)),
     };
-    links::bridge_up(&spec, Some(gateway))?;
+    links::bridge_up(&spec, Some(gateway), Some(cfg.mcast_snooping))?;
     if !net.internal {
         sysctl::enable_ipv4_forwarding()?;
     }
@@ -340,7 +365,8 @@ mod tests {
             c,
             BridgeConfig {
                 bridge: "br-0123456789ab".into(),
-                mtu: None
+                mtu: None,
+                mcast_snooping: false,
             }
         );
         let c =
@@ -353,7 +379,8 @@ mod tests {
             c,
             BridgeConfig {
                 bridge: "b0".into(),
-                mtu: Some(1400)
+                mtu: Some(1400),
+                mcast_snooping: false,
             }
         );
         assert!(BridgeConfig::from_options(
@@ -376,6 +403,29 @@ mod tests {
         }
         let c = BridgeConfig::from_options(ID, &opts(&[(OPT_MTU, "68")]), true).unwrap();
         assert_eq!(c.mtu, Some(68));
+    }
+
+    #[test]
+    fn multicast_snooping_is_off_unless_asked_for() {
+        for (v, on) in [
+            ("1", true),
+            ("true", true),
+            ("on", true),
+            ("0", false),
+            ("false", false),
+        ] {
+            let c =
+                BridgeConfig::from_options(ID, &opts(&[(OPT_MCAST_SNOOPING, v)]), true).unwrap();
+            assert_eq!(c.mcast_snooping, on, "{v}");
+        }
+        for bad in ["yes", "2", ""] {
+            let e = BridgeConfig::from_options(ID, &opts(&[(OPT_MCAST_SNOOPING, bad)]), true)
+                .unwrap_err();
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains(OPT_MCAST_SNOOPING)),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

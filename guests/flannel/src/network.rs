@@ -218,7 +218,9 @@ pub fn create(net: &Network) -> Result<(), Error> {
         mtu: Some(mtu),
         mac: Some(names::bridge_mac(&net.id)),
     };
-    links::bridge_up(&spec, Some(gateway))?;
+    // The kernel's default multicast snooping, as flannel's CNI bridge
+    // plugin leaves it.
+    links::bridge_up(&spec, Some(gateway), None)?;
     sysctl::enable_ipv4_forwarding()?;
     netfilter::apply(&nat_ops(&bridge, own, &s))?;
     follow_peers(net, &s, own, vx.as_ref(), tun.as_ref())?;

@@ -39,7 +39,7 @@ pub mod wit {
 /// host; every value a driver passes is checked again by the host.
 pub mod host {
     pub use crate::wit::netshim::plugin0_1_0::{link, log, route, store, sysctl, types};
-    pub use crate::wit::netshim::plugin0_2_0::{bgp, cluster, netfilter, node, udp_tunnel};
+    pub use crate::wit::netshim::plugin0_2_0::{bgp, bridge, cluster, netfilter, node, udp_tunnel};
 }
 
 /// What a driver implements: `driver::Guest`, `ipam::Guest` and

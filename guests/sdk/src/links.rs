@@ -3,15 +3,24 @@
 //! whose node end is a port of a bridge, and deletion that treats "already
 //! gone" as done.
 
+use crate::host::bridge;
 use crate::host::link::{self, BridgeSpec, Link, VethSpec};
 use crate::teardown::Teardown;
 use crate::{Error, IpPrefix};
 
 /// Create the bridge, give it `address` (the gateway, if any) and bring it
-/// up. On error the host rolls back what the call made, so a half-made
-/// bridge does not stay behind.
-pub fn bridge_up(spec: &BridgeSpec, address: Option<IpPrefix>) -> Result<Link, Error> {
+/// up. `multicast_snooping` is set before any port joins it (`None`: the
+/// kernel's default, on). On error the host rolls back what the call
+/// made, so a half-made bridge does not stay behind.
+pub fn bridge_up(
+    spec: &BridgeSpec,
+    address: Option<IpPrefix>,
+    multicast_snooping: Option<bool>,
+) -> Result<Link, Error> {
     let br = link::create_bridge(spec)?;
+    if let Some(on) = multicast_snooping {
+        bridge::set_multicast_snooping(&br, on)?;
+    }
     if let Some(a) = address {
         br.add_address(a)?;
     }

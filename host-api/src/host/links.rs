@@ -1,5 +1,6 @@
-//! `link` imports: creation always in the node namespace (a veth peer may be
-//! born inside the granted sandbox), changes only on owned links.
+//! `link` imports (and 0.2's `bridge`): creation always in the node
+//! namespace (a veth peer may be born inside the granted sandbox), changes
+//! only on owned links.
 
 use std::net::IpAddr;
 
@@ -12,6 +13,7 @@ use crate::bindings::netshim::plugin::link::{
     BridgeSpec, Host, HostLink, HostSandbox, IpipSpec, LinkState, TunSpec, VethSpec, VxlanSpec,
 };
 use crate::bindings::netshim::plugin::types::{IpPrefix, MacAddress};
+use crate::bindings::v0_2::netshim::plugin0_2_0::bridge;
 use crate::host::convert::to_ip;
 use crate::journal::Undo;
 use crate::kernel::{LinkChange, LinkInfo, LinkKind, Mac, NewLink, NsId};
@@ -140,6 +142,10 @@ impl HostState {
             },
             LinkChange::Master(_) => LinkChange::Master(before.master),
             LinkChange::Hairpin(on) => LinkChange::Hairpin(!on),
+            // The kernel's default when it did not say.
+            LinkChange::MulticastSnooping(_) => {
+                LinkChange::MulticastSnooping(before.multicast_snooping.unwrap_or(true))
+            }
             LinkChange::Ipv6LinkLocal(on) => LinkChange::Ipv6LinkLocal(!on),
             LinkChange::Name(_) => LinkChange::Name(before.name.clone()),
             LinkChange::Alias(_) => LinkChange::Alias(before.alias.clone()),
@@ -448,5 +454,193 @@ impl Host for HostState {
             name,
             owned: false,
         })?))
+    }
+}
+
+impl bridge::Host for HostState {
+    fn set_multicast_snooping(&mut self, bridge: Resource<LinkHandle>, on: bool) -> HostResult<()> {
+        const WHAT: &str = "set-multicast-snooping";
+        let h = self.owned_link(&bridge, WHAT)?;
+        let kind = self
+            .kernel
+            .link_by_index(h.link)?
+            .map(|l| l.kind)
+            .unwrap_or_default();
+        if kind != "bridge" {
+            return Err(HostError::invalid(format!(
+                "{WHAT}: link {:?} is a {kind:?} link, not a bridge",
+                h.name
+            )));
+        }
+        self.change(&bridge, WHAT, LinkChange::MulticastSnooping(on))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bindings::netshim::plugin::types::Error as WitError;
+    use crate::host::Grant;
+    use crate::kernel::fake::FakeKernel;
+    use crate::kernel::Kernel;
+    use crate::store::LocalStore;
+    use bridge::Host as _;
+
+    struct Case {
+        kernel: Arc<FakeKernel>,
+        host: HostState,
+        _dir: Dir,
+    }
+
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn case(tag: &str) -> Case {
+        let kernel = Arc::new(FakeKernel::new());
+        let dir = std::env::temp_dir().join(format!("netshim-links-{tag}-{}", std::process::id()));
+        let store = LocalStore::open(&dir).unwrap();
+        let grant = Grant {
+            driver: "bridge".into(),
+            network_id: Some("n1".into()),
+            ..Grant::default()
+        };
+        let host = HostState::new(
+            kernel.clone(),
+            Box::new(store.session().unwrap()),
+            grant,
+            "create-network",
+        );
+        Case {
+            kernel,
+            host,
+            _dir: Dir(dir),
+        }
+    }
+
+    /// Ends the call as failed: its journal is replayed on the kernel.
+    fn roll_back(c: Case) -> Arc<FakeKernel> {
+        let done = c.host.finish();
+        let mut store = done.store;
+        c.kernel.clear_calls();
+        done.journal.rollback(c.kernel.as_ref(), store.as_mut());
+        c.kernel
+    }
+
+    /// A link that exists before the call, as a handle of the call.
+    fn existing(c: &mut Case, name: &str, kind: LinkKind, owned: bool) -> Resource<LinkHandle> {
+        let l = c
+            .kernel
+            .create_link(&NewLink {
+                ns: NsId::NODE,
+                name: name.into(),
+                mtu: None,
+                mac: None,
+                alias: Some(crate::host::ownership_mark("n1")),
+                up: true,
+                kind,
+            })
+            .unwrap()
+            .remove(0);
+        c.host
+            .table
+            .push(LinkHandle {
+                link: l.link_ref(),
+                name: l.name,
+                owned,
+            })
+            .unwrap()
+    }
+
+    fn borrow(r: &Resource<LinkHandle>) -> Resource<LinkHandle> {
+        Resource::new_borrow(r.rep())
+    }
+
+    #[test]
+    fn multicast_snooping_of_a_new_bridge_goes_with_the_bridge() {
+        let mut c = case("snoop-new");
+        let br = c
+            .host
+            .create_bridge(BridgeSpec {
+                name: "br-a".into(),
+                mtu: None,
+                mac: None,
+            })
+            .unwrap();
+        c.host.set_multicast_snooping(borrow(&br), false).unwrap();
+        assert!(
+            c.kernel
+                .calls()
+                .iter()
+                .any(|l| l == "set_link br-a MulticastSnooping(false)"),
+            "{:?}",
+            c.kernel.calls()
+        );
+        // Undone by deleting the bridge; nothing else to replay.
+        let kernel = roll_back(c);
+        assert!(
+            !kernel.link_names(NsId::NODE).contains(&"br-a".to_string()),
+            "{:?}",
+            kernel.link_names(NsId::NODE)
+        );
+        assert!(
+            !kernel
+                .calls()
+                .iter()
+                .any(|l| l.contains("MulticastSnooping")),
+            "{:?}",
+            kernel.calls()
+        );
+    }
+
+    #[test]
+    fn multicast_snooping_of_an_older_bridge_gets_its_setting_back() {
+        for before in [true, false] {
+            let mut c = case("snoop-old");
+            let br = existing(&mut c, "br-b", LinkKind::Bridge, true);
+            let at = c.host.table.get(&br).unwrap().link;
+            c.kernel
+                .set_link(at, &LinkChange::MulticastSnooping(before))
+                .unwrap();
+            c.host.set_multicast_snooping(borrow(&br), false).unwrap();
+            let kernel = roll_back(c);
+            assert_eq!(
+                kernel.calls(),
+                vec![format!("set_link br-b MulticastSnooping({before})")]
+            );
+            assert_eq!(
+                kernel
+                    .link_by_index(at)
+                    .unwrap()
+                    .unwrap()
+                    .multicast_snooping,
+                Some(before)
+            );
+        }
+    }
+
+    #[test]
+    fn multicast_snooping_only_on_an_owned_bridge() {
+        let mut c = case("snoop-bad");
+        let other = existing(&mut c, "docker0", LinkKind::Bridge, false);
+        let veth = existing(&mut c, "tun0", LinkKind::Tun { tap: false }, true);
+        c.kernel.clear_calls();
+        match c.host.set_multicast_snooping(borrow(&other), false) {
+            Err(HostError::Guest(WitError::Denied(m))) => assert!(m.contains("docker0"), "{m}"),
+            r => panic!("a bridge the network does not own: {r:?}"),
+        }
+        match c.host.set_multicast_snooping(borrow(&veth), false) {
+            Err(HostError::Guest(WitError::Invalid(m))) => {
+                assert!(m.contains("not a bridge"), "{m}")
+            }
+            r => panic!("a TUN device: {r:?}"),
+        }
+        assert!(c.kernel.calls().is_empty(), "{:?}", c.kernel.calls());
     }
 }

@@ -91,6 +91,7 @@ impl FakeKernel {
                     alias: None,
                     master: None,
                     group: 0,
+                    multicast_snooping: None,
                 },
             );
         }
@@ -242,6 +243,7 @@ impl Model {
             },
             alias,
             master: None,
+            multicast_snooping: (kind == "bridge").then_some(true),
         };
         self.links.insert((ns, index), info.clone());
         Ok(info)
@@ -412,6 +414,10 @@ impl Kernel for FakeKernel {
             LinkChange::Master(b) => info.master = *b,
             LinkChange::Name(n) => info.name = n.clone(),
             LinkChange::Alias(a) => info.alias = a.clone(),
+            LinkChange::MulticastSnooping(_) if info.kind != "bridge" => {
+                return Err(KernelError::Invalid(format!("link {name} is not a bridge")))
+            }
+            LinkChange::MulticastSnooping(on) => info.multicast_snooping = Some(*on),
             LinkChange::Hairpin(_) | LinkChange::Ipv6LinkLocal(_) => {}
         }
         m.log(format!("set_link {name} {change:?}"));

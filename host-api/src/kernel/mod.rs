@@ -60,6 +60,9 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// IFLA_GROUP, the device group (0 is the kernel's default).
     pub group: u32,
+    /// A bridge's IGMP/MLD snooping (IFLA_BR_MCAST_SNOOPING); `None` for
+    /// links of other kinds.
+    pub multicast_snooping: Option<bool>,
 }
 
 impl LinkInfo {
@@ -126,6 +129,8 @@ pub enum LinkChange {
     /// comes up (IFLA_INET6_ADDR_GEN_MODE eui64, or none). Turning it off
     /// on a kernel without IPv6 is done already.
     Ipv6LinkLocal(bool),
+    /// IGMP/MLD snooping of a bridge (IFLA_BR_MCAST_SNOOPING).
+    MulticastSnooping(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

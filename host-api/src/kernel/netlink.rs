@@ -28,9 +28,9 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoIpTunnel, InfoKind,
-    InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags,
-    LinkInfo as NlLinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoBridgePort, InfoData, InfoIpTunnel,
+    InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask,
+    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -847,6 +847,7 @@ fn link_info(ns: NsId, message: &LinkMessage) -> LinkInfo {
         alias: None,
         master: None,
         group: 0,
+        multicast_snooping: None,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -858,8 +859,15 @@ fn link_info(ns: NsId, message: &LinkMessage) -> LinkInfo {
             LinkAttribute::Group(group) => info.group = *group,
             LinkAttribute::LinkInfo(parts) => {
                 for part in parts {
-                    if let NlLinkInfo::Kind(kind) = part {
-                        info.kind = kind.to_string();
+                    match part {
+                        NlLinkInfo::Kind(kind) => info.kind = kind.to_string(),
+                        NlLinkInfo::Data(InfoData::Bridge(options)) => {
+                            info.multicast_snooping = options.iter().find_map(|o| match o {
+                                InfoBridge::MulticastSnooping(on) => Some(*on),
+                                _ => None,
+                            })
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1247,6 +1255,18 @@ impl Kernel for Netlink {
                         kernel_error(&err, &format!("hairpin mode of {what}"))
                     }
                 });
+            }
+            LinkChange::MulticastSnooping(on) => {
+                // A bridge's own options go in its link info, with its kind;
+                // a link of another kind is refused by the kernel.
+                message.attributes.push(LinkAttribute::LinkInfo(vec![
+                    NlLinkInfo::Kind(InfoKind::Bridge),
+                    NlLinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(*on)])),
+                ]));
+                return ns
+                    .request(RouteNetlinkMessage::NewLink(message), 0, &what)
+                    .map(drop)
+                    .map_err(|err| kernel_error(&err, &format!("multicast snooping of {what}")));
             }
         }
         let done = ns.request(RouteNetlinkMessage::SetLink(message), 0, &what);
@@ -1675,6 +1695,22 @@ mod tests {
             other => panic!("second create: {other:?}"),
         }
 
+        // Born with the kernel's multicast snooping; turned off and on.
+        let snooping = |node: &TestNs| {
+            let d = node.ip(&["-d", "link", "show", "br-nltest"]).unwrap();
+            let at = d.find("mcast_snooping ").expect("mcast_snooping shown") + 15;
+            d[at..at + 1].to_string()
+        };
+        assert_eq!(snooping(&node), "1");
+        assert_eq!(br.multicast_snooping, Some(true));
+        k.set_link(br.link_ref(), &LinkChange::MulticastSnooping(false))
+            .unwrap();
+        assert_eq!(snooping(&node), "0");
+        let read = k.link_by_index(br.link_ref()).unwrap().unwrap();
+        assert_eq!(read.multicast_snooping, Some(false));
+        k.set_link(br.link_ref(), &LinkChange::MulticastSnooping(true))
+            .unwrap();
+        assert_eq!(snooping(&node), "1");
         k.set_link(br.link_ref(), &LinkChange::Mtu(1300)).unwrap();
         k.set_link(br.link_ref(), &LinkChange::Alias(None)).unwrap();
         k.set_link(br.link_ref(), &LinkChange::Up(false)).unwrap();

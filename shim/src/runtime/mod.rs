@@ -225,13 +225,15 @@ impl Runtime {
             .map_err(RuntimeError::Engine)?;
         {
             use netshim_host_api::bindings::v0_2::netshim::plugin0_2_0::{
-                bgp, cluster, netfilter, node, udp_tunnel,
+                bgp, bridge, cluster, netfilter, node, udp_tunnel,
             };
             netfilter::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
             node::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
             cluster::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
+                .map_err(RuntimeError::Engine)?;
+            bridge::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
             udp_tunnel::add_to_linker::<CallData, HasSelf<HostState>>(&mut linker, |d| &mut d.host)
                 .map_err(RuntimeError::Engine)?;
