@@ -207,7 +207,9 @@ impl FakeDaemon {
 
     /// Send `bytes` on one connection, close the sending side, read what
     /// comes back. Err when the connection itself failed in a way no client
-    /// can cause (a panic in hyper's task, a response that is not HTTP).
+    /// can cause: a panic in hyper's task, a panic while answering (the
+    /// plugin API runs on a blocking thread, whose panic the daemon turns
+    /// into a 500 saying it failed), a response that is not HTTP.
     pub fn exchange(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
         let (mut client, server) = tokio::io::duplex(64 << 10);
         let conn = connection(server, self.core.clone(), "bridge".into(), self.limits);
@@ -228,7 +230,12 @@ impl FakeDaemon {
                 }
             })
             .and_then(|out| {
-                if out.is_empty() || out.starts_with(b"HTTP/1.1 ") {
+                if contains(&out, PANICKED) {
+                    Err(format!(
+                        "answering panicked: {:?}",
+                        String::from_utf8_lossy(&out[..out.len().min(200)])
+                    ))
+                } else if out.is_empty() || out.starts_with(b"HTTP/1.1 ") {
                     Ok(out)
                 } else {
                     Err(format!(
@@ -245,4 +252,12 @@ impl FakeDaemon {
             .map(|o| o.starts_with(b"HTTP/1.1 200"))
             .unwrap_or(false)
     }
+}
+
+/// What the daemon answers when answering a request panicked
+/// (`shim/src/docker/server.rs`).
+const PANICKED: &[u8] = b"netshim failed while answering";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -204,6 +204,75 @@ fn five_thousand_idle_connections_cost_no_threads() {
 }
 
 #[test]
+fn connections_over_the_cap_are_closed_and_a_freed_place_serves_again() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("dcap");
+    let d = start(&node, "dcap-plugins", &["--max-connections", "4"]);
+    let pid = d.daemon.child.id();
+    let fds_before = open_fds(pid);
+    let mut held: Vec<UnixStream> = (0..4)
+        .map(|_| UnixStream::connect(&d.sock).unwrap())
+        .collect();
+    for _ in 0..100 {
+        if open_fds(pid) >= fds_before + 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The fifth is accepted and closed at once: no answer at all.
+    let over = post(&d.sock, "/Plugin.Activate", "{}");
+    assert_eq!(over, "", "a connection over the cap was served");
+    // The four held ones are still served.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 12];
+    first.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"HTTP/1.1 200");
+    // Closing one frees its place for a new client.
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        if activates(&d.sock) {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served, "a freed place was not given to a new client");
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_408() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("dslow");
+    let d = start(&node, "dslow-plugins", &["--body-timeout-ms", "300"]);
+    let mut s = UnixStream::connect(&d.sock).unwrap();
+    // Ten of the hundred bytes announced, then nothing (the connection
+    // stays open, so only the timeout can end the wait).
+    s.write_all(
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: plugin\r\nContent-Length: 100\r\n\r\n{\"Network",
+    )
+    .unwrap();
+    // Well past the body timeout, well short of the default one.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = vec![0u8; 512];
+    let n = s.read(&mut out).expect("no answer to a stalled body");
+    let out = String::from_utf8_lossy(&out[..n]).into_owned();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("did not arrive within 300ms"), "{out}");
+    assert!(activates(&d.sock), "not served after a stalled body");
+}
+
+#[test]
 fn sigterm_lets_the_request_in_flight_finish() {
     if !can_run() {
         return;

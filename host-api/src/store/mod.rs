@@ -437,6 +437,60 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Bytes this thread has handed to write(2) and its kin so far (the
+    /// store writes on the caller's thread; other tests run on theirs).
+    fn written_by_this_thread() -> u64 {
+        fs::read_to_string("/proc/thread-self/io")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_write_costs_what_it_changes_not_what_the_store_holds() {
+        let dir = tmpdir("cost");
+        let store = LocalStore::open(&dir).unwrap();
+        let value = [b'x'; 200];
+        let mut s = store.session().unwrap();
+        for i in 0..4000 {
+            s.put("d", &format!("k{i:04}"), &value, Condition::Absent, None)
+                .unwrap();
+        }
+        s.commit().unwrap();
+        drop(s);
+        let held = fs::metadata(dir.join(local::DB_FILE)).unwrap().len()
+            + fs::metadata(dir.join(format!("{}-wal", local::DB_FILE)))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        assert!(held > 800_000, "the store holds {held} bytes");
+        // A new key, a changed one and a deleted one, each its own commit.
+        let ops: [(&str, fn(&mut dyn Store)); 3] = [
+            ("a new key", |s| {
+                s.put("d", "new", b"v", Condition::Absent, None).unwrap();
+            }),
+            ("a changed key", |s| {
+                s.put("d", "k2000", b"w", Condition::None, None).unwrap();
+            }),
+            ("a deleted key", |s| {
+                s.delete("d", "k3000", Condition::None).unwrap();
+            }),
+        ];
+        for (what, op) in ops {
+            let before = written_by_this_thread();
+            let mut s = store.session().unwrap();
+            op(&mut s);
+            s.commit().unwrap();
+            drop(s);
+            let wrote = written_by_this_thread() - before;
+            // A few pages of log, whatever the store holds (the whole
+            // document, as the old state.json was, is 800 KB and more).
+            assert!(wrote < 64 << 10, "{what}: {wrote} bytes written");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn writes_touch_only_their_keys() {
         // Two sessions' writes to different keys both survive: nothing

@@ -143,6 +143,10 @@ pub enum Command {
         /// closed (idle keep-alive ones included).
         #[arg(long, default_value_t = 30_000)]
         idle_timeout_ms: u64,
+        /// A request whose body has not all arrived this long after its
+        /// headers is answered 408 and its connection closed.
+        #[arg(long, default_value_t = 30_000)]
+        body_timeout_ms: u64,
         /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -473,6 +477,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             plugin_prefix,
             max_connections,
             idle_timeout_ms,
+            body_timeout_ms,
             metrics_addr,
         } => {
             let core = std::sync::Arc::new(cli.global.core_for(true)?);
@@ -493,6 +498,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let limits = crate::docker::Limits {
                 connections: max_connections,
                 header_timeout: std::time::Duration::from_millis(idle_timeout_ms),
+                body_timeout: std::time::Duration::from_millis(body_timeout_ms),
                 ..crate::docker::Limits::default()
             };
             let agent = crate::agent::Agent::start(core.clone());

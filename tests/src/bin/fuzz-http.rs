@@ -1,6 +1,7 @@
 //! `fuzz-http [CASES] [SEED]`: CASES generated clients (1,000,000 by
 //! default) through the daemon's HTTP and JSON layers in memory, against a
-//! core on the recording fake. A client that makes the daemon panic,
+//! core on the recording fake. A client that makes the daemon panic
+//! (in hyper, or while answering: a 500 saying netshim failed),
 //! answer with something that is not HTTP, or stop serving a good request
 //! is a crash; the run prints how many there were. Not part of CI.
 
