@@ -88,7 +88,7 @@ struct BenchAttach {
     /// Operations measured as separate processes (netshim and peers).
     #[arg(long, default_value_t = 30)]
     pub process_count: usize,
-    /// With more than 10 namespaces: rounds of 10 attaches and 10 detaches
+    /// With `--count` above 10: rounds of 10 attaches and 10 detaches
     /// run first on the same network, the baseline the growth to `count`
     /// endpoints is measured against.
     #[arg(long, default_value_t = 10)]
@@ -238,12 +238,12 @@ impl Bench {
             internal: false,
             options: options.clone(),
         })?;
-        let options: Vec<String> = options.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let shown: Vec<String> = options.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         println!(
             "kernel {}, {} namespaces, bridge network with NAT{}",
             kernel_release(),
             sandboxes,
-            options.concat()
+            shown.concat()
         );
         Ok(bench)
     }

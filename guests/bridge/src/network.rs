@@ -18,9 +18,10 @@ pub const OPT_BRIDGE_NAME_SHORT: &str = "bridge.name";
 pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
 pub const OPT_MTU_SHORT: &str = "mtu";
 /// IGMP/MLD snooping on the bridge, named as iproute2 names it. Off unless
-/// asked for: a container bridge has no querier, so snooping would flood
-/// multicast anyway, and with it on every new port costs the kernel a walk
-/// of all ports under its rtnl lock (README, "A thousand endpoints").
+/// asked for: while no querier is on a container bridge (its own is off),
+/// a snooping bridge floods multicast anyway, and with it on every new
+/// port costs the kernel a walk of all ports under its rtnl lock (README,
+/// "A thousand endpoints").
 pub const OPT_MCAST_SNOOPING: &str = "mcast_snooping";
 /// Docker sends options under this prefix (e.g. `com.docker.network.enable_ipv6`);
 /// they are accepted and ignored.
@@ -111,7 +112,7 @@ fn parse_switch(key: &str, value: &str) -> Result<bool, Error> {
         "1" | "true" | "on" => Ok(true),
         "0" | "false" | "off" => Ok(false),
         _ => Err(Error::Invalid(format!(
-            "option {key}: {value:?} is not on or off (true, false, 1 or 0)"
+            "option {key}: {value:?} is not on or off (true, false, on, off, 1 or 0)"
         ))),
     }
 }
@@ -411,6 +412,7 @@ mod tests {
             ("1", true),
             ("true", true),
             ("on", true),
+            ("off", false),
             ("0", false),
             ("false", false),
         ] {

@@ -461,11 +461,15 @@ impl bridge::Host for HostState {
     fn set_multicast_snooping(&mut self, bridge: Resource<LinkHandle>, on: bool) -> HostResult<()> {
         const WHAT: &str = "set-multicast-snooping";
         let h = self.owned_link(&bridge, WHAT)?;
-        let kind = self
-            .kernel
-            .link_by_index(h.link)?
-            .map(|l| l.kind)
-            .unwrap_or_default();
+        let kind = match self.kernel.link_by_index(h.link)? {
+            Some(l) => l.kind,
+            None => {
+                return Err(HostError::not_found(format!(
+                    "{WHAT}: link {:?} no longer exists",
+                    h.name
+                )))
+            }
+        };
         if kind != "bridge" {
             return Err(HostError::invalid(format!(
                 "{WHAT}: link {:?} is a {kind:?} link, not a bridge",
@@ -629,13 +633,13 @@ mod tests {
     fn multicast_snooping_only_on_an_owned_bridge() {
         let mut c = case("snoop-bad");
         let other = existing(&mut c, "docker0", LinkKind::Bridge, false);
-        let veth = existing(&mut c, "tun0", LinkKind::Tun { tap: false }, true);
+        let tun = existing(&mut c, "tun0", LinkKind::Tun { tap: false }, true);
         c.kernel.clear_calls();
         match c.host.set_multicast_snooping(borrow(&other), false) {
             Err(HostError::Guest(WitError::Denied(m))) => assert!(m.contains("docker0"), "{m}"),
             r => panic!("a bridge the network does not own: {r:?}"),
         }
-        match c.host.set_multicast_snooping(borrow(&veth), false) {
+        match c.host.set_multicast_snooping(borrow(&tun), false) {
             Err(HostError::Guest(WitError::Invalid(m))) => {
                 assert!(m.contains("not a bridge"), "{m}")
             }

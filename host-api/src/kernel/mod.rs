@@ -61,7 +61,8 @@ pub struct LinkInfo {
     /// IFLA_GROUP, the device group (0 is the kernel's default).
     pub group: u32,
     /// A bridge's IGMP/MLD snooping (IFLA_BR_MCAST_SNOOPING); `None` for
-    /// links of other kinds.
+    /// links of other kinds, and for bridges of a kernel built without
+    /// snooping (which ignores the setting).
     pub multicast_snooping: Option<bool>,
 }
 

@@ -1266,7 +1266,15 @@ impl Kernel for Netlink {
                 return ns
                     .request(RouteNetlinkMessage::NewLink(message), 0, &what)
                     .map(drop)
-                    .map_err(|err| kernel_error(&err, &format!("multicast snooping of {what}")));
+                    .map_err(|err| {
+                        if err.errno == Some(libc::EOPNOTSUPP) {
+                            KernelError::Invalid(format!(
+                                "{what}: multicast snooping needs a bridge, and this link is not one"
+                            ))
+                        } else {
+                            kernel_error(&err, &format!("multicast snooping of {what}"))
+                        }
+                    });
             }
         }
         let done = ns.request(RouteNetlinkMessage::SetLink(message), 0, &what);
