@@ -401,10 +401,21 @@ fn the_plugin_killed_in_any_docker_step_is_settled_by_its_restart() {
     });
     let delete_endpoint = json!({"NetworkID": network_id, "EndpointID": endpoint_id});
     let delete_network = json!({"NetworkID": network_id});
+    // `-p 8080:80`, as dockerd asks for it.
+    let program = json!({
+        "NetworkID": network_id, "EndpointID": endpoint_id,
+        "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}
+        ]}
+    });
+    let revoke = json!({"NetworkID": network_id, "EndpointID": endpoint_id});
     let mut plugin = start_daemon(&node, "crashdock-p");
     // Each step is sent and the daemon killed after a delay that walks
-    // across the step; the restarted daemon settles what was halfway.
-    let steps: [(&str, &Value, &[(&str, &Value)]); 4] = [
+    // across the step; the restarted daemon settles what was halfway, or
+    // what dockerd sends next does (after a failed Program- or
+    // RevokeExternalConnectivity: DeleteEndpoint, which withdraws the
+    // ports the endpoint's record names).
+    let steps: [(&str, &Value, &[(&str, &Value)]); 6] = [
         ("NetworkDriver.CreateNetwork", &create_network, &[]),
         (
             "NetworkDriver.CreateEndpoint",
@@ -424,22 +435,61 @@ fn the_plugin_killed_in_any_docker_step_is_settled_by_its_restart() {
             &delete_network,
             &[("NetworkDriver.CreateNetwork", &create_network)],
         ),
+        (
+            "NetworkDriver.ProgramExternalConnectivity",
+            &program,
+            &[
+                ("NetworkDriver.CreateNetwork", &create_network),
+                ("NetworkDriver.CreateEndpoint", &create_endpoint),
+            ],
+        ),
+        (
+            "NetworkDriver.RevokeExternalConnectivity",
+            &revoke,
+            &[
+                ("NetworkDriver.CreateNetwork", &create_network),
+                ("NetworkDriver.CreateEndpoint", &create_endpoint),
+                ("NetworkDriver.ProgramExternalConnectivity", &program),
+            ],
+        ),
     ];
+    let ports_recorded = |node: &Node| {
+        node.state_json()["spaces"]["cnm"]
+            .as_object()
+            .is_some_and(|m| {
+                m.iter()
+                    .any(|(k, v)| k.starts_with("endpoints/") && v.to_string().contains("8080"))
+            })
+    };
     for (method, body, before) in steps {
         let mut collected = 0;
         for delay_us in (0..3000).step_by(150) {
             for (m, b) in before {
                 call(&plugin.sock, m, b);
             }
-            let conn = send(&plugin.sock, method, body);
+            let mut conn = send(&plugin.sock, method, body);
             std::thread::sleep(Duration::from_micros(delay_us));
             let _ = plugin.daemon.child.kill();
             let _ = plugin.daemon.child.wait();
+            let mut answer = String::new();
+            let _ = conn.read_to_string(&mut answer);
             drop(conn);
             // dockerd saw the request fail; it removes what it had asked
             // for before (a failed CreateEndpoint: nothing of the plugin's).
             plugin = start_daemon(&node, "crashdock-p");
-            collected += usize::from(plugin.collected_at_start());
+            // Killed inside the step: no answer came, and its work had begun
+            // (the ports recorded before any rule; the rule withdrawn). A
+            // kill inside the other steps leaves a record gc settles at start.
+            let inside = match method {
+                "NetworkDriver.ProgramExternalConnectivity" => {
+                    answer.is_empty() && ports_recorded(&node)
+                }
+                "NetworkDriver.RevokeExternalConnectivity" => {
+                    answer.is_empty() && !node.node.nft_ruleset().contains("dnat")
+                }
+                _ => plugin.collected_at_start(),
+            };
+            collected += usize::from(inside);
             call(
                 &plugin.sock,
                 "NetworkDriver.DeleteEndpoint",
@@ -524,6 +574,48 @@ fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() 
         .collect();
     assert!(!kept.is_empty(), "the damaged database was not kept");
     // The store works again.
+    node.ok(&["network", "create", "n", "--subnet", "10.101.0.0/24"]);
+
+    // A database cut to nothing is damage too (this directory had one),
+    // and `detach` recovers and removes the container's objects, its
+    // published port included.
+    let c2 = Ns::new("crashdb-d");
+    node.ok(&[
+        "attach",
+        "--network",
+        "n",
+        "--netns",
+        c2.path.to_str().unwrap(),
+        "-p",
+        "8082:80",
+    ]);
+    assert!(node.node.nft_ruleset().contains("dnat"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let out = node.netshim(&["network", "ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(db.to_str().unwrap())
+            && err.contains("truncated or replaced")
+            && err.contains("netshim store recover"),
+        "{err}"
+    );
+    node.ok(&[
+        "detach",
+        "--network",
+        "n",
+        "--netns",
+        c2.path.to_str().unwrap(),
+    ]);
+    assert_eq!(node.node.links(), base);
+    assert_eq!(c2.links(), vec!["lo".to_string()]);
+    assert!(!node.node.nft_ruleset().contains("dnat"));
+    assert_eq!(netshim_tables(&node.node), Vec::<String>::new());
     node.ok(&["network", "create", "n", "--subnet", "10.101.0.0/24"]);
     node.ok(&["network", "rm", "n"]);
 }

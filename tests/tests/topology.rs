@@ -1,9 +1,40 @@
 //! `netshim topology` on the real kernel: the picture names every object
 //! of the node's networks (network, pool and gateway, the bridge with its
 //! address, ports and route, each endpoint's address and published port,
-//! the uplink), and its SVG is well-formed XML drawn without graphviz.
+//! the uplink, the container of an endpoint the OCI hook made), and its
+//! SVG is well-formed XML drawn without graphviz, with the same text.
 
-use netshim_tests::{can_run, Node, Ns, NODE_ADDR};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use netshim_tests::{can_run, netshim_bin, Node, Ns, TempDir, NODE_ADDR};
+use serde_json::json;
+
+/// `netshim oci-hook HOOK` as a runtime runs it: the state on stdin.
+fn hook(node: &Node, which: &str, state: &str) {
+    let mut child = Command::new(netshim_bin())
+        .env("NETSHIM_STATE_DIR", &node.state.0)
+        .env("NETSHIM_NODE_NETNS", &node.node.path)
+        .env("NETSHIM_CACHE_DIR", netshim_tests::cache_dir())
+        .args(["oci-hook", which])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "oci-hook {which}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 #[test]
 fn the_picture_lists_every_object_and_its_svg_parses() {
@@ -31,21 +62,38 @@ fn the_picture_lists_every_object_and_its_svg_parses() {
         "8080:80",
     ]);
 
+    // A container started by a runtime: its endpoint carries its name.
+    let c3 = Ns::new("topo-c3");
+    let bundle = TempDir::new("topo-bundle");
+    let config = json!({
+        "annotations": {"netshim.networks": "topo"},
+        "linux": {"namespaces": [{"type": "network", "path": c3.path}]}
+    });
+    std::fs::write(bundle.0.join("config.json"), config.to_string()).unwrap();
+    let state = |status: &str| {
+        json!({"ociVersion": "1.0.2", "id": "web-1", "status": status, "bundle": bundle.0})
+            .to_string()
+    };
+    hook(&node, "createRuntime", &state("creating"));
+
     let dot = node.ok(&["topology"]);
-    for want in [
+    let wanted = [
         "network topo (bridge)".to_string(),
         "10.95.0.0/24 gateway 10.95.0.1".to_string(),
         format!("{bridge} (bridge)"),
         "10.95.0.1/24".to_string(),
-        "2 port(s)".to_string(),
         "route 10.95.0.0/24".to_string(),
         "eth0 10.95.0.2/24".to_string(),
         "eth0 10.95.0.3/24".to_string(),
         "publish 8080/tcp -> 80".to_string(),
         format!("uplink uplink {NODE_ADDR}/24"),
         format!("sandbox {}", c1.path.display()),
-    ] {
-        assert!(dot.contains(&want), "{want:?} missing from:\n{dot}");
+        "container web-1".to_string(),
+        "eth0 10.95.0.4/24".to_string(),
+        "3 port(s)".to_string(),
+    ];
+    for want in &wanted {
+        assert!(dot.contains(want), "{want:?} missing from:\n{dot}");
     }
     assert!(dot.starts_with("digraph netshim {") && dot.trim_end().ends_with('}'));
 
@@ -58,16 +106,13 @@ fn the_picture_lists_every_object_and_its_svg_parses() {
         .filter_map(|n| n.text())
         .collect::<Vec<_>>()
         .join("\n");
-    for want in [
-        "network topo (bridge)",
-        "publish 8080/tcp -> 80",
-        "eth0 10.95.0.3/24",
-    ] {
+    for want in &wanted {
         assert!(
-            text.contains(want),
+            text.contains(want.as_str()),
             "{want:?} missing from the SVG's text:\n{text}"
         );
     }
+    hook(&node, "poststop", &state("stopped"));
 
     node.ok(&[
         "detach",

@@ -32,6 +32,10 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use super::{legacy, Condition, Entry, Store, StoreError};
 
 pub(super) const DB_FILE: &str = "state.db";
+/// Made when a database first gets its schema: a database without one in
+/// a directory with this file was truncated to nothing or replaced, and is
+/// reported as corrupt rather than silently taken for a new node.
+const MADE_FILE: &str = "state.db.made";
 const LOCK_FILE: &str = "lock";
 const LEGACY_FILE: &str = "state.json";
 
@@ -129,8 +133,21 @@ impl LocalStore {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db_error(&path))?;
+        let made = self.dir.join(MADE_FILE);
         if version != SCHEMA_VERSION {
+            if version == 0 && made.exists() {
+                return Err(StoreError::Corrupt {
+                    path,
+                    message: format!(
+                        "it holds no records and no schema, but this state directory had a database ({} exists): the file was truncated or replaced",
+                        made.display()
+                    ),
+                });
+            }
             conn.execute_batch(SCHEMA).map_err(db_error(&path))?;
+        }
+        if !made.exists() {
+            drop(crate::private::open_writable(&made)?);
         }
         // Per connection: not stored in the file.
         conn.execute_batch("PRAGMA synchronous = NORMAL")

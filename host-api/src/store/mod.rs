@@ -364,10 +364,56 @@ mod tests {
             .set_len(len / 2)
             .unwrap();
         let store = LocalStore::open(&dir).unwrap();
-        assert!(store.snapshot().is_err());
+        let e = store.snapshot().unwrap_err().to_string();
+        assert!(
+            e.contains(db.to_str().unwrap()) && e.contains("netshim store recover"),
+            "{e}"
+        );
         assert!(store.recover().unwrap().is_some());
         fill(&store);
         assert_eq!(store.snapshot().unwrap().len(), 400);
+
+        // Cut to nothing: SQLite would take it for a new, empty database;
+        // this directory had one, so it is reported, and recovered.
+        drop(store);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let _ = fs::remove_file(dir.join("state.db-wal"));
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store
+            .session()
+            .err()
+            .expect("an empty database")
+            .to_string();
+        assert!(
+            e.contains(db.to_str().unwrap())
+                && e.contains("truncated or replaced")
+                && e.contains("netshim store recover"),
+            "{e}"
+        );
+        let r = store
+            .recover()
+            .unwrap()
+            .expect("an empty database is damage");
+        assert_eq!(r.kept, 0);
+        fill(&store);
+        assert_eq!(store.snapshot().unwrap().len(), 400);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_state_directory_is_not_taken_for_a_truncated_one() {
+        let dir = tmpdir("fresh");
+        let store = LocalStore::open(&dir).unwrap();
+        let mut s = store.session().unwrap();
+        s.put("cnm", "k", b"1", Condition::Absent, None).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        assert_eq!(store.snapshot().unwrap().len(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -449,8 +449,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ))
                 }
             };
-            let ep = core.teardown_despite_damage(|| core.detach(target.clone()))?;
-            out.detached(&ep);
+            match core.teardown_despite_damage(|| core.detach(target.clone()))? {
+                Some(ep) => out.detached(&ep),
+                None => out.detached_with_lost_record(),
+            }
             core.close_for_exit();
             Ok(())
         }

@@ -315,14 +315,22 @@ impl Core {
 
     /// A teardown (detach, poststop) that a damaged store would strand:
     /// the store is recovered (the damaged file kept) and it runs again.
-    pub fn teardown_despite_damage<T>(&self, f: impl Fn() -> CnmResult<T>) -> CnmResult<T> {
+    /// `None` when what it was to tear down lost its record with the
+    /// damage: the recovery's gc has removed what no surviving record owns.
+    pub fn teardown_despite_damage<T>(&self, f: impl Fn() -> CnmResult<T>) -> CnmResult<Option<T>> {
         match f() {
             Err(CnmError::Store(StoreError::Corrupt { path, message })) => {
                 tracing::error!(file = %path.display(), error = %message, "the state database is damaged: recovering it so this teardown can run");
                 self.recover_store()?;
-                f()
+                match f() {
+                    Err(CnmError::NotFound(what)) => {
+                        tracing::warn!(%what, "its record was lost with the damage; the recovery removed what no surviving record owns");
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
             }
-            other => other,
+            other => other.map(Some),
         }
     }
 }
