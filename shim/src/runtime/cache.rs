@@ -87,3 +87,47 @@ fn store(dir: &Path, key: &str, component: &Component) -> std::io::Result<()> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cwasm"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_engine_of_another_configuration_compiles_its_own_entry() {
+        let dir = std::env::temp_dir().join(format!("netshim-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let wasm = crate::guests::BUILTIN[0].1;
+        let engine = |epochs: bool| {
+            let mut c = wasmtime::Config::new();
+            c.wasm_component_model(true).epoch_interruption(epochs);
+            Engine::new(&c).unwrap()
+        };
+        let (a, b) = (engine(true), engine(false));
+        let (_, digest) = component(&a, Some(&dir), "bridge", wasm).unwrap();
+        let first = cached(&dir);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(
+            first[0].starts_with(&digest[..32]),
+            "keyed by the component's hash"
+        );
+        // Another engine version or configuration has another
+        // compatibility hash: the entry above is not used, a new one is.
+        component(&b, Some(&dir), "bridge", wasm).unwrap();
+        assert_eq!(cached(&dir).len(), 2, "{:?}", cached(&dir));
+        // The first engine finds its own entry again.
+        component(&a, Some(&dir), "bridge", wasm).unwrap();
+        assert_eq!(cached(&dir).len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
