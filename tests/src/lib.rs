@@ -135,6 +135,19 @@ impl Ns {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Run `f` on a thread of its own inside this namespace.
+    pub fn spawn_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+    }
+
     /// Accept one TCP connection on `addr` inside this namespace and return
     /// the peer's address as the listener saw it.
     pub fn accept_one(&self, addr: &str) -> std::thread::JoinHandle<SocketAddr> {
@@ -183,10 +196,7 @@ impl Ns {
     /// Connect from inside this namespace.
     pub fn connect(&self, addr: &str) -> std::io::Result<()> {
         let sock: SocketAddr = addr.parse().unwrap();
-        let path = self.path.clone();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        self.spawn_inside(move || {
             TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map(|_| ())
         })
         .join()

@@ -599,10 +599,7 @@ fn multicast_arrives(from: &Ns, to: &Ns, to_addr: &str) -> bool {
     let group: Ipv4Addr = "239.1.2.3".parse().unwrap();
     let iface: Ipv4Addr = to_addr.parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let to_path = to.path.clone();
-    let receiver = std::thread::spawn(move || {
-        let f = std::fs::File::open(&to_path).unwrap();
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let receiver = to.spawn_inside(move || {
         let s = UdpSocket::bind("0.0.0.0:7400").unwrap();
         s.join_multicast_v4(&group, &iface).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
@@ -611,10 +608,7 @@ fn multicast_arrives(from: &Ns, to: &Ns, to_addr: &str) -> bool {
         matches!(s.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"netshim")
     });
     ready_rx.recv().unwrap();
-    let from_path = from.path.clone();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&from_path).unwrap();
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    from.spawn_inside(move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         // A few tries: the receiver's membership report goes out first.
         for _ in 0..10 {

@@ -320,43 +320,23 @@ mod tests {
     use super::*;
     use crate::bindings::netshim::plugin::types::Error as WitError;
     use crate::bindings::v0_2::netshim::plugin0_2_0::bgp::{Peer as WitPeer, PrefixRange};
+    use crate::host::test_support::{self, Scratch};
     use crate::host::{from_ip, from_prefix, Grant};
     use crate::kernel::fake::FakeKernel;
-    use crate::kernel::{Kernel, LinkKind, NewLink, NsId};
-    use crate::store::LocalStore;
+    use crate::kernel::{Kernel, LinkKind};
 
     struct Case {
         host: HostState,
-        _dir: Dir,
-    }
-
-    struct Dir(std::path::PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+        _dir: Scratch,
     }
 
     fn case(tag: &str, call: &str, network: &str, rr: Option<&str>) -> Case {
         let kernel = Arc::new(FakeKernel::new());
-        let eth0 = kernel
-            .create_link(&NewLink {
-                ns: NsId::NODE,
-                name: "eth0".into(),
-                mtu: None,
-                mac: None,
-                alias: None,
-                up: true,
-                kind: LinkKind::Bridge,
-            })
-            .unwrap()
-            .remove(0);
+        let eth0 = test_support::link(&kernel, "eth0", LinkKind::Bridge, None);
         kernel
             .add_address(eth0.link_ref(), "192.0.2.11/24".parse().unwrap())
             .unwrap();
-        let dir = std::env::temp_dir().join(format!("netshim-bgp-{tag}-{}", std::process::id()));
-        let store = LocalStore::open(&dir).unwrap();
+        let dir = Scratch::new(&format!("bgp-{tag}"));
         let grant = Grant {
             driver: "calico".into(),
             network_id: Some(network.into()),
@@ -365,10 +345,9 @@ mod tests {
             route_reflector: rr.map(|r| r.parse().unwrap()),
             ..Grant::default()
         };
-        let host = HostState::new(kernel, Box::new(store.session().unwrap()), grant, call);
         Case {
-            host,
-            _dir: Dir(dir),
+            host: test_support::host(kernel, &dir, grant, call),
+            _dir: dir,
         }
     }
 

@@ -486,45 +486,31 @@ mod tests {
 
     use super::*;
     use crate::bindings::netshim::plugin::types::Error as WitError;
+    use crate::host::test_support::{self, Scratch};
     use crate::host::Grant;
     use crate::kernel::fake::FakeKernel;
     use crate::kernel::Kernel;
-    use crate::store::LocalStore;
     use bridge::Host as _;
 
     struct Case {
         kernel: Arc<FakeKernel>,
         host: HostState,
-        _dir: Dir,
-    }
-
-    struct Dir(std::path::PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+        _dir: Scratch,
     }
 
     fn case(tag: &str) -> Case {
         let kernel = Arc::new(FakeKernel::new());
-        let dir = std::env::temp_dir().join(format!("netshim-links-{tag}-{}", std::process::id()));
-        let store = LocalStore::open(&dir).unwrap();
+        let dir = Scratch::new(&format!("links-{tag}"));
         let grant = Grant {
             driver: "bridge".into(),
             network_id: Some("n1".into()),
             ..Grant::default()
         };
-        let host = HostState::new(
-            kernel.clone(),
-            Box::new(store.session().unwrap()),
-            grant,
-            "create-network",
-        );
+        let host = test_support::host(kernel.clone(), &dir, grant, "create-network");
         Case {
             kernel,
             host,
-            _dir: Dir(dir),
+            _dir: dir,
         }
     }
 
@@ -539,27 +525,8 @@ mod tests {
 
     /// A link that exists before the call, as a handle of the call.
     fn existing(c: &mut Case, name: &str, kind: LinkKind, owned: bool) -> Resource<LinkHandle> {
-        let l = c
-            .kernel
-            .create_link(&NewLink {
-                ns: NsId::NODE,
-                name: name.into(),
-                mtu: None,
-                mac: None,
-                alias: Some(crate::host::ownership_mark("n1")),
-                up: true,
-                kind,
-            })
-            .unwrap()
-            .remove(0);
-        c.host
-            .table
-            .push(LinkHandle {
-                link: l.link_ref(),
-                name: l.name,
-                owned,
-            })
-            .unwrap()
+        let l = test_support::link(&c.kernel, name, kind, Some("n1"));
+        test_support::handle(&mut c.host, &l, owned)
     }
 
     fn borrow(r: &Resource<LinkHandle>) -> Resource<LinkHandle> {

@@ -18,6 +18,8 @@ mod nft_v02;
 mod node;
 mod routes;
 mod sysctl;
+#[cfg(test)]
+mod test_support;
 pub mod udp_tunnel;
 
 use std::sync::Arc;

@@ -176,52 +176,32 @@ mod tests {
 
     use super::*;
     use crate::bindings::netshim::plugin::types::Error as WitError;
+    use crate::host::test_support::{self, handle, link, Scratch};
     use crate::host::{from_ip, from_prefix, Grant};
     use crate::kernel::fake::FakeKernel;
-    use crate::kernel::{Kernel, LinkKind, NewLink, NsId};
-    use crate::store::LocalStore;
+    use crate::kernel::{Kernel, LinkKind};
 
     struct Case {
         host: HostState,
         tun: Resource<LinkHandle>,
         bridge: Resource<LinkHandle>,
-        _dir: tempdir::Dir,
-    }
-
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-    }
-
-    fn link(kernel: &FakeKernel, name: &str, kind: LinkKind) -> crate::kernel::LinkInfo {
-        kernel
-            .create_link(&NewLink {
-                ns: NsId::NODE,
-                name: name.into(),
-                mtu: None,
-                mac: None,
-                alias: Some(crate::host::ownership_mark("n1")),
-                up: true,
-                kind,
-            })
-            .unwrap()
-            .remove(0)
+        _dir: Scratch,
     }
 
     fn case(tag: &str) -> Case {
         let kernel = Arc::new(FakeKernel::new());
-        let eth0 = link(&kernel, "eth0", LinkKind::Bridge);
+        let eth0 = link(&kernel, "eth0", LinkKind::Bridge, Some("n1"));
         kernel
             .add_address(eth0.link_ref(), "192.0.2.11/24".parse().unwrap())
             .unwrap();
-        let tun = link(&kernel, "flannel0", LinkKind::Tun { tap: false });
-        let br = link(&kernel, "cni0", LinkKind::Bridge);
-        let dir = std::env::temp_dir().join(format!("netshim-udp-{tag}-{}", std::process::id()));
-        let store = LocalStore::open(&dir).unwrap();
+        let tun = link(
+            &kernel,
+            "flannel0",
+            LinkKind::Tun { tap: false },
+            Some("n1"),
+        );
+        let br = link(&kernel, "cni0", LinkKind::Bridge, Some("n1"));
+        let dir = Scratch::new(&format!("udp-{tag}"));
         let grant = Grant {
             driver: "flannel".into(),
             network_id: Some("n1".into()),
@@ -229,28 +209,14 @@ mod tests {
             underlay: Some(eth0.link_ref()),
             ..Grant::default()
         };
-        let mut host = HostState::new(
-            kernel,
-            Box::new(store.session().unwrap()),
-            grant,
-            "reconcile",
-        );
-        let handle = |h: &mut HostState, l: &crate::kernel::LinkInfo| {
-            h.table
-                .push(LinkHandle {
-                    link: l.link_ref(),
-                    name: l.name.clone(),
-                    owned: true,
-                })
-                .unwrap()
-        };
-        let tun = handle(&mut host, &tun);
-        let bridge = handle(&mut host, &br);
+        let mut host = test_support::host(kernel, &dir, grant, "reconcile");
+        let tun = handle(&mut host, &tun, true);
+        let bridge = handle(&mut host, &br, true);
         Case {
             host,
             tun,
             bridge,
-            _dir: tempdir::Dir(dir),
+            _dir: dir,
         }
     }
 
