@@ -322,6 +322,47 @@ fn sigterm_lets_the_request_in_flight_finish() {
     assert!(state.contains("10.93.0.0/24"), "{state}");
 }
 
+/// Inodes of the TCP sockets `pid` listens on (IPv4 and IPv6).
+fn tcp_listeners(pid: u32) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is LISTEN; the inode is the tenth field.
+            if f.len() > 9 && f[3] == "0A" {
+                inodes.push(f[9].to_string());
+            }
+        }
+    }
+    let own: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    inodes.retain(|i| own.contains(i));
+    inodes
+}
+
+#[test]
+fn metrics_are_off_unless_asked_for() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("dnometrics");
+    let d = start(&node, "dnometrics-plugins", &[]);
+    assert!(activates(&d.sock));
+    let pid = d.daemon.child.id();
+    assert_eq!(
+        tcp_listeners(pid),
+        Vec::<String>::new(),
+        "a TCP listener without --metrics-addr"
+    );
+}
+
 #[test]
 fn metrics_count_requests_by_kind_and_result() {
     if !can_run() {
@@ -355,6 +396,9 @@ fn metrics_count_requests_by_kind_and_result() {
     assert!(post(&sock, "/IpamDriver.RequestPool", "{").starts_with("HTTP/1.1 500"));
     assert!(post(&sock, "/No.Such", "{}").starts_with("HTTP/1.1 404"));
     let text = node.node.http_get("127.0.0.1:9469", "/metrics");
+    // With --metrics-addr, exactly that one listener (what the test without
+    // it counts is seen).
+    assert_eq!(tcp_listeners(_daemon.child.id()).len(), 1);
     for line in [
         r#"netshim_operations_total{kind="Plugin.Activate",result="2xx"} 1"#,
         r#"netshim_operations_total{kind="IpamDriver.RequestPool",result="2xx"} 1"#,

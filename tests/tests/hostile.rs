@@ -138,6 +138,13 @@ fn panic_after_creating_a_link_is_rolled_back() {
         state["spaces"].as_object().is_none_or(|m| m.is_empty()),
         "state kept from a failed call: {state}"
     );
+    // The panic is counted as one; the error is no stop of the sandbox.
+    let metrics = h.core.metrics().render(0);
+    assert!(
+        metrics.contains(r#"netshim_guest_stopped_total{driver="hostile",reason="panic"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"reason="trap""#), "{metrics}");
     still_serving(&h);
 }
 
