@@ -576,9 +576,11 @@ fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() 
     // The store works again.
     node.ok(&["network", "create", "n", "--subnet", "10.101.0.0/24"]);
 
-    // A database cut to nothing is damage too (this directory had one),
-    // and `detach` recovers and removes the container's objects, its
-    // published port included.
+    // A database cut to nothing is damage too (this directory had one).
+    // `detach` recovers it; the endpoint's record went with the damage,
+    // which it says (naming the damaged file kept), and the recovery's gc
+    // removed the container's objects, its published port included, since
+    // the network's record went too.
     let c2 = Ns::new("crashdb-d");
     node.ok(&[
         "attach",
@@ -601,17 +603,25 @@ fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() 
     assert!(
         !out.status.success()
             && err.contains(db.to_str().unwrap())
-            && err.contains("truncated or replaced")
+            && err.contains("truncated, deleted or replaced")
             && err.contains("netshim store recover"),
         "{err}"
     );
-    node.ok(&[
+    let out = node.netshim(&[
         "detach",
         "--network",
         "n",
         "--netns",
         c2.path.to_str().unwrap(),
     ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("its record was lost with the damaged state database")
+            && err.contains("state.db.corrupt-")
+            && err.contains("removed 2 link(s) and 1 table(s)"),
+        "{err}"
+    );
     assert_eq!(node.node.links(), base);
     assert_eq!(c2.links(), vec!["lo".to_string()]);
     assert!(!node.node.nft_ruleset().contains("dnat"));

@@ -35,7 +35,7 @@ pub(super) const DB_FILE: &str = "state.db";
 /// Made when a database first gets its schema: a database without one in
 /// a directory with this file was truncated to nothing or replaced, and is
 /// reported as corrupt rather than silently taken for a new node.
-const MADE_FILE: &str = "state.db.made";
+pub(super) const MADE_FILE: &str = "state.db.made";
 const LOCK_FILE: &str = "lock";
 const LEGACY_FILE: &str = "state.json";
 
@@ -81,6 +81,21 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A database file that is missing or has no bytes.
+pub(super) fn emptied(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.len() == 0)
+}
+
+fn emptied_error(dir: &Path) -> StoreError {
+    StoreError::Corrupt {
+        path: dir.join(DB_FILE),
+        message: format!(
+            "it is missing, empty or without its schema, but a database was made here before ({} exists): the file was truncated, deleted or replaced",
+            dir.join(MADE_FILE).display()
+        ),
+    }
+}
+
 fn db_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| match source.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
@@ -124,6 +139,15 @@ impl LocalStore {
 
     pub(super) fn connect(&self) -> Result<Connection, StoreError> {
         let path = self.dir.join(DB_FILE);
+        // Looked at before SQLite opens anything: it deletes the log of a
+        // database with no pages, and a missing file would be created.
+        // The marker is made only after the schema is committed, so a
+        // marker seen first means the schema was there (a process racing
+        // to make it first does not trip this).
+        let had_database = self.dir.join(MADE_FILE).exists();
+        if had_database && emptied(&path) {
+            return Err(emptied_error(&self.dir));
+        }
         // Made private before SQLite sees it; its -wal and -shm files take
         // the database file's mode.
         drop(crate::private::open_writable(&path)?);
@@ -133,21 +157,17 @@ impl LocalStore {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db_error(&path))?;
-        let made = self.dir.join(MADE_FILE);
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { path, version });
+        }
         if version != SCHEMA_VERSION {
-            if version == 0 && made.exists() {
-                return Err(StoreError::Corrupt {
-                    path,
-                    message: format!(
-                        "it holds no records and no schema, but this state directory had a database ({} exists): the file was truncated or replaced",
-                        made.display()
-                    ),
-                });
+            if had_database {
+                return Err(emptied_error(&self.dir));
             }
             conn.execute_batch(SCHEMA).map_err(db_error(&path))?;
         }
-        if !made.exists() {
-            drop(crate::private::open_writable(&made)?);
+        if !had_database {
+            self.mark_made();
         }
         // Per connection: not stored in the file.
         conn.execute_batch("PRAGMA synchronous = NORMAL")
@@ -157,6 +177,23 @@ impl LocalStore {
                 .map_err(db_error(&path))?;
         }
         Ok(conn)
+    }
+
+    /// Remember that this directory has a database. Best effort: without
+    /// the marker only the detection of an emptied database is lost.
+    pub(super) fn mark_made(&self) {
+        let made = self.dir.join(MADE_FILE);
+        let done = crate::private::open_writable(&made)
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.sync_all().map_err(|e| e.to_string()))
+            .and_then(|()| {
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = done {
+            tracing::warn!(file = %made.display(), error = %e, "could not mark the state directory as holding a database");
+        }
     }
 
     /// Take the state lock (blocking until other sessions end) and start a

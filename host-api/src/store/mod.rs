@@ -44,6 +44,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("state file {path} has schema version {version}, newer than this netshim's: use the netshim that wrote it")]
+    NewerSchema { path: PathBuf, version: i64 },
     #[error("state database {path}: {source}")]
     Database {
         path: PathBuf,
@@ -373,47 +375,99 @@ mod tests {
         fill(&store);
         assert_eq!(store.snapshot().unwrap().len(), 400);
 
-        // Cut to nothing: SQLite would take it for a new, empty database;
-        // this directory had one, so it is reported, and recovered.
-        drop(store);
+        // Cut to nothing while a connection keeps its log: SQLite would take
+        // it for a new, empty database and delete the log; this directory
+        // had a database, so it is reported before SQLite opens it, and the
+        // log is kept beside the recovered database.
+        let writer = store.clone();
+        let mut s = writer.session().unwrap();
+        s.put("cnm", "logged", b"1", Condition::None, None).unwrap();
+        s.commit().unwrap();
+        drop(s); // its connection stays open and idle: the log stays
+        let wal = dir.join("state.db-wal");
+        assert!(fs::metadata(&wal).map(|m| m.len() > 0).unwrap_or(false));
         fs::OpenOptions::new()
             .write(true)
             .open(&db)
             .unwrap()
             .set_len(0)
             .unwrap();
-        let _ = fs::remove_file(dir.join("state.db-wal"));
-        let store = LocalStore::open(&dir).unwrap();
-        let e = store
+        let other = LocalStore::open(&dir).unwrap();
+        let e = other
             .session()
             .err()
             .expect("an empty database")
             .to_string();
         assert!(
             e.contains(db.to_str().unwrap())
-                && e.contains("truncated or replaced")
+                && e.contains("truncated, deleted or replaced")
                 && e.contains("netshim store recover"),
             "{e}"
         );
-        let r = store
+        assert!(wal.exists(), "the log was deleted");
+        let r = other
             .recover()
             .unwrap()
             .expect("an empty database is damage");
         assert_eq!(r.kept, 0);
-        fill(&store);
-        assert_eq!(store.snapshot().unwrap().len(), 400);
+        let kept_log = PathBuf::from(format!("{}-wal", r.moved_to.display()));
+        assert!(
+            fs::metadata(&kept_log).unwrap().len() > 0,
+            "the log was not kept"
+        );
+        fill(&other);
+        assert_eq!(other.snapshot().unwrap().len(), 400);
+        drop((store, writer, other));
+
+        // Deleted: the same.
+        fs::remove_file(&db).unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store.snapshot().unwrap_err().to_string();
+        assert!(e.contains("truncated, deleted or replaced"), "{e}");
+        assert!(!db.exists(), "the missing database was made again");
+        assert!(store.recover().unwrap().is_some());
+        assert_eq!(store.snapshot().unwrap().len(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_new_state_directory_is_not_taken_for_a_truncated_one() {
+    fn a_new_state_directory_is_marked_once_its_schema_is_in() {
         let dir = tmpdir("fresh");
+        assert!(!dir.join(local::MADE_FILE).exists());
         let store = LocalStore::open(&dir).unwrap();
         let mut s = store.session().unwrap();
         s.put("cnm", "k", b"1", Condition::Absent, None).unwrap();
         s.commit().unwrap();
-        drop(s);
-        assert_eq!(store.snapshot().unwrap().len(), 1);
+        drop((s, store));
+        assert!(dir.join(local::MADE_FILE).exists());
+        // Opened again by another process: the same records, no alarm.
+        let again = LocalStore::open(&dir).unwrap();
+        assert_eq!(again.snapshot().unwrap().len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_of_a_newer_netshim_is_refused_untouched() {
+        let dir = tmpdir("newer");
+        let store = LocalStore::open(&dir).unwrap();
+        let mut s = store.session().unwrap();
+        s.put("cnm", "k", b"1", Condition::Absent, None).unwrap();
+        s.commit().unwrap();
+        drop((s, store));
+        let db = dir.join("state.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 7")
+            .unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store.snapshot().unwrap_err().to_string();
+        assert!(e.contains("schema version 7") && e.contains("newer"), "{e}");
+        drop(store);
+        let v: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 7, "the newer database was rewritten");
         fs::remove_dir_all(&dir).unwrap();
     }
 

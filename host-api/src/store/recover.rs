@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use rusqlite::{Connection, OpenFlags};
 
 use super::legacy::Row;
-use super::local::{insert_rows, DB_FILE};
+use super::local::{emptied, insert_rows, DB_FILE, MADE_FILE};
 use super::{LocalStore, StoreError};
 
 /// What a recovery did.
@@ -31,10 +31,18 @@ impl LocalStore {
         // The cached connection may be on the damaged file.
         self.close();
         let path = self.dir().join(DB_FILE);
-        if !path.exists() || healthy(&path) {
+        // A database that is gone or has no bytes in a directory that had
+        // one: nothing to read, and SQLite is not let near it (it would
+        // delete its log, which is kept aside below like any damaged file).
+        let lost = self.dir().join(MADE_FILE).exists() && emptied(&path);
+        if !lost && (!path.exists() || healthy(&path)) {
             return Ok(None);
         }
-        let (rows, revision) = salvage(&path);
+        let (rows, revision) = if lost {
+            (Vec::new(), 0)
+        } else {
+            salvage(&path)
+        };
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

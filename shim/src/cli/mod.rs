@@ -449,10 +449,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     ))
                 }
             };
-            match core.teardown_despite_damage(|| core.detach(target.clone()))? {
-                Some(ep) => out.detached(&ep),
-                None => out.detached_with_lost_record(),
-            }
+            let ep = core.teardown_despite_damage(|| core.detach(target.clone()))?;
+            out.detached(&ep);
             core.close_for_exit();
             Ok(())
         }

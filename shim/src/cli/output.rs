@@ -337,15 +337,6 @@ impl Output {
         self.emit(json!({"detached": e.id}), short(&e.id));
     }
 
-    /// The endpoint's record was lost with a damaged store; the recovery
-    /// removed its objects.
-    pub fn detached_with_lost_record(&self) {
-        self.emit(
-            json!({"detached": null, "recovered": true}),
-            "recovered the state database; the endpoint's record was lost with the damage, and what no record owns was removed".into(),
-        );
-    }
-
     pub fn guests(&self, all: &BTreeMap<String, Source>) {
         let rows: Vec<Vec<String>> = all
             .iter()

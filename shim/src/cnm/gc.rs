@@ -315,22 +315,28 @@ impl Core {
 
     /// A teardown (detach, poststop) that a damaged store would strand:
     /// the store is recovered (the damaged file kept) and it runs again.
-    /// `None` when what it was to tear down lost its record with the
-    /// damage: the recovery's gc has removed what no surviving record owns.
-    pub fn teardown_despite_damage<T>(&self, f: impl Fn() -> CnmResult<T>) -> CnmResult<Option<T>> {
+    /// If what it was to tear down is then not found, that is said with
+    /// the damage: its record may have been lost with it, and whether the
+    /// recovery's gc removed its objects depends on what else was lost.
+    pub fn teardown_despite_damage<T>(&self, f: impl Fn() -> CnmResult<T>) -> CnmResult<T> {
         match f() {
             Err(CnmError::Store(StoreError::Corrupt { path, message })) => {
                 tracing::error!(file = %path.display(), error = %message, "the state database is damaged: recovering it so this teardown can run");
-                self.recover_store()?;
-                match f() {
-                    Err(CnmError::NotFound(what)) => {
-                        tracing::warn!(%what, "its record was lost with the damage; the recovery removed what no surviving record owns");
-                        Ok(None)
+                let recovered = self.recover_store()?;
+                match (f(), recovered) {
+                    (Err(CnmError::NotFound(what)), Some((r, gc))) => {
+                        Err(CnmError::LostWithDamage {
+                            what,
+                            damaged: r.moved_to,
+                            kept: r.kept,
+                            links: gc.links.len(),
+                            tables: gc.tables.len(),
+                        })
                     }
-                    other => other.map(Some),
+                    (other, _) => other,
                 }
             }
-            other => other.map(Some),
+            other => other,
         }
     }
 }

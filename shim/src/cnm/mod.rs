@@ -38,6 +38,14 @@ pub enum CnmError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{what}: its record was lost with the damaged state database, which was recovered ({kept} records kept; the damaged file is kept as {}); the recovery removed {links} link(s) and {tables} table(s) that no surviving record owns; see `netshim topology` for what is left", damaged.display())]
+    LostWithDamage {
+        what: String,
+        damaged: std::path::PathBuf,
+        kept: usize,
+        links: usize,
+        tables: usize,
+    },
     #[error("{0}")]
     Exists(String),
     #[error("driver {driver}: {message}")]

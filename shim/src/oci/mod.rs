@@ -64,10 +64,11 @@ pub enum Outcome {
 
 pub fn run(core: &Core, stage_name: Option<&str>, state: spec::State) -> Result<Outcome, OciError> {
     match Stage::parse(stage_name, state.status)? {
-        Stage::Poststop => Ok(Outcome::Detached(
-            core.teardown_despite_damage(|| core.detach_container(state.id()))?
-                .unwrap_or_default(),
-        )),
+        Stage::Poststop => {
+            Ok(Outcome::Detached(core.teardown_despite_damage(|| {
+                core.detach_container(state.id())
+            })?))
+        }
         Stage::Create => create(core, &state).map(Outcome::Attached),
     }
 }
