@@ -1239,40 +1239,43 @@ impl Kernel for Netlink {
                         vec![AfSpecInet6::AddrGenMode(mode)],
                     )]));
             }
-            LinkChange::Hairpin(on) => {
-                // Bridge port options are the port's "slave data", which only
-                // a (non-creating) RTM_NEWLINK applies.
-                message.attributes.push(LinkAttribute::LinkInfo(vec![
-                    NlLinkInfo::PortKind(InfoPortKind::Bridge),
-                    NlLinkInfo::PortData(InfoPortData::BridgePort(vec![
-                        InfoBridgePort::HairpinMode(*on),
-                    ])),
-                ]));
-                return ns.request(RouteNetlinkMessage::NewLink(message), 0, &what).map(drop).map_err(|err| {
-                    if err.errno == Some(libc::EOPNOTSUPP) {
-                        KernelError::Invalid(format!("{what}: hairpin mode needs a bridge port, and this link has no bridge"))
-                    } else {
-                        kernel_error(&err, &format!("hairpin mode of {what}"))
-                    }
-                });
-            }
-            LinkChange::MulticastSnooping(on) => {
-                // A bridge's own options go in its link info, with its kind;
-                // a link of another kind is refused by the kernel.
-                message.attributes.push(LinkAttribute::LinkInfo(vec![
-                    NlLinkInfo::Kind(InfoKind::Bridge),
-                    NlLinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(*on)])),
-                ]));
+            // Bridge and bridge-port options travel in the link's info
+            // (a port's as its "slave data"), which only a non-creating
+            // RTM_NEWLINK applies; the kernel refuses them on a link of
+            // another kind.
+            LinkChange::Hairpin(_) | LinkChange::MulticastSnooping(_) => {
+                let (info, setting, needs) = match change {
+                    LinkChange::Hairpin(on) => (
+                        vec![
+                            NlLinkInfo::PortKind(InfoPortKind::Bridge),
+                            NlLinkInfo::PortData(InfoPortData::BridgePort(vec![
+                                InfoBridgePort::HairpinMode(*on),
+                            ])),
+                        ],
+                        "hairpin mode",
+                        "a bridge port, and this link has no bridge",
+                    ),
+                    LinkChange::MulticastSnooping(on) => (
+                        vec![
+                            NlLinkInfo::Kind(InfoKind::Bridge),
+                            NlLinkInfo::Data(InfoData::Bridge(vec![
+                                InfoBridge::MulticastSnooping(*on),
+                            ])),
+                        ],
+                        "multicast snooping",
+                        "a bridge, and this link is not a bridge",
+                    ),
+                    _ => unreachable!("matched above"),
+                };
+                message.attributes.push(LinkAttribute::LinkInfo(info));
                 return ns
                     .request(RouteNetlinkMessage::NewLink(message), 0, &what)
                     .map(drop)
                     .map_err(|err| {
                         if err.errno == Some(libc::EOPNOTSUPP) {
-                            KernelError::Invalid(format!(
-                                "{what}: multicast snooping needs a bridge, and this link is not one"
-                            ))
+                            KernelError::Invalid(format!("{what}: {setting} needs {needs}"))
                         } else {
-                            kernel_error(&err, &format!("multicast snooping of {what}"))
+                            kernel_error(&err, &format!("{setting} of {what}"))
                         }
                     });
             }
