@@ -14,7 +14,7 @@
 //! - sessions are single-hop (`direct`), with `gateway direct`.
 //!
 //! Timers are set for convergence in about a second on a LAN: first
-//! connect 1 s after a peer appears, retries every 2 s, hold time 9 s
+//! connect 1 s after a peer appears, retries every 1 s, hold time 9 s
 //! (keepalives every 3 s), error backoff 1 to 10 s.
 
 use std::fmt::Write as _;
@@ -37,7 +37,7 @@ pub struct Paths<'a> {
 
 /// BIRD's string syntax has no escapes we want to rely on: a path with a
 /// quote, a backslash or a control character is refused.
-fn quoted(p: &Path) -> Result<String, BirdError> {
+pub(super) fn quoted(p: &Path) -> Result<String, BirdError> {
     let s = p
         .to_str()
         .ok_or_else(|| BirdError::Path(p.display().to_string()))?;
@@ -225,9 +225,18 @@ mod tests {
         assert!(c.contains(
             "protocol bgp Global_192_0_2_99 from netshim_peer { neighbor 192.0.2.99 as 64513; }"
         ));
-        // No filter accepts anything unconditionally.
-        assert!(!c.contains("import all; export filter netshim_announce"));
+        // Nothing goes anywhere unfiltered: no channel exports all, and the
+        // only one importing all is the static protocol's own blackholes
+        // (into BIRD's table, never the kernel's).
         assert!(!c.contains("export all"));
+        assert_eq!(c.matches("import all").count(), 1);
+        assert!(
+            c.contains("protocol static netshim_blocks {\n  ipv4 { import all; export none; };")
+        );
+        assert!(c.contains(
+            "filter netshim_to_kernel { if source = RTS_BGP && net ~ NETSHIM_ACCEPT then accept; reject; }"
+        ));
+        assert!(c.contains("if proto = \"netshim_blocks\" && net ~ NETSHIM_ANNOUNCE then accept;"));
     }
 
     #[test]
@@ -244,9 +253,14 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(!c.contains("NETSHIM_ACCEPT"));
+        assert!(!c.contains("NETSHIM_ACCEPT") && !c.contains("NETSHIM_ANNOUNCE"));
         assert!(c.contains(
             "filter netshim_accept { if false && (bgp_next_hop ~ 192.0.2.0/24) then accept; reject; }"
+        ));
+        assert!(c.contains("if proto = \"netshim_blocks\" && false then accept;"));
+        assert!(c.contains("  if source = RTS_BGP && false then accept;"));
+        assert!(c.contains(
+            "filter netshim_to_kernel { if source = RTS_BGP && false then accept; reject; }"
         ));
     }
 

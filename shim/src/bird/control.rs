@@ -56,14 +56,8 @@ fn text(m: &Message) -> String {
 /// `configure "<conf>"`: BIRD reads the file again and applies the
 /// difference (sessions of unchanged peers stay up).
 pub fn configure(ctl: &Path, conf: &Path) -> Result<(), BirdError> {
-    let conf = conf
-        .to_str()
-        .filter(|s| !s.contains('"'))
-        .ok_or_else(|| BirdError::Path(conf.display().to_string()))?
-        .to_string();
-    let replies = bounded(ctl, move |c| {
-        c.send_request(&format!("configure \"{conf}\""))
-    })?;
+    let conf = super::config::quoted(conf)?;
+    let replies = bounded(ctl, move |c| c.send_request(&format!("configure {conf}")))?;
     match replies.iter().find(|m| is_error(m)) {
         Some(m) => Err(BirdError::Refused(text(m))),
         None => Ok(()),

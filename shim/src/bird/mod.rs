@@ -16,12 +16,12 @@ pub mod status;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netshim_host_api::host::bgp::BgpSpeaker;
+use netshim_host_api::private;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -43,6 +43,8 @@ pub enum BirdError {
     Control { path: String, message: String },
     #[error("BIRD refused the configuration: {0}")]
     Refused(String),
+    #[error(transparent)]
+    Private(#[from] netshim_host_api::private::PrivateError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BirdError {
@@ -255,17 +257,9 @@ impl Supervisor {
     }
 
     fn write_conf(&self, text: &str) -> Result<(), BirdError> {
-        fs::create_dir_all(&self.files.dir).map_err(io(self.files.dir.display().to_string()))?;
-        fs::set_permissions(&self.files.dir, fs::Permissions::from_mode(0o700))
-            .map_err(io(self.files.dir.display().to_string()))?;
+        private::dir(&self.files.dir)?;
         let tmp = self.files.dir.join("bird.conf.new");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(tmp.display().to_string()))?;
+        let mut f = private::create(&tmp)?;
         f.write_all(text.as_bytes())
             .map_err(io(tmp.display().to_string()))?;
         fs::rename(&tmp, &self.files.conf).map_err(io(self.files.conf.display().to_string()))
@@ -276,11 +270,7 @@ impl Supervisor {
         self.write_conf(wanted)?;
         // A socket left by a BIRD that died would make the new one fail.
         let _ = fs::remove_file(&self.files.ctl);
-        let stderr = fs::File::create(&self.files.stderr).map_err(io(self
-            .files
-            .stderr
-            .display()
-            .to_string()))?;
+        let stderr = private::create(&self.files.stderr)?;
         let child = Command::new(&bird)
             .arg("-f")
             .arg("-c")
