@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{from_ip, to_ip, to_prefix, HostError, HostResult, HostState};
 use crate::bindings::netshim::plugin::types::IpAddress;
 use crate::bindings::v0_2::netshim::plugin0_2_0::bgp::{Host, PeerKind, Speaker};
+use crate::kernel::{KResult, Kernel, LinkRef};
 
 /// The host's space for speakers, one per network (key: its id).
 pub const SPACE: &str = "host/bgp";
@@ -136,22 +137,36 @@ impl HostState {
     }
 }
 
+/// The IPv4 addresses (with their prefix) of the underlay link, if any.
+pub fn underlay_v4(kernel: &dyn Kernel, underlay: Option<LinkRef>) -> KResult<Vec<Ipv4Net>> {
+    let Some(u) = underlay else {
+        return Ok(Vec::new());
+    };
+    Ok(kernel
+        .addresses(u)?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
+        .collect())
+}
+
+/// The subnets a learned route's next hop may be on: those of the
+/// underlay's addresses, in one order, so a record made by a call compares
+/// equal to what the agent reads from the underlay later.
+pub fn next_hops(addresses: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    let mut n: Vec<Ipv4Net> = addresses.iter().map(|a| a.trunc()).collect();
+    n.sort();
+    n.dedup();
+    n
+}
+
 impl Host for HostState {
     fn configure(&mut self, sp: Speaker) -> HostResult<()> {
         let network = self.bgp_network("bgp configure")?;
         let router_id = v4(&sp.router_id, "router id")?;
-        let subnets: Vec<Ipv4Net> = match self.underlay() {
-            Some(u) => self
-                .kernel
-                .addresses(u)?
-                .into_iter()
-                .filter_map(|a| match a {
-                    IpNet::V4(n) => Some(n),
-                    IpNet::V6(_) => None,
-                })
-                .collect(),
-            None => vec![],
-        };
+        let subnets = underlay_v4(self.kernel.as_ref(), self.underlay())?;
         if !subnets.iter().any(|n| n.addr() == router_id) {
             return Err(HostError::denied(format!(
                 "bgp: router id {router_id} is not an address of the node's underlay link"
@@ -291,12 +306,7 @@ impl Host for HostState {
             peers,
             export: export.into_iter().collect(),
             import,
-            // Sorted, as the agent compares them with the underlay's now.
-            next_hops: {
-                let mut n: Vec<Ipv4Net> = subnets.iter().map(|n| n.trunc()).collect();
-                n.sort();
-                n
-            },
+            next_hops: next_hops(&subnets),
         };
         let value =
             serde_json::to_vec(&record).map_err(|e| HostError::Trap(wasmtime::Error::new(e)))?;

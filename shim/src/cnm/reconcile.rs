@@ -108,19 +108,7 @@ impl Core {
             return Ok(out);
         }
         // A failed read is an error, not "no subnets": it must not stop BIRD.
-        let mut subnets: Vec<ipnet::Ipv4Net> = match self.underlay() {
-            Some(u) => self
-                .kernel()
-                .addresses(u)?
-                .into_iter()
-                .filter_map(|a| match a {
-                    ipnet::IpNet::V4(n) => Some(n.trunc()),
-                    ipnet::IpNet::V6(_) => None,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        subnets.sort();
+        let subnets = bgp::next_hops(&bgp::underlay_v4(self.kernel().as_ref(), self.underlay())?);
         out.retain(|id, sp| {
             let why = if sp.rr_cluster_id.is_some() && sp.rr_cluster_id != self.route_reflector {
                 Some("the node is no longer a route reflector with that cluster id")
