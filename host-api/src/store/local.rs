@@ -161,7 +161,7 @@ impl LocalStore {
             return Err(StoreError::NewerSchema { path, version });
         }
         if version != SCHEMA_VERSION {
-            if had_database {
+            if version == 0 && had_database {
                 return Err(emptied_error(&self.dir));
             }
             conn.execute_batch(SCHEMA).map_err(db_error(&path))?;

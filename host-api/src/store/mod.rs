@@ -316,16 +316,6 @@ mod tests {
     #[test]
     fn a_damaged_database_is_recovered_around_the_damage() {
         let dir = tmpdir("db-cut");
-        let fill = |store: &LocalStore| {
-            let mut s = store.session().unwrap();
-            for i in 0..400 {
-                // Values big enough to spread the table over many pages.
-                let v = vec![b'x'; 300];
-                s.put("cnm", &format!("k{i:04}"), &v, Condition::None, None)
-                    .unwrap();
-            }
-            s.commit().unwrap();
-        };
         {
             let store = LocalStore::open(&dir).unwrap();
             fill(&store);
@@ -431,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_state_directory_is_marked_once_its_schema_is_in() {
+    fn a_new_state_directory_is_marked_and_opens_again_without_alarm() {
         let dir = tmpdir("fresh");
         assert!(!dir.join(local::MADE_FILE).exists());
         let store = LocalStore::open(&dir).unwrap();
@@ -443,6 +433,27 @@ mod tests {
         // Opened again by another process: the same records, no alarm.
         let again = LocalStore::open(&dir).unwrap();
         assert_eq!(again.snapshot().unwrap().len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_whose_schema_mark_is_gone_is_damage_and_its_records_are_kept() {
+        let dir = tmpdir("unmarked");
+        let store = LocalStore::open(&dir).unwrap();
+        fill(&store);
+        drop(store);
+        rusqlite::Connection::open(dir.join("state.db"))
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 0")
+            .unwrap();
+        let store = LocalStore::open(&dir).unwrap();
+        let e = store.snapshot().unwrap_err().to_string();
+        assert!(e.contains("netshim store recover"), "{e}");
+        // Recovery agrees it is damaged (it is not "healthy") and keeps
+        // every record.
+        let r = store.recover().unwrap().expect("damage");
+        assert_eq!(r.kept, 400);
+        assert_eq!(store.snapshot().unwrap().len(), 400);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -535,6 +546,17 @@ mod tests {
         assert_eq!(store.snapshot().unwrap().len(), 300);
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// 400 records of 300 bytes, enough to spread the table over many pages.
+    fn fill(store: &LocalStore) {
+        let mut s = store.session().unwrap();
+        for i in 0..400 {
+            let v = vec![b'x'; 300];
+            s.put("cnm", &format!("k{i:04}"), &v, Condition::None, None)
+                .unwrap();
+        }
+        s.commit().unwrap();
     }
 
     /// Bytes this thread has handed to write(2) and its kin so far (the

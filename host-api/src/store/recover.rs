@@ -111,11 +111,17 @@ impl LocalStore {
     }
 }
 
-/// SQLite's own quick check, and a read of every record.
+/// SQLite's own quick check, a schema in place (a file without one is
+/// what `connect` refuses in a directory that had a database), and a
+/// read of every record.
 fn healthy(path: &std::path::Path) -> bool {
     let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) else {
         return false;
     };
+    let version: Result<i64, _> = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
+    if !matches!(version, Ok(v) if v > 0) {
+        return false;
+    }
     let check: Result<String, _> = conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
     let count: Result<i64, _> = conn.query_row("SELECT count(*) FROM kv", [], |r| r.get(0));
     matches!(check.as_deref(), Ok("ok")) && count.is_ok()

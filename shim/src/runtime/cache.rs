@@ -125,9 +125,17 @@ mod tests {
         // compatibility hash: the entry above is not used, a new one is.
         component(&b, Some(&dir), "bridge", wasm).unwrap();
         assert_eq!(cached(&dir).len(), 2, "{:?}", cached(&dir));
-        // The first engine finds its own entry again.
+        // The first engine finds its own entry again: loaded, not written anew.
+        use std::os::unix::fs::MetadataExt;
+        let inode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().ino();
+        let before = inode(&first[0]);
         component(&a, Some(&dir), "bridge", wasm).unwrap();
         assert_eq!(cached(&dir).len(), 2);
+        assert_eq!(
+            inode(&first[0]),
+            before,
+            "the entry was compiled and written again"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
