@@ -123,9 +123,12 @@ fn run(core: &Core, stop: &AtomicBool) {
     let mut bird = Supervisor::new(core.state_dir());
     while !stop.load(Ordering::Relaxed) {
         bird.tick();
+        // Once per pass at most: after a rescan, or after a reconcile that
+        // may have changed a tunnel's table or the BGP speaker.
+        let mut follow = false;
         if scanned.elapsed() >= RESCAN {
             scanned = Instant::now();
-            follow_datapaths(core, &mut tunnels, &mut bird);
+            follow = true;
             match core.cluster_networks() {
                 Ok(list) => {
                     let ids: BTreeSet<String> = list.iter().map(|n| n.id.clone()).collect();
@@ -226,9 +229,7 @@ fn run(core: &Core, stop: &AtomicBool) {
                 }
             }
         }
-        // A pass may have changed a tunnel's table or the BGP speaker:
-        // follow it now.
-        if reconciled {
+        if follow || reconciled {
             follow_datapaths(core, &mut tunnels, &mut bird);
         }
     }

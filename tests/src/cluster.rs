@@ -162,13 +162,9 @@ pub fn inside_path<T: Send + 'static>(
     path: std::path::PathBuf,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> T {
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open namespace");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    crate::spawn_in(path, f)
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// A node of a cluster: a namespace on the fabric at 192.0.2.`host`, whose

@@ -13,7 +13,7 @@ pub mod nft_gen;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -28,6 +28,19 @@ pub fn can_run() -> bool {
         eprintln!("SKIPPED: integration tests need root (network namespaces)");
     }
     root
+}
+
+/// Run `f` on a thread of its own inside the namespace at `path`: sockets
+/// it opens (and threads it starts) are that namespace's.
+pub fn spawn_in<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open namespace");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
 }
 
 /// A named network namespace, removed on drop.
@@ -140,12 +153,7 @@ impl Ns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = self.path.clone();
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
+        spawn_in(self.path.clone(), f)
     }
 
     /// Accept one TCP connection on `addr` inside this namespace and return
@@ -153,10 +161,7 @@ impl Ns {
     pub fn accept_one(&self, addr: &str) -> std::thread::JoinHandle<SocketAddr> {
         let sock: SocketAddr = addr.parse().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let path = self.path.clone();
-        let h = std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let h = self.spawn_inside(move || {
             let l = TcpListener::bind(sock).unwrap();
             tx.send(()).unwrap();
             let (_s, peer) = l.accept().unwrap();
@@ -171,11 +176,8 @@ impl Ns {
     pub fn http_get(&self, addr: &str, path: &str) -> String {
         use std::io::{Read, Write};
         let sock: SocketAddr = addr.parse().unwrap();
-        let path_ns = self.path.clone();
         let path = path.to_string();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path_ns).unwrap();
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        self.spawn_inside(move || {
             let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             write!(
@@ -253,15 +255,39 @@ impl Node {
         }
     }
 
-    /// The netshim binary acting on this node.
-    pub fn netshim(&self, args: &[&str]) -> Output {
-        let out = Command::new(netshim_bin())
-            .env("NETSHIM_STATE_DIR", &self.state.0)
+    /// `netshim ARGS` acting on this node, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(netshim_bin());
+        c.env("NETSHIM_STATE_DIR", &self.state.0)
             .env("NETSHIM_NODE_NETNS", &self.node.path)
             .env("NETSHIM_CACHE_DIR", cache_dir())
-            .args(args)
-            .output()
-            .expect("run netshim");
+            .args(args);
+        c
+    }
+
+    /// The netshim binary acting on this node.
+    pub fn netshim(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run netshim")
+    }
+
+    /// `netshim oci-hook STAGE` as a runtime runs it, the container's
+    /// state on stdin; panics, with netshim's stderr, on failure.
+    pub fn hook(&self, stage: &str, state: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = self
+            .command(&["oci-hook", stage])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run netshim oci-hook");
+        let _ = child.stdin.take().unwrap().write_all(state.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "oci-hook {stage}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 

@@ -16,11 +16,8 @@ use netshim_tests::{can_run, netshim_bin, wait_for, Daemon, Node, Ns, TempDir, N
 use serde_json::{json, Value};
 
 fn spawn(node: &Node, args: &[&str], stdin: Option<&str>) -> Child {
-    let mut child = Command::new(netshim_bin())
-        .env("NETSHIM_STATE_DIR", &node.state.0)
-        .env("NETSHIM_NODE_NETNS", &node.node.path)
-        .env("NETSHIM_CACHE_DIR", netshim_tests::cache_dir())
-        .args(args)
+    let mut child = node
+        .command(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -267,10 +264,7 @@ fn a_killed_create_runtime_hook_then_poststop_leaves_no_port_to_the_next_contain
     let poststop = ["oci-hook", "poststop"];
     let span = duration_of(&node, &create, Some(&create_state));
     assert!(node.node.nft_ruleset().contains("dnat"));
-    let out = spawn(&node, &poststop, Some(&stop_state))
-        .wait_with_output()
-        .unwrap();
-    assert!(out.status.success());
+    node.hook("poststop", &stop_state);
     let mut halfway = 0;
     for delay in delays(span, 30) {
         kill_after(&node, &create, Some(&create_state), delay);
@@ -526,14 +520,7 @@ fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() 
     let state = |status: &str| {
         json!({"ociVersion": "1.0.2", "id": "c1", "status": status, "bundle": bundle.0}).to_string()
     };
-    let out = spawn(
-        &node,
-        &["oci-hook", "createRuntime"],
-        Some(&state("creating")),
-    )
-    .wait_with_output()
-    .unwrap();
-    assert!(out.status.success());
+    node.hook("createRuntime", &state("creating"));
     assert!(node.node.nft_ruleset().contains("dnat"));
 
     // A stray write over the database's first page.
@@ -551,14 +538,7 @@ fn a_damaged_store_is_named_and_poststop_still_removes_the_containers_objects() 
 
     // poststop recovers the store (keeping the damaged file) and removes
     // what no surviving record owns: here, everything of the network.
-    let out = spawn(&node, &["oci-hook", "poststop"], Some(&state("stopped")))
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = node.hook("poststop", &state("stopped"));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("damaged"),
         "poststop said nothing of the recovery"

@@ -112,13 +112,7 @@ fn docker_networks_through_netshim() {
         a1.starts_with("10.77.0.") && a2.starts_with("10.77.0.") && a1 != a2,
         "{a1} {a2}"
     );
-    assert!(
-        docker
-            .docker(&["exec", "c1", "ping", "-c1", "-W2", &a2])
-            .status
-            .success(),
-        "c1 cannot ping c2"
-    );
+    assert!(docker.pings("c1", &a2), "c1 cannot ping c2");
     let routes_c1 = docker.ok(&["exec", "c1", "ip", "route"]);
     assert!(routes_c1.contains("default via 10.77.0.1"), "{routes_c1}");
     let links_c1 = docker.ok(&["exec", "c1", "ip", "link"]);
@@ -211,13 +205,7 @@ fn docker_networks_through_netshim() {
             .contains("mtu 1400"),
         "-o mtu must reach the interface"
     );
-    assert!(
-        docker
-            .docker(&["exec", "c3", "ping", "-c1", "-W2", &a1_2])
-            .status
-            .success(),
-        "c3 cannot reach c1 over net2"
-    );
+    assert!(docker.pings("c3", &a1_2), "c3 cannot reach c1 over net2");
     docker.ok(&["network", "disconnect", "net2", "c1"]);
     assert!(
         !docker

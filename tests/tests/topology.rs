@@ -4,37 +4,8 @@
 //! the uplink, the container of an endpoint the OCI hook made), and its
 //! SVG is well-formed XML drawn without graphviz, with the same text.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use netshim_tests::{can_run, netshim_bin, Node, Ns, TempDir, NODE_ADDR};
+use netshim_tests::{can_run, Node, Ns, TempDir, NODE_ADDR};
 use serde_json::json;
-
-/// `netshim oci-hook HOOK` as a runtime runs it: the state on stdin.
-fn hook(node: &Node, which: &str, state: &str) {
-    let mut child = Command::new(netshim_bin())
-        .env("NETSHIM_STATE_DIR", &node.state.0)
-        .env("NETSHIM_NODE_NETNS", &node.node.path)
-        .env("NETSHIM_CACHE_DIR", netshim_tests::cache_dir())
-        .args(["oci-hook", which])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(state.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "oci-hook {which}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn the_picture_lists_every_object_and_its_svg_parses() {
@@ -74,7 +45,7 @@ fn the_picture_lists_every_object_and_its_svg_parses() {
         json!({"ociVersion": "1.0.2", "id": "web-1", "status": status, "bundle": bundle.0})
             .to_string()
     };
-    hook(&node, "createRuntime", &state("creating"));
+    node.hook("createRuntime", &state("creating"));
 
     let dot = node.ok(&["topology"]);
     let wanted = [
@@ -112,7 +83,7 @@ fn the_picture_lists_every_object_and_its_svg_parses() {
             "{want:?} missing from the SVG's text:\n{text}"
         );
     }
-    hook(&node, "poststop", &state("stopped"));
+    node.hook("poststop", &state("stopped"));
 
     node.ok(&[
         "detach",
